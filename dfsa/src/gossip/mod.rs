@@ -1,0 +1,445 @@
+//! Dissemination of load information, as MOSIX's information daemon does it.
+//!
+//! Every time step a node sends its own fresh entry plus the `w` freshest
+//! entries it holds (its window) to one node chosen at random. Entries
+//! carry their age, never a clock reading; a receiver keeps an entry if it
+//! is fresher than what it holds. A node whose freshest entry grows older
+//! than a timeout is down; a fresh entry brings it back up.
+//!
+//! [`GossipNode`] is pure: time comes in as a number, messages leave
+//! through a [`GossipTransport`]. The daemon drives it with a clock and TCP,
+//! the simulator with an event queue and an in-memory transport.
+
+pub mod closed_form;
+mod membership;
+mod window;
+
+use std::sync::Arc;
+
+pub use membership::Membership;
+use omx_mfs::NodeId;
+use rand::{Rng, RngExt};
+use window::Window;
+
+/// Time and durations in milliseconds, on the local clock of one node.
+pub type Millis = u64;
+
+/// A stamp for an entry never received.
+const NEVER: Millis = Millis::MAX;
+
+/// What a node holds about another node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NodeStatus {
+    /// In the map, but never heard of.
+    Unknown,
+    Up,
+    /// Heard of, but not for longer than the timeout.
+    Down,
+}
+
+/// One entry as sent: whose it is, how old, and what it says.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Rumor<P> {
+    pub node: NodeId,
+    pub age: Millis,
+    pub payload: P,
+}
+
+/// Where a gossip step's message goes.
+pub trait GossipTransport<P> {
+    fn send(&mut self, from: NodeId, to: NodeId, rumors: Vec<Rumor<P>>);
+}
+
+/// Gossip settings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GossipParams {
+    /// How many held entries go with each message.
+    pub window: usize,
+    /// An entry older than this means its node is down.
+    pub down_after: Millis,
+}
+
+/// One node's gossip state: what it knows of every member.
+pub struct GossipNode<P> {
+    me: NodeId,
+    members: Arc<Membership>,
+    /// Local time at which each member's entry was fresh (by slot).
+    stamps: Vec<Millis>,
+    payloads: Vec<P>,
+    window: Window,
+    params: GossipParams,
+}
+
+impl<P: Clone + Default> GossipNode<P> {
+    /// A node that knows nothing yet. `me` must be a member.
+    pub fn new(me: NodeId, members: Arc<Membership>, params: GossipParams) -> GossipNode<P> {
+        assert!(members.slot(me).is_some(), "node {me} is not a member");
+        let n = members.len();
+        GossipNode {
+            me,
+            stamps: vec![NEVER; n],
+            payloads: vec![P::default(); n],
+            window: Window::new(params.window),
+            members,
+            params,
+        }
+    }
+
+    pub fn me(&self) -> NodeId {
+        self.me
+    }
+
+    pub fn params(&self) -> GossipParams {
+        self.params
+    }
+
+    pub fn members(&self) -> &Arc<Membership> {
+        &self.members
+    }
+
+    /// Installs a new member list (a new map): entries of nodes that stay
+    /// are kept, nodes that left are forgotten, new nodes start unknown.
+    pub fn set_members(&mut self, members: Arc<Membership>) {
+        assert!(
+            members.slot(self.me).is_some(),
+            "node {} is not a member",
+            self.me
+        );
+        let mut stamps = vec![NEVER; members.len()];
+        let mut payloads = vec![P::default(); members.len()];
+        for (slot, node) in members.ids().iter().enumerate() {
+            if let Some(old) = self.members.slot(*node) {
+                stamps[slot] = self.stamps[old];
+                payloads[slot] = self.payloads[old].clone();
+            }
+        }
+        self.stamps = stamps;
+        self.payloads = payloads;
+        self.members = members;
+        self.rebuild_window();
+    }
+
+    /// Changes the window size or the timeout (the default timeout depends
+    /// on the cluster's size, so it changes with the map).
+    pub fn set_params(&mut self, params: GossipParams) {
+        self.params = params;
+        self.rebuild_window();
+    }
+
+    fn rebuild_window(&mut self) {
+        self.window = Window::new(self.params.window);
+        let me = self.my_slot();
+        for slot in 0..self.stamps.len() {
+            if slot != me && self.stamps[slot] != NEVER {
+                self.window.offer(slot, &self.stamps);
+            }
+        }
+    }
+
+    /// Records this node's own current figures.
+    pub fn set_own(&mut self, now: Millis, own: P) {
+        let me = self.my_slot();
+        self.stamps[me] = now;
+        self.payloads[me] = own;
+    }
+
+    /// One time step: refresh our own entry and send it with the window to
+    /// a member chosen uniformly at random. Returns the chosen member.
+    pub fn step<R: Rng, T: GossipTransport<P>>(
+        &mut self,
+        now: Millis,
+        own: P,
+        rng: &mut R,
+        transport: &mut T,
+    ) -> Option<NodeId> {
+        self.set_own(now, own);
+        let n = self.members.len();
+        if n < 2 {
+            return None;
+        }
+        let me = self.my_slot();
+        // Uniform over the others: draw from n-1 slots and skip our own.
+        let mut target = rng.random_range(0..n - 1);
+        if target >= me {
+            target += 1;
+        }
+        let to = self.members.ids()[target];
+        let rumors = self.outgoing(now, me);
+        transport.send(self.me, to, rumors);
+        Some(to)
+    }
+
+    /// Our own entry followed by the window, with ages as of `now`.
+    fn outgoing(&self, now: Millis, me: usize) -> Vec<Rumor<P>> {
+        std::iter::once(me)
+            .chain(self.window.slots().iter().copied())
+            .map(|slot| Rumor {
+                node: self.members.ids()[slot],
+                age: now.saturating_sub(self.stamps[slot]),
+                payload: self.payloads[slot].clone(),
+            })
+            .collect()
+    }
+
+    /// Takes in a message: every entry fresher than ours replaces it.
+    /// Entries about ourselves and about non-members are ignored.
+    pub fn receive(&mut self, now: Millis, rumors: Vec<Rumor<P>>) {
+        let me = self.my_slot();
+        for rumor in rumors {
+            let Some(slot) = self.members.slot(rumor.node) else {
+                continue;
+            };
+            if slot == me {
+                continue;
+            }
+            let stamp = now.saturating_sub(rumor.age);
+            let held = self.stamps[slot];
+            if held == NEVER || stamp > held {
+                self.stamps[slot] = stamp;
+                self.payloads[slot] = rumor.payload;
+                self.window.offer(slot, &self.stamps);
+            }
+        }
+    }
+
+    /// What we hold about `node`: its age and figures, if we ever heard.
+    pub fn entry(&self, now: Millis, node: NodeId) -> Option<(Millis, &P)> {
+        let slot = self.members.slot(node)?;
+        let stamp = self.stamps[slot];
+        (stamp != NEVER).then(|| (now.saturating_sub(stamp), &self.payloads[slot]))
+    }
+
+    /// Up, down or unknown, by the age of the freshest entry.
+    pub fn status(&self, now: Millis, node: NodeId) -> Option<NodeStatus> {
+        let slot = self.members.slot(node)?;
+        Some(self.status_of_slot(now, slot))
+    }
+
+    fn status_of_slot(&self, now: Millis, slot: usize) -> NodeStatus {
+        match self.stamps[slot] {
+            NEVER => NodeStatus::Unknown,
+            stamp if now.saturating_sub(stamp) > self.params.down_after => NodeStatus::Down,
+            _ => NodeStatus::Up,
+        }
+    }
+
+    /// Ages of all entries about other nodes (never-heard ones excluded):
+    /// for measuring the protocol.
+    pub fn ages(&self, now: Millis) -> impl Iterator<Item = Millis> + '_ {
+        let me = self.my_slot();
+        self.stamps
+            .iter()
+            .enumerate()
+            .filter(move |(slot, stamp)| *slot != me && **stamp != NEVER)
+            .map(move |(_, stamp)| now.saturating_sub(*stamp))
+    }
+
+    fn my_slot(&self) -> usize {
+        self.members.slot(self.me).expect("this node is a member")
+    }
+}
+
+/// The default down timeout: ten steps, or twice the expected maximum age
+/// of information in a cluster of this size (closed form), if longer. A
+/// timeout shorter than the usual age of information would mark live nodes
+/// down.
+pub fn default_down_after(nodes: usize, window: usize, interval: Millis) -> Millis {
+    let expected_max_steps = closed_form::expected_max_age(nodes, window).unwrap_or(0.0);
+    let steps = (2.0 * expected_max_steps).ceil().max(10.0);
+    (steps as Millis).saturating_mul(interval)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+    use rand::rngs::SmallRng;
+
+    fn id(n: u16) -> NodeId {
+        NodeId::new(n).unwrap()
+    }
+
+    fn members(ids: &[u16]) -> Arc<Membership> {
+        Arc::new(Membership::new(ids.iter().map(|n| id(*n)).collect()))
+    }
+
+    #[derive(Default)]
+    struct Captured(Vec<(NodeId, NodeId, Vec<Rumor<u32>>)>);
+
+    impl GossipTransport<u32> for Captured {
+        fn send(&mut self, from: NodeId, to: NodeId, rumors: Vec<Rumor<u32>>) {
+            self.0.push((from, to, rumors));
+        }
+    }
+
+    const PARAMS: GossipParams = GossipParams {
+        window: 2,
+        down_after: 5000,
+    };
+
+    #[test]
+    fn a_step_sends_own_entry_and_the_freshest_window_to_another_member() {
+        let all = members(&[1, 2, 3, 4, 5]);
+        let mut node: GossipNode<u32> = GossipNode::new(id(1), all, PARAMS);
+        node.receive(
+            1000,
+            vec![
+                Rumor {
+                    node: id(2),
+                    age: 900,
+                    payload: 20,
+                },
+                Rumor {
+                    node: id(3),
+                    age: 100,
+                    payload: 30,
+                },
+                Rumor {
+                    node: id(4),
+                    age: 500,
+                    payload: 40,
+                },
+            ],
+        );
+        let mut rng = SmallRng::seed_from_u64(7);
+        let mut sent = Captured::default();
+        for t in 0..50 {
+            node.step(1000 + t, 11, &mut rng, &mut sent);
+        }
+        for (from, to, rumors) in &sent.0 {
+            assert_eq!(*from, id(1));
+            assert_ne!(*to, id(1), "never sends to itself");
+            assert_eq!(rumors[0].node, id(1));
+            assert_eq!(rumors[0].age, 0);
+            assert_eq!(rumors[0].payload, 11);
+            let mut window: Vec<u16> = rumors[1..].iter().map(|r| r.node.get()).collect();
+            window.sort();
+            assert_eq!(window, vec![3, 4], "the two freshest entries");
+        }
+        let targets: std::collections::BTreeSet<u16> = sent.0.iter().map(|s| s.1.get()).collect();
+        assert_eq!(targets.len(), 4, "all other members get picked");
+    }
+
+    #[test]
+    fn keeps_only_fresher_entries_and_ignores_itself_and_strangers() {
+        let mut node: GossipNode<u32> = GossipNode::new(id(1), members(&[1, 2, 3]), PARAMS);
+        node.set_own(0, 1);
+        node.receive(
+            10_000,
+            vec![Rumor {
+                node: id(2),
+                age: 1000,
+                payload: 7,
+            }],
+        );
+        node.receive(
+            10_000,
+            vec![Rumor {
+                node: id(2),
+                age: 3000,
+                payload: 99,
+            }],
+        );
+        assert_eq!(node.entry(10_000, id(2)), Some((1000, &7)));
+        node.receive(
+            10_500,
+            vec![Rumor {
+                node: id(2),
+                age: 0,
+                payload: 8,
+            }],
+        );
+        assert_eq!(node.entry(11_000, id(2)), Some((500, &8)));
+        node.receive(
+            11_000,
+            vec![Rumor {
+                node: id(1),
+                age: 0,
+                payload: 555,
+            }],
+        );
+        assert_eq!(node.entry(11_000, id(1)), Some((11_000, &1)));
+        node.receive(
+            11_000,
+            vec![Rumor {
+                node: id(42),
+                age: 0,
+                payload: 5,
+            }],
+        );
+        assert_eq!(node.entry(11_000, id(42)), None);
+    }
+
+    #[test]
+    fn a_silent_node_goes_down_and_comes_back_up() {
+        let mut node: GossipNode<u32> = GossipNode::new(id(1), members(&[1, 2]), PARAMS);
+        assert_eq!(node.status(0, id(2)), Some(NodeStatus::Unknown));
+        node.receive(
+            1000,
+            vec![Rumor {
+                node: id(2),
+                age: 0,
+                payload: 1,
+            }],
+        );
+        assert_eq!(node.status(6000, id(2)), Some(NodeStatus::Up));
+        assert_eq!(node.status(6001, id(2)), Some(NodeStatus::Down));
+        node.receive(
+            9000,
+            vec![Rumor {
+                node: id(2),
+                age: 10,
+                payload: 2,
+            }],
+        );
+        assert_eq!(node.status(9000, id(2)), Some(NodeStatus::Up));
+        assert_eq!(node.status(9000, id(3)), None);
+    }
+
+    #[test]
+    fn a_new_map_keeps_entries_of_staying_nodes() {
+        let mut node: GossipNode<u32> = GossipNode::new(id(2), members(&[1, 2, 3]), PARAMS);
+        node.receive(
+            100,
+            vec![
+                Rumor {
+                    node: id(1),
+                    age: 0,
+                    payload: 1,
+                },
+                Rumor {
+                    node: id(3),
+                    age: 0,
+                    payload: 3,
+                },
+            ],
+        );
+        node.set_members(members(&[2, 3, 4]));
+        assert_eq!(node.entry(100, id(1)), None);
+        assert_eq!(node.entry(100, id(3)), Some((0, &3)));
+        assert_eq!(node.status(100, id(4)), Some(NodeStatus::Unknown));
+        let mut sent = Captured::default();
+        let mut rng = SmallRng::seed_from_u64(1);
+        node.step(200, 2, &mut rng, &mut sent);
+        let nodes: Vec<u16> = sent.0[0].2.iter().map(|r| r.node.get()).collect();
+        assert_eq!(nodes, vec![2, 3], "window rebuilt from what stayed");
+    }
+
+    #[test]
+    fn a_lone_node_sends_nothing() {
+        let mut node: GossipNode<u32> = GossipNode::new(id(1), members(&[1]), PARAMS);
+        let mut sent = Captured::default();
+        assert_eq!(
+            node.step(0, 0, &mut SmallRng::seed_from_u64(1), &mut sent),
+            None
+        );
+        assert!(sent.0.is_empty());
+    }
+
+    #[test]
+    fn default_timeout_grows_with_the_cluster() {
+        assert_eq!(default_down_after(4, 16, 1000), 10_000);
+        let thousand = default_down_after(1000, 16, 1000);
+        assert!(thousand > 800_000, "{thousand}");
+    }
+}

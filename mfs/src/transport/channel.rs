@@ -1,0 +1,412 @@
+//! An established, encrypted channel carrying wire frames.
+//!
+//! The frame stream is cut into Noise transport messages of at most 64 KiB,
+//! each sent with a 2-byte length. Each direction counts its own nonces, so
+//! the two halves of a channel can be used by different tasks.
+
+use std::sync::Arc;
+
+use rkyv::api::high::{HighDeserializer, HighSerializer, HighValidator};
+use rkyv::bytecheck::CheckBytes;
+use rkyv::rancor;
+use rkyv::ser::allocator::ArenaHandle;
+use rkyv::util::AlignedVec;
+use snow::StatelessTransportState;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+
+use super::TransportError;
+use super::handshake::NOISE_MAX_MESSAGE;
+use crate::wire::frame::encode_frame;
+use crate::wire::{FrameDecoder, decode, encode};
+
+const TAG_LEN: usize = 16;
+const MAX_PLAINTEXT: usize = NOISE_MAX_MESSAGE - TAG_LEN;
+
+/// Both directions of an encrypted connection.
+pub struct SecureChannel<S> {
+    reader: SecureReader<ReadHalf<S>>,
+    writer: SecureWriter<WriteHalf<S>>,
+}
+
+/// The receiving half of a [`SecureChannel`].
+pub struct SecureReader<R> {
+    stream: R,
+    transport: Arc<StatelessTransportState>,
+    nonce: u64,
+    decoder: FrameDecoder,
+    ciphertext: Vec<u8>,
+    plaintext: Vec<u8>,
+}
+
+/// The sending half of a [`SecureChannel`].
+pub struct SecureWriter<W> {
+    stream: W,
+    transport: Arc<StatelessTransportState>,
+    nonce: u64,
+    out: Vec<u8>,
+}
+
+impl<S: AsyncRead + AsyncWrite> SecureChannel<S> {
+    pub(super) fn new(stream: S, transport: StatelessTransportState) -> SecureChannel<S> {
+        let transport = Arc::new(transport);
+        let (read, write) = tokio::io::split(stream);
+        SecureChannel {
+            reader: SecureReader {
+                stream: read,
+                transport: transport.clone(),
+                nonce: 0,
+                decoder: FrameDecoder::new(),
+                ciphertext: vec![0u8; NOISE_MAX_MESSAGE],
+                plaintext: vec![0u8; NOISE_MAX_MESSAGE],
+            },
+            writer: SecureWriter {
+                stream: write,
+                transport,
+                nonce: 0,
+                out: Vec::new(),
+            },
+        }
+    }
+
+    pub fn split(self) -> (SecureReader<ReadHalf<S>>, SecureWriter<WriteHalf<S>>) {
+        (self.reader, self.writer)
+    }
+
+    pub async fn send<T>(&mut self, message: &T) -> Result<(), TransportError>
+    where
+        T: for<'a> rkyv::Serialize<HighSerializer<AlignedVec, ArenaHandle<'a>, rancor::Error>>,
+    {
+        self.writer.send(message).await
+    }
+
+    pub async fn recv<T>(&mut self) -> Result<Option<T>, TransportError>
+    where
+        T: rkyv::Archive,
+        T::Archived: for<'a> CheckBytes<HighValidator<'a, rancor::Error>>
+            + rkyv::Deserialize<T, HighDeserializer<rancor::Error>>,
+    {
+        self.reader.recv().await
+    }
+}
+
+impl<W: AsyncWrite + Unpin> SecureWriter<W> {
+    /// Encrypts and sends one message.
+    pub async fn send<T>(&mut self, message: &T) -> Result<(), TransportError>
+    where
+        T: for<'a> rkyv::Serialize<HighSerializer<AlignedVec, ArenaHandle<'a>, rancor::Error>>,
+    {
+        let frame = encode_frame(&encode(message));
+        self.send_raw_frame_bytes(&frame).await
+    }
+
+    /// Encrypts and sends bytes as they are: a frame, or for tests of the
+    /// receiving side, anything at all.
+    pub async fn send_raw_frame_bytes(&mut self, bytes: &[u8]) -> Result<(), TransportError> {
+        self.out.clear();
+        for chunk in bytes.chunks(MAX_PLAINTEXT) {
+            let start = self.out.len();
+            self.out.resize(start + 2 + chunk.len() + TAG_LEN, 0);
+            let len = self
+                .transport
+                .write_message(self.nonce, chunk, &mut self.out[start + 2..])
+                .expect("chunk and tag fit in one Noise message");
+            self.nonce += 1;
+            self.out[start..start + 2].copy_from_slice(&(len as u16).to_be_bytes());
+            self.out.truncate(start + 2 + len);
+        }
+        self.stream.write_all(&self.out).await?;
+        self.stream.flush().await?;
+        Ok(())
+    }
+
+    /// Closes the sending direction.
+    pub async fn shutdown(&mut self) -> Result<(), TransportError> {
+        self.stream.shutdown().await?;
+        Ok(())
+    }
+}
+
+impl<R: AsyncRead + Unpin> SecureReader<R> {
+    /// The next message; `Ok(None)` when the peer closed cleanly between
+    /// messages.
+    pub async fn recv<T>(&mut self) -> Result<Option<T>, TransportError>
+    where
+        T: rkyv::Archive,
+        T::Archived: for<'a> CheckBytes<HighValidator<'a, rancor::Error>>
+            + rkyv::Deserialize<T, HighDeserializer<rancor::Error>>,
+    {
+        loop {
+            if let Some(frame) = self.decoder.next_frame()? {
+                return Ok(Some(decode::<T>(&frame)?));
+            }
+            let mut len = [0u8; 2];
+            match self.stream.read_exact(&mut len).await {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                    return if self.decoder.pending_len() == 0 {
+                        Ok(None)
+                    } else {
+                        Err(TransportError::Truncated)
+                    };
+                }
+                Err(e) => return Err(e.into()),
+            }
+            let len = u16::from_be_bytes(len) as usize;
+            if len < TAG_LEN {
+                return Err(TransportError::Corrupt);
+            }
+            let ciphertext = &mut self.ciphertext[..len];
+            match self.stream.read_exact(ciphertext).await {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                    return Err(TransportError::Truncated);
+                }
+                Err(e) => return Err(e.into()),
+            }
+            let plain_len = self
+                .transport
+                .read_message(self.nonce, ciphertext, &mut self.plaintext)
+                .map_err(|_| TransportError::Corrupt)?;
+            self.nonce += 1;
+            self.decoder.push(&self.plaintext[..plain_len]);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Identity, accept, connect};
+    use super::*;
+    use crate::NodeId;
+    use crate::cluster_key::ClusterKey;
+    use crate::wire::{GossipEntry, GossipPacket, LoadReport, PeerMessage};
+
+    fn identity(node: u16, key: &ClusterKey) -> Identity {
+        Identity {
+            node: NodeId::new(node).unwrap(),
+            key: key.clone(),
+        }
+    }
+
+    fn big_packet(entries: usize) -> PeerMessage {
+        PeerMessage::Gossip(GossipPacket {
+            entries: (0..entries)
+                .map(|i| GossipEntry {
+                    node: (i % 65535) as u16 + 1,
+                    age_ms: i as u32,
+                    load: LoadReport {
+                        load: i as u32,
+                        ..LoadReport::default()
+                    },
+                })
+                .collect(),
+        })
+    }
+
+    async fn pair(
+        client_key: &ClusterKey,
+        server_key: &ClusterKey,
+    ) -> (
+        Result<SecureChannel<tokio::io::DuplexStream>, TransportError>,
+        Result<(NodeId, SecureChannel<tokio::io::DuplexStream>), TransportError>,
+    ) {
+        let (a, b) = tokio::io::duplex(1 << 16);
+        let client = identity(1, client_key);
+        let server = identity(2, server_key);
+        tokio::join!(
+            connect(a, &client, NodeId::new(2).unwrap()),
+            accept(b, &server, |_| Ok(()))
+        )
+    }
+
+    #[tokio::test]
+    async fn peers_with_the_key_exchange_messages_of_any_size() {
+        let key = ClusterKey::generate().unwrap();
+        let (client, server) = pair(&key, &key).await;
+        let mut client = client.unwrap();
+        let (peer, mut server) = server.unwrap();
+        assert_eq!(peer.get(), 1);
+        for entries in [0, 1, 3000, 100_000] {
+            let message = big_packet(entries);
+            let (sent, received) =
+                tokio::join!(client.send(&message), server.recv::<PeerMessage>());
+            sent.unwrap();
+            assert_eq!(received.unwrap(), Some(message));
+        }
+        let reply = big_packet(2);
+        server.send(&reply).await.unwrap();
+        assert_eq!(client.recv::<PeerMessage>().await.unwrap(), Some(reply));
+        drop(client);
+        assert!(server.recv::<PeerMessage>().await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_peer_without_the_key_is_refused_and_learns_nothing() {
+        let (mut a, b) = tokio::io::duplex(1 << 16);
+        let server = identity(2, &ClusterKey::generate().unwrap());
+        let intruder = identity(1, &ClusterKey::generate().unwrap());
+        let (client, accepted) = tokio::join!(
+            async {
+                let mut handshake = builder_for_test(&intruder).build_initiator().unwrap();
+                let mut message = vec![0u8; 1024];
+                let len = handshake.write_message(&[], &mut message).unwrap();
+                super::super::handshake::write_message(&mut a, &message[..len])
+                    .await
+                    .unwrap();
+                let mut everything = Vec::new();
+                a.read_to_end(&mut everything).await.unwrap();
+                everything
+            },
+            async {
+                let result = accept(b, &server, |_| Ok(())).await;
+                result.map(|_| ())
+            }
+        );
+        assert!(matches!(accepted, Err(TransportError::BadHandshake)));
+        assert!(
+            client.is_empty(),
+            "the refused peer received {} bytes",
+            client.len()
+        );
+    }
+
+    fn builder_for_test(identity: &Identity) -> snow::Builder<'_> {
+        snow::Builder::new(super::super::NOISE_PARAMS.parse().unwrap())
+            .prologue(b"omx node-to-node transport")
+            .unwrap()
+            .psk(0, identity.key.as_bytes())
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_connecting_side_detects_a_server_with_another_key() {
+        let (client, server) = pair(
+            &ClusterKey::generate().unwrap(),
+            &ClusterKey::generate().unwrap(),
+        )
+        .await;
+        assert!(matches!(client, Err(TransportError::BadHandshake)));
+        assert!(matches!(server, Err(TransportError::BadHandshake)));
+    }
+
+    #[tokio::test]
+    async fn admission_refusal_reaches_the_connecting_side() {
+        let key = ClusterKey::generate().unwrap();
+        let (a, b) = tokio::io::duplex(1 << 16);
+        let (nine, two) = (identity(9, &key), identity(2, &key));
+        let (client, server) = tokio::join!(
+            connect(a, &nine, NodeId::new(2).unwrap()),
+            accept(b, &two, |n| Err(format!("node {n} is not in the map")))
+        );
+        match client {
+            Err(TransportError::RefusedByPeer { reason }) => {
+                assert!(reason.contains("node 9 is not in the map"), "{reason}")
+            }
+            other => panic!("unexpected {:?}", other.map(|_| ())),
+        }
+        assert!(matches!(server, Err(TransportError::PeerNotAllowed { .. })));
+    }
+
+    #[tokio::test]
+    async fn garbage_inside_the_channel_ends_only_that_channel() {
+        let key = ClusterKey::generate().unwrap();
+        let (client, server) = pair(&key, &key).await;
+        let (_, mut client_writer) = client.unwrap().split();
+        let (_, mut server) = server.unwrap();
+        // A well-encrypted frame whose body is not a valid message.
+        client_writer
+            .send_raw_frame_bytes(&encode_frame(&[0xAB; 40]))
+            .await
+            .unwrap();
+        assert!(matches!(
+            server.recv::<PeerMessage>().await,
+            Err(TransportError::Decode(_))
+        ));
+
+        let (client, server) = pair(&key, &key).await;
+        let (_, mut client_writer) = client.unwrap().split();
+        let (_, mut server) = server.unwrap();
+        client_writer
+            .send_raw_frame_bytes(&(u32::MAX).to_be_bytes())
+            .await
+            .unwrap();
+        assert!(matches!(
+            server.recv::<PeerMessage>().await,
+            Err(TransportError::Frame(_))
+        ));
+    }
+
+    /// A stream that flips one bit of the byte written at position `flip_at`.
+    struct BitFlipper<S> {
+        inner: S,
+        written: usize,
+        flip_at: usize,
+    }
+
+    impl<S: AsyncRead + Unpin> AsyncRead for BitFlipper<S> {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+        }
+    }
+
+    impl<S: AsyncWrite + Unpin> AsyncWrite for BitFlipper<S> {
+        fn poll_write(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            let mut copy = buf.to_vec();
+            let (start, flip_at) = (self.written, self.flip_at);
+            if (start..start + copy.len()).contains(&flip_at) {
+                copy[flip_at - start] ^= 0x01;
+            }
+            let polled = std::pin::Pin::new(&mut self.inner).poll_write(cx, &copy);
+            if let std::task::Poll::Ready(Ok(n)) = polled {
+                self.written += n;
+            }
+            polled
+        }
+        fn poll_flush(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+        }
+        fn poll_shutdown(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+        }
+    }
+
+    #[tokio::test]
+    async fn tampered_ciphertext_is_detected() {
+        let key = ClusterKey::generate().unwrap();
+        let (a, b) = tokio::io::duplex(1 << 16);
+        let a = BitFlipper {
+            inner: a,
+            written: 0,
+            flip_at: 300,
+        };
+        let (one, two) = (identity(1, &key), identity(2, &key));
+        let (client, server) = tokio::join!(
+            connect(a, &one, NodeId::new(2).unwrap()),
+            accept(b, &two, |_| Ok(()))
+        );
+        let mut client = client.unwrap();
+        let (_, mut server) = server.unwrap();
+        let packet = big_packet(50);
+        let (sent, received) = tokio::join!(client.send(&packet), server.recv::<PeerMessage>());
+        sent.unwrap();
+        assert!(
+            matches!(received, Err(TransportError::Corrupt)),
+            "{:?}",
+            received.map(|_| ())
+        );
+    }
+}

@@ -1,0 +1,123 @@
+//! Turning messages into bytes and back, validating everything received.
+
+use rkyv::api::high::{HighDeserializer, HighSerializer, HighValidator};
+use rkyv::bytecheck::CheckBytes;
+use rkyv::rancor;
+use rkyv::ser::allocator::ArenaHandle;
+use rkyv::util::AlignedVec;
+
+/// A received frame is not a valid message of the expected kind.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("malformed {kind} message ({len} bytes): {reason}")]
+pub struct DecodeError {
+    pub kind: &'static str,
+    pub len: usize,
+    pub reason: String,
+}
+
+/// Serialises a message.
+pub fn encode<T>(message: &T) -> AlignedVec
+where
+    T: for<'a> rkyv::Serialize<HighSerializer<AlignedVec, ArenaHandle<'a>, rancor::Error>>,
+{
+    rkyv::to_bytes::<rancor::Error>(message).expect("serialising to memory cannot fail")
+}
+
+/// Validates and deserialises a message of type `T`. The bytes need no
+/// particular alignment: they are copied into an aligned buffer first.
+pub fn decode<T>(bytes: &[u8]) -> Result<T, DecodeError>
+where
+    T: rkyv::Archive,
+    T::Archived: for<'a> CheckBytes<HighValidator<'a, rancor::Error>>
+        + rkyv::Deserialize<T, HighDeserializer<rancor::Error>>,
+{
+    let mut aligned = AlignedVec::<16>::with_capacity(bytes.len());
+    aligned.extend_from_slice(bytes);
+    rkyv::from_bytes::<T, rancor::Error>(&aligned).map_err(|e| DecodeError {
+        kind: short_type_name::<T>(),
+        len: bytes.len(),
+        reason: e.to_string(),
+    })
+}
+
+fn short_type_name<T>() -> &'static str {
+    let full = std::any::type_name::<T>();
+    full.rsplit("::").next().unwrap_or(full)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::messages::*;
+
+    fn sample_packet() -> PeerMessage {
+        PeerMessage::Gossip(GossipPacket {
+            entries: vec![GossipEntry {
+                node: 3,
+                age_ms: 0,
+                load: LoadReport {
+                    load: 150,
+                    speed: 27000,
+                    cpus: 2,
+                    runnable_milli: 1500,
+                    util_permille: 700,
+                    mem_total: 1 << 30,
+                    mem_free: 1 << 29,
+                    cpu_pressure_permille: Some(12),
+                    mem_pressure_permille: None,
+                },
+            }],
+        })
+    }
+
+    #[test]
+    fn messages_round_trip() {
+        let message = sample_packet();
+        let bytes = encode(&message);
+        assert_eq!(decode::<PeerMessage>(&bytes).unwrap(), message);
+
+        let request = ControlRequest::SetMap {
+            text: "1 10.0.0.1 4\n".into(),
+            origin: "m".into(),
+        };
+        assert_eq!(
+            decode::<ControlRequest>(&encode(&request)).unwrap(),
+            request
+        );
+    }
+
+    #[test]
+    fn decodes_from_unaligned_bytes() {
+        let bytes = encode(&sample_packet());
+        let mut shifted = vec![0u8];
+        shifted.extend_from_slice(&bytes);
+        assert_eq!(
+            decode::<PeerMessage>(&shifted[1..]).unwrap(),
+            sample_packet()
+        );
+    }
+
+    #[test]
+    fn refuses_garbage_and_truncated_messages() {
+        assert!(decode::<PeerMessage>(&[]).is_err());
+        assert!(decode::<PeerMessage>(&[0xff; 64]).is_err());
+        let bytes = encode(&sample_packet());
+        for cut in [1, bytes.len() / 2, bytes.len() - 1] {
+            assert!(
+                decode::<PeerMessage>(&bytes[..cut]).is_err(),
+                "cut at {cut}"
+            );
+        }
+        let e = decode::<Hello>(&[1, 2, 3]).unwrap_err();
+        assert_eq!(e.kind, "Hello");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic_the_decoder(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
+            let _ = decode::<PeerMessage>(&bytes);
+            let _ = decode::<ControlRequest>(&bytes);
+            let _ = decode::<HelloReply>(&bytes);
+        }
+    }
+}

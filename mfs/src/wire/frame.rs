@@ -1,0 +1,152 @@
+//! Length-prefixed frames: a 4-byte big-endian length, then that many bytes.
+//!
+//! The decoder is incremental (bytes arrive in arbitrary pieces) and refuses
+//! a length above [`MAX_FRAME_LEN`] before buffering any of it, so a peer
+//! cannot make a node allocate more than one maximum frame.
+
+use bytes_buffer::Buffer;
+
+/// The largest frame body a node accepts.
+pub const MAX_FRAME_LEN: usize = 16 << 20;
+const HEADER_LEN: usize = 4;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    #[error("frame of {len} bytes is larger than the maximum of {max} bytes")]
+    TooLarge { len: usize, max: usize },
+}
+
+/// Prepends the length header to `body`.
+pub fn encode_frame(body: &[u8]) -> Vec<u8> {
+    assert!(body.len() <= MAX_FRAME_LEN, "frame body over the maximum");
+    let mut out = Vec::with_capacity(HEADER_LEN + body.len());
+    out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    out.extend_from_slice(body);
+    out
+}
+
+/// Splits a byte stream into frame bodies.
+#[derive(Default)]
+pub struct FrameDecoder {
+    buffer: Buffer,
+}
+
+impl FrameDecoder {
+    pub fn new() -> FrameDecoder {
+        FrameDecoder::default()
+    }
+
+    /// Adds bytes received from the stream.
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.buffer.extend(bytes);
+    }
+
+    /// The next complete frame body, `Ok(None)` if more bytes are needed, or
+    /// an error if the stream announces an oversized frame (the stream is
+    /// then unusable: close it).
+    pub fn next_frame(&mut self) -> Result<Option<Vec<u8>>, FrameError> {
+        let pending = self.buffer.as_slice();
+        if pending.len() < HEADER_LEN {
+            return Ok(None);
+        }
+        let len = u32::from_be_bytes(pending[..HEADER_LEN].try_into().expect("4 bytes")) as usize;
+        if len > MAX_FRAME_LEN {
+            return Err(FrameError::TooLarge {
+                len,
+                max: MAX_FRAME_LEN,
+            });
+        }
+        if pending.len() < HEADER_LEN + len {
+            return Ok(None);
+        }
+        let body = pending[HEADER_LEN..HEADER_LEN + len].to_vec();
+        self.buffer.consume(HEADER_LEN + len);
+        Ok(Some(body))
+    }
+
+    /// Bytes received but not yet returned as a frame.
+    pub fn pending_len(&self) -> usize {
+        self.buffer.as_slice().len()
+    }
+}
+
+/// A byte queue that is appended at the back and consumed at the front
+/// without moving the remainder on every frame.
+mod bytes_buffer {
+    #[derive(Default)]
+    pub struct Buffer {
+        bytes: Vec<u8>,
+        start: usize,
+    }
+
+    impl Buffer {
+        pub fn extend(&mut self, more: &[u8]) {
+            if self.start > 0 && self.start >= self.bytes.len() / 2 {
+                self.bytes.drain(..self.start);
+                self.start = 0;
+            }
+            self.bytes.extend_from_slice(more);
+        }
+
+        pub fn as_slice(&self) -> &[u8] {
+            &self.bytes[self.start..]
+        }
+
+        pub fn consume(&mut self, n: usize) {
+            self.start += n;
+            if self.start == self.bytes.len() {
+                self.bytes.clear();
+                self.start = 0;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_survive_any_split_of_the_stream() {
+        let bodies: Vec<Vec<u8>> = vec![
+            b"one".to_vec(),
+            Vec::new(),
+            vec![7u8; 70_000],
+            b"x".to_vec(),
+        ];
+        let stream: Vec<u8> = bodies.iter().flat_map(|b| encode_frame(b)).collect();
+        for piece in [1, 3, 4, 5, 1000, stream.len()] {
+            let mut decoder = FrameDecoder::new();
+            let mut out = Vec::new();
+            for chunk in stream.chunks(piece) {
+                decoder.push(chunk);
+                while let Some(frame) = decoder.next_frame().unwrap() {
+                    out.push(frame);
+                }
+            }
+            assert_eq!(out, bodies, "piece size {piece}");
+            assert_eq!(decoder.pending_len(), 0);
+        }
+    }
+
+    #[test]
+    fn refuses_an_oversized_length_before_buffering_it() {
+        let mut decoder = FrameDecoder::new();
+        decoder.push(&((MAX_FRAME_LEN as u32) + 1).to_be_bytes());
+        assert_eq!(
+            decoder.next_frame(),
+            Err(FrameError::TooLarge {
+                len: MAX_FRAME_LEN + 1,
+                max: MAX_FRAME_LEN
+            })
+        );
+    }
+
+    #[test]
+    fn a_truncated_frame_is_never_returned() {
+        let mut decoder = FrameDecoder::new();
+        let frame = encode_frame(b"hello");
+        decoder.push(&frame[..frame.len() - 1]);
+        assert_eq!(decoder.next_frame(), Ok(None));
+    }
+}

@@ -1,0 +1,113 @@
+//! The messages themselves.
+//!
+//! Node ids travel as plain `u16` (0 is refused when a message is used);
+//! times travel as ages, never as clock readings, since nodes' clocks differ.
+
+use rkyv::{Archive, Deserialize, Serialize};
+
+/// First handshake payload, from the connecting node.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Hello {
+    pub protocol: u16,
+    pub node: u16,
+}
+
+/// The accepting node's answer to [`Hello`].
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum HelloReply {
+    Welcome { protocol: u16, node: u16 },
+    Refused { protocol: u16, reason: String },
+}
+
+/// What nodes send each other once connected.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub enum PeerMessage {
+    Gossip(GossipPacket),
+}
+
+/// One gossip step: the sender's own fresh entry and its window. The
+/// sender is the authenticated peer of the channel it arrives on.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct GossipPacket {
+    pub entries: Vec<GossipEntry>,
+}
+
+/// What one node knows of another, and how old that knowledge is.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct GossipEntry {
+    pub node: u16,
+    pub age_ms: u32,
+    pub load: LoadReport,
+}
+
+/// A node's load, as measured by that node.
+#[derive(
+    Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Default, serde::Serialize,
+)]
+pub struct LoadReport {
+    /// openMosix load: runnable processes x 100 / CPUs / (speed / 10000).
+    pub load: u32,
+    /// Speed per CPU in openMosix units (10000 = the reference machine).
+    pub speed: u32,
+    pub cpus: u16,
+    /// Smoothed number of runnable processes, x 1000.
+    pub runnable_milli: u32,
+    /// CPU utilisation over the last sample, per mille of all CPUs.
+    pub util_permille: u16,
+    pub mem_total: u64,
+    pub mem_free: u64,
+    /// PSI "some" pressure (avg10), per mille, where the source has it.
+    pub cpu_pressure_permille: Option<u16>,
+    pub mem_pressure_permille: Option<u16>,
+}
+
+/// A request from a user's command to the local daemon.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub enum ControlRequest {
+    /// This node's view of the cluster.
+    Status,
+    /// The map in force.
+    GetMap,
+    /// Install a new map (root only); `origin` names it in errors.
+    SetMap { text: String, origin: String },
+}
+
+/// The daemon's answer to a [`ControlRequest`].
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub enum ControlReply {
+    Status(ClusterView),
+    Map { text: String },
+    MapInstalled { nodes: u32 },
+    Refused { reason: String },
+}
+
+/// One node's view of the whole cluster.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ClusterView {
+    pub this_node: u16,
+    pub gossip_interval_ms: u32,
+    pub down_after_ms: u64,
+    pub nodes: Vec<NodeView>,
+}
+
+/// What the viewing node knows of one node.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, serde::Serialize)]
+pub struct NodeView {
+    pub node: u16,
+    pub address: String,
+    pub state: NodeState,
+    /// Age of the freshest information, absent if there never was any.
+    pub age_ms: Option<u64>,
+    pub load: Option<LoadReport>,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeState {
+    /// The viewing node itself.
+    Local,
+    Up,
+    Down,
+    /// In the map, but never heard of.
+    Unknown,
+}

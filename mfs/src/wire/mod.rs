@@ -1,0 +1,20 @@
+//! The wire format: every message two omx processes exchange is defined
+//! here, and nowhere else.
+//!
+//! A message is an rkyv archive, validated (bytecheck) before anything reads
+//! it, carried in a length-prefixed frame. Frames travel either inside an
+//! encrypted channel between nodes ([`crate::transport`]) or in the clear
+//! over a node's local control socket.
+
+pub mod codec;
+pub mod frame;
+pub mod messages;
+pub mod plain;
+
+pub use codec::{DecodeError, decode, encode};
+pub use frame::{FrameDecoder, FrameError, MAX_FRAME_LEN};
+pub use messages::*;
+
+/// The protocol version spoken in the handshake. Peers with another version
+/// are refused with a message naming both versions.
+pub const PROTOCOL_VERSION: u16 = 1;

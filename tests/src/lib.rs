@@ -1,0 +1,212 @@
+//! Helpers for end-to-end tests: a real lab of real daemons, driven through
+//! the `omx` binary exactly as a user would.
+//!
+//! These tests need root (namespaces, cgroups, mounts). They fail, never
+//! skip, without it.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The `omx` binary under test: `$OMX_BIN`, or the one built beside the
+/// test executable (`cargo build -p omx-tools` first).
+pub fn omx_bin() -> PathBuf {
+    if let Some(path) = std::env::var_os("OMX_BIN") {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target/PROFILE/deps/TEST");
+    let omx = profile_dir.join("omx");
+    assert!(
+        omx.exists(),
+        "{} does not exist: build it first with `cargo build -p omx-tools` (same profile as the tests)",
+        omx.display()
+    );
+    omx
+}
+
+pub fn require_root() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "end-to-end tests need root (they build labs of network namespaces and cgroups): run them as root"
+    );
+}
+
+/// Runs `omx ARGS` on the host.
+pub fn omx(args: &[&str]) -> Output {
+    Command::new(omx_bin())
+        .args(args)
+        .output()
+        .expect("run omx")
+}
+
+pub fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+pub fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// Polls `condition` every 100 ms until it holds; panics naming `what`
+/// after `timeout`. Returns how long it took.
+pub fn wait_for(timeout: Duration, what: &str, mut condition: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    loop {
+        if condition() {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A lab for one test, removed when dropped.
+pub struct Lab {
+    pub name: String,
+    pub nodes: u16,
+    subnet: String,
+}
+
+impl Lab {
+    /// Brings up lab `name` with `nodes` nodes on 10.79.`net`.0/24.
+    /// Leftovers of an earlier run under the same name are removed first.
+    pub fn up(name: &str, net: u8, nodes: u16, extra: &[&str]) -> Lab {
+        require_root();
+        let _ = omx(&["lab", "down", "--name", name]);
+        let subnet = format!("10.79.{net}.0");
+        let nodes_arg = nodes.to_string();
+        let mut args = vec![
+            "lab", "up", "--name", name, "--nodes", &nodes_arg, "--subnet", &subnet,
+        ];
+        args.extend_from_slice(extra);
+        let output = omx(&args);
+        assert!(
+            output.status.success(),
+            "lab up failed: {}",
+            stderr(&output)
+        );
+        Lab {
+            name: name.to_string(),
+            nodes,
+            subnet,
+        }
+    }
+
+    pub fn address(&self, node: u16) -> String {
+        let prefix = self.subnet.trim_end_matches(".0");
+        format!("{prefix}.{node}")
+    }
+
+    pub fn dir(&self) -> PathBuf {
+        PathBuf::from("/run/omx-lab").join(&self.name)
+    }
+
+    /// Runs a command inside `node`.
+    pub fn exec(&self, node: u16, command: &[&str]) -> Output {
+        let node = node.to_string();
+        let mut args = vec!["lab", "exec", "--name", &self.name, &node, "--"];
+        args.extend_from_slice(command);
+        omx(&args)
+    }
+
+    /// Runs `omx ARGS` inside `node`.
+    pub fn omx(&self, node: u16, args: &[&str]) -> Output {
+        let bin = omx_bin();
+        let mut command = vec![bin.to_str().expect("utf-8 path")];
+        command.extend_from_slice(args);
+        self.exec(node, &command)
+    }
+
+    /// `omx status --json` on `node`, or `None` if its daemon does not answer.
+    pub fn status(&self, node: u16) -> Option<Value> {
+        let output = self.omx(node, &["status", "--json"]);
+        output
+            .status
+            .success()
+            .then(|| serde_json::from_slice(&output.stdout).expect("status --json is JSON"))
+    }
+
+    /// The state `viewer` sees `node` in ("up", "down", "unknown", "local").
+    pub fn state_seen(&self, viewer: u16, node: u16) -> Option<String> {
+        let view = self.status(viewer)?;
+        Some(
+            Self::node_field(&view, node, "state")?
+                .as_str()?
+                .to_string(),
+        )
+    }
+
+    /// The load `viewer` sees for `node`.
+    pub fn load_seen(&self, viewer: u16, node: u16) -> Option<u64> {
+        let view = self.status(viewer)?;
+        Self::node_field(&view, node, "load")?.get("load")?.as_u64()
+    }
+
+    fn node_field(view: &Value, node: u16, field: &str) -> Option<Value> {
+        view.get("nodes")?
+            .as_array()?
+            .iter()
+            .find(|n| n.get("node").and_then(Value::as_u64) == Some(u64::from(node)))?
+            .get(field)
+            .cloned()
+    }
+
+    /// Whether every node sees every other node in `state`.
+    pub fn all_see_all(&self, state: &str) -> bool {
+        (1..=self.nodes).all(|viewer| {
+            (1..=self.nodes)
+                .filter(|n| *n != viewer)
+                .all(|n| self.state_seen(viewer, n).as_deref() == Some(state))
+        })
+    }
+
+    pub fn log(&self, node: u16) -> String {
+        std::fs::read_to_string(self.dir().join(format!("node-{node}")).join("daemon.log"))
+            .unwrap_or_default()
+    }
+
+    pub fn key_path(&self) -> PathBuf {
+        self.dir().join("cluster.key")
+    }
+
+    pub fn stop(&self, node: u16, kill: bool) {
+        let node = node.to_string();
+        let mut args = vec!["lab", "stop", "--name", &self.name, &node];
+        if kill {
+            args.push("--kill");
+        }
+        let output = omx(&args);
+        assert!(
+            output.status.success(),
+            "lab stop failed: {}",
+            stderr(&output)
+        );
+    }
+
+    pub fn start(&self, node: u16) {
+        let output = omx(&["lab", "start", "--name", &self.name, &node.to_string()]);
+        assert!(
+            output.status.success(),
+            "lab start failed: {}",
+            stderr(&output)
+        );
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let output = omx(&["lab", "down", "--name", &self.name]);
+        if !output.status.success() && !std::thread::panicking() {
+            panic!("lab down failed: {}", stderr(&output));
+        }
+    }
+}

@@ -1,0 +1,103 @@
+//! The control socket: how the user's commands talk to the local daemon.
+//!
+//! A Unix socket anyone on the node may connect to (reading the cluster's
+//! state is public, as /proc/hpc was); requests that change something are
+//! checked against the caller's uid, which the kernel reports.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context;
+use omx_mfs::cluster_map::ClusterMap;
+use omx_mfs::wire::plain::PlainFramed;
+use omx_mfs::wire::{ControlReply, ControlRequest};
+use tokio::net::{UnixListener, UnixStream};
+use tracing::{debug, warn};
+
+use super::Node;
+
+/// Binds the control socket, replacing a stale one left by a crash but
+/// refusing to steal the socket of a daemon that is still running.
+pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            anyhow::bail!(
+                "another omx daemon is serving {}: stop it first",
+                path.display()
+            );
+        }
+        std::fs::remove_file(path)
+            .with_context(|| format!("cannot remove the stale socket {}", path.display()))?;
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let listener = UnixListener::bind(path)
+        .with_context(|| format!("cannot bind the control socket {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))?;
+    Ok(listener)
+}
+
+pub async fn serve(listener: UnixListener, node: Arc<Node>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                let node = node.clone();
+                tokio::spawn(async move { serve_client(stream, node).await });
+            }
+            Err(e) => {
+                warn!("control socket accept failed: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn serve_client(stream: UnixStream, node: Arc<Node>) {
+    let uid = stream.peer_cred().map(|c| c.uid()).ok();
+    let mut framed = PlainFramed::new(stream);
+    loop {
+        let request = match framed.recv::<ControlRequest>().await {
+            Ok(Some(request)) => request,
+            Ok(None) => return,
+            Err(e) => {
+                debug!("control client sent a bad request: {e}");
+                let reply = ControlReply::Refused {
+                    reason: format!("bad request: {e}"),
+                };
+                let _ = framed.send(&reply).await;
+                return;
+            }
+        };
+        let reply = handle(&node, request, uid);
+        if framed.send(&reply).await.is_err() {
+            return;
+        }
+    }
+}
+
+fn handle(node: &Node, request: ControlRequest, uid: Option<u32>) -> ControlReply {
+    match request {
+        ControlRequest::Status => ControlReply::Status(node.view()),
+        ControlRequest::GetMap => ControlReply::Map {
+            text: node.map().to_string(),
+        },
+        ControlRequest::SetMap { text, origin } => {
+            if uid != Some(0) {
+                return ControlReply::Refused {
+                    reason: "only root may install a cluster map".into(),
+                };
+            }
+            match ClusterMap::parse(&text, &origin)
+                .map_err(|e| e.to_string())
+                .and_then(|map| node.install_map(map, &origin))
+            {
+                Ok(nodes) => ControlReply::MapInstalled {
+                    nodes: nodes as u32,
+                },
+                Err(reason) => ControlReply::Refused { reason },
+            }
+        }
+    }
+}

@@ -1,0 +1,142 @@
+//! `omx daemon`: the per-node daemon.
+//!
+//! Loads everything first (config, map, key, load source) and refuses to
+//! start on any error; then listens to other nodes, gossips this node's
+//! load every step, and answers the user's commands on the control socket.
+//! SIGHUP reloads the map; SIGTERM or SIGINT stops it cleanly.
+
+mod control;
+mod node;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use omx_dfsa::load::{CgroupLoad, LoadMeter, LoadProvider, MachineLoad, speed};
+use omx_mfs::cluster_key::ClusterKey;
+use omx_mfs::config::{LoadSource, NodeConfig};
+use omx_mfs::transport::Identity;
+use omx_mfs::transport::listener::{self, ListenerSettings};
+use omx_mfs::transport::outbox::Outbox;
+use rand::RngExt;
+use tokio::net::TcpListener;
+use tokio::signal::unix::{SignalKind, signal};
+use tracing::{error, info, warn};
+
+pub use node::Node;
+
+/// How long load figures are smoothed over.
+const LOAD_SMOOTHING: Duration = Duration::from_secs(2);
+/// Peer connections kept open at once (an LRU beyond that).
+const MAX_PEER_LINKS: usize = 64;
+
+pub fn run(config_path: &Path) -> anyhow::Result<()> {
+    let config = NodeConfig::load(config_path)?;
+    let (me, map) = config.load_map()?;
+    let key = ClusterKey::load(&config.key_path)?;
+    let provider: Box<dyn LoadProvider> = match &config.load_source {
+        LoadSource::Machine => Box::new(MachineLoad::new()),
+        LoadSource::Cgroup { dirs } => Box::new(CgroupLoad::new(dirs.clone())?),
+    };
+    let listen_address = config
+        .listen
+        .or_else(|| map.address(me))
+        .expect("this node is in the map");
+    let speed = match config.speed {
+        Some(speed) => speed,
+        None => speed::calibrate(Duration::from_millis(500)),
+    };
+    let meter = LoadMeter::new(provider, speed, LOAD_SMOOTHING);
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let listener = TcpListener::bind((listen_address, config.port))
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot listen on {listen_address}:{}: is another omx daemon running on this node?",
+                    config.port
+                )
+            })?;
+        let control_socket = control::bind(&config.control_socket)?;
+        let identity = Identity { node: me, key };
+        let node = Arc::new(Node::new(me, config.clone(), map, meter));
+        let outbox = Outbox::new(identity.clone(), node.map_receiver(), config.port, MAX_PEER_LINKS);
+        let (inbound_tx, inbound_rx) = tokio::sync::mpsc::channel(1024);
+        let settings = Arc::new(ListenerSettings {
+            identity,
+            map: node.map_receiver(),
+            check_peer_address: config.check_peer_address,
+            idle_timeout: (config.gossip.interval * 30).max(Duration::from_secs(60)),
+        });
+        info!(
+            "node {me} up: listening on {listen_address}:{}, {} nodes in the map, speed {speed}, control socket {}",
+            config.port,
+            node.map_len(),
+            config.control_socket.display()
+        );
+
+        tokio::spawn(listener::serve(listener, settings, inbound_tx));
+        tokio::spawn(node.clone().dispatch_inbound(inbound_rx));
+        tokio::spawn(sample_load(node.clone()));
+        tokio::spawn(gossip(node.clone(), outbox));
+        tokio::spawn(control::serve(control_socket, node.clone()));
+
+        let mut hangup = signal(SignalKind::hangup())?;
+        let mut terminate = signal(SignalKind::terminate())?;
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        loop {
+            tokio::select! {
+                _ = hangup.recv() => {
+                    info!("SIGHUP: reloading the map from {}", config.map_path.display());
+                    if let Err(e) = node.reload_map_file() {
+                        error!("keeping the map in force: {e}");
+                    }
+                }
+                _ = terminate.recv() => break,
+                _ = interrupt.recv() => break,
+            }
+        }
+        info!("node {me} stopping");
+        let _ = std::fs::remove_file(&config.control_socket);
+        anyhow::Ok(())
+    })
+}
+
+/// Samples the load at the configured rate.
+async fn sample_load(node: Arc<Node>) {
+    let mut ticker = tokio::time::interval(node.config().load_sample);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
+    loop {
+        ticker.tick().await;
+        match node.sample_load() {
+            Ok(()) => failing = false,
+            Err(e) if !failing => {
+                warn!("cannot measure the load: {e}");
+                failing = true;
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+/// One gossip step per interval, starting at a random phase so that the
+/// nodes of a cluster do not send in lockstep.
+async fn gossip(node: Arc<Node>, outbox: Outbox) {
+    let interval = node.config().gossip.interval;
+    let phase = rand::rng().random_range(0..interval.as_millis().max(1) as u64);
+    tokio::time::sleep(Duration::from_millis(phase)).await;
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        node.gossip_step(&outbox);
+        node.log_status_changes();
+    }
+}

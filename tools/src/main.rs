@@ -1,0 +1,61 @@
+//! `omx`: one binary for the node daemon and every user command.
+//!
+//! Called as `omx SUBCOMMAND`, or under a classic openMosix name (a link
+//! named `setpe`, and later `mosrun`, `migrate`, `mosctl`, `mosmon`, `mps`),
+//! in which case the name chooses the command.
+
+mod cli;
+mod control_client;
+mod daemon;
+mod demo;
+mod lab;
+mod setpe;
+mod status;
+
+use std::ffi::OsString;
+use std::path::Path;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let args: Vec<OsString> = std::env::args_os().collect();
+    let invoked_as = args
+        .first()
+        .and_then(|a| Path::new(a).file_name())
+        .and_then(|n| n.to_str())
+        .unwrap_or("omx")
+        .to_string();
+    let command = match invoked_as.as_str() {
+        "setpe" => {
+            let mut rewritten = vec![OsString::from("omx"), OsString::from("setpe")];
+            rewritten.extend(args.into_iter().skip(1));
+            cli::Cli::parse_from(rewritten)
+        }
+        _ => cli::Cli::parse_from(args),
+    };
+    init_logging(&command);
+    match cli::run(command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("{invoked_as}: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(command: &cli::Cli) {
+    let default = if matches!(command.command, cli::Command::Daemon(_)) {
+        "info"
+    } else {
+        "warn"
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("OMX_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .init();
+}

@@ -151,6 +151,14 @@ impl Lab {
         Self::node_field(&view, node, "load")?.get("load")?.as_u64()
     }
 
+    /// The smoothed runnable count (x 1000) `viewer` sees for `node`.
+    pub fn runnable_seen(&self, viewer: u16, node: u16) -> Option<u64> {
+        let view = self.status(viewer)?;
+        Self::node_field(&view, node, "load")?
+            .get("runnable_milli")?
+            .as_u64()
+    }
+
     fn node_field(view: &Value, node: u16, field: &str) -> Option<Value> {
         view.get("nodes")?
             .as_array()?

@@ -15,7 +15,7 @@ pub fn request(config_path: &Path, request: ControlRequest) -> anyhow::Result<Co
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(async {
+    let exchange = async {
         let stream = UnixStream::connect(&socket).await.with_context(|| {
             format!(
                 "cannot reach the omx daemon at {}: is `omx daemon` running on this node?",
@@ -28,5 +28,18 @@ pub fn request(config_path: &Path, request: ControlRequest) -> anyhow::Result<Co
             .recv::<ControlReply>()
             .await?
             .context("the daemon closed the connection without answering")
+    };
+    runtime.block_on(async {
+        tokio::time::timeout(ANSWER_TIMEOUT, exchange)
+            .await
+            .unwrap_or_else(|_| {
+                Err(anyhow::anyhow!(
+                    "the omx daemon at {} did not answer within {ANSWER_TIMEOUT:?}",
+                    socket.display()
+                ))
+            })
     })
 }
+
+/// How long a command waits for the daemon.
+const ANSWER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);

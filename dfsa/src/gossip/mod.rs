@@ -24,8 +24,21 @@ use window::Window;
 /// Time and durations in milliseconds, on the local clock of one node.
 pub type Millis = u64;
 
+/// When an entry was fresh, on the local clock. Signed: an entry older than
+/// the local clock itself (a node that just started hears of a node dead
+/// for an hour) has a negative stamp, and keeps its true age.
+type Stamp = i64;
+
 /// A stamp for an entry never received.
-const NEVER: Millis = Millis::MAX;
+const NEVER: Stamp = Stamp::MIN;
+
+fn stamp_of(now: Millis, age: Millis) -> Stamp {
+    now as Stamp - age.min(Stamp::MAX as Millis / 2) as Stamp
+}
+
+fn age_of(now: Millis, stamp: Stamp) -> Millis {
+    (now as Stamp).saturating_sub(stamp).max(0) as Millis
+}
 
 /// What a node holds about another node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -64,7 +77,7 @@ pub struct GossipNode<P> {
     me: NodeId,
     members: Arc<Membership>,
     /// Local time at which each member's entry was fresh (by slot).
-    stamps: Vec<Millis>,
+    stamps: Vec<Stamp>,
     payloads: Vec<P>,
     window: Window,
     params: GossipParams,
@@ -139,7 +152,7 @@ impl<P: Clone + Default> GossipNode<P> {
     /// Records this node's own current figures.
     pub fn set_own(&mut self, now: Millis, own: P) {
         let me = self.my_slot();
-        self.stamps[me] = now;
+        self.stamps[me] = now as Stamp;
         self.payloads[me] = own;
     }
 
@@ -175,7 +188,7 @@ impl<P: Clone + Default> GossipNode<P> {
             .chain(self.window.slots().iter().copied())
             .map(|slot| Rumor {
                 node: self.members.ids()[slot],
-                age: now.saturating_sub(self.stamps[slot]),
+                age: age_of(now, self.stamps[slot]),
                 payload: self.payloads[slot].clone(),
             })
             .collect()
@@ -192,7 +205,7 @@ impl<P: Clone + Default> GossipNode<P> {
             if slot == me {
                 continue;
             }
-            let stamp = now.saturating_sub(rumor.age);
+            let stamp = stamp_of(now, rumor.age);
             let held = self.stamps[slot];
             if held == NEVER || stamp > held {
                 self.stamps[slot] = stamp;
@@ -206,7 +219,7 @@ impl<P: Clone + Default> GossipNode<P> {
     pub fn entry(&self, now: Millis, node: NodeId) -> Option<(Millis, &P)> {
         let slot = self.members.slot(node)?;
         let stamp = self.stamps[slot];
-        (stamp != NEVER).then(|| (now.saturating_sub(stamp), &self.payloads[slot]))
+        (stamp != NEVER).then(|| (age_of(now, stamp), &self.payloads[slot]))
     }
 
     /// Up, down or unknown, by the age of the freshest entry.
@@ -218,7 +231,7 @@ impl<P: Clone + Default> GossipNode<P> {
     fn status_of_slot(&self, now: Millis, slot: usize) -> NodeStatus {
         match self.stamps[slot] {
             NEVER => NodeStatus::Unknown,
-            stamp if now.saturating_sub(stamp) > self.params.down_after => NodeStatus::Down,
+            stamp if age_of(now, stamp) > self.params.down_after => NodeStatus::Down,
             _ => NodeStatus::Up,
         }
     }
@@ -231,7 +244,7 @@ impl<P: Clone + Default> GossipNode<P> {
             .iter()
             .enumerate()
             .filter(move |(slot, stamp)| *slot != me && **stamp != NEVER)
-            .map(move |(_, stamp)| now.saturating_sub(*stamp))
+            .map(move |(_, stamp)| age_of(now, *stamp))
     }
 
     fn my_slot(&self) -> usize {
@@ -394,6 +407,27 @@ mod tests {
         );
         assert_eq!(node.status(9000, id(2)), Some(NodeStatus::Up));
         assert_eq!(node.status(9000, id(3)), None);
+    }
+
+    #[test]
+    fn entries_older_than_the_local_clock_keep_their_age() {
+        // A daemon up for 2 s hears of a node silent for 30 minutes.
+        let mut young: GossipNode<u32> = GossipNode::new(id(2), members(&[1, 2, 3]), PARAMS);
+        young.receive(
+            2000,
+            vec![Rumor {
+                node: id(3),
+                age: 1_800_000,
+                payload: 0,
+            }],
+        );
+        assert_eq!(young.entry(2000, id(3)), Some((1_800_000, &0)));
+        assert_eq!(young.status(2000, id(3)), Some(NodeStatus::Down));
+        // ... and passes it on with its true age, so nobody resurrects it.
+        let mut sent = Captured::default();
+        young.step(3000, 2, &mut SmallRng::seed_from_u64(3), &mut sent);
+        let relayed = sent.0[0].2.iter().find(|r| r.node == id(3)).unwrap();
+        assert_eq!(relayed.age, 1_801_000);
     }
 
     #[test]

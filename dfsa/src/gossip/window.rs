@@ -27,7 +27,7 @@ impl Window {
 
     /// `slot`'s stamp just grew (or it is newly known): keep it if it is
     /// now among the freshest.
-    pub fn offer(&mut self, slot: usize, stamps: &[u64]) {
+    pub fn offer(&mut self, slot: usize, stamps: &[i64]) {
         if self.capacity == 0 {
             return;
         }
@@ -51,7 +51,7 @@ impl Window {
         }
     }
 
-    fn find_oldest(&self, stamps: &[u64]) -> Option<usize> {
+    fn find_oldest(&self, stamps: &[i64]) -> Option<usize> {
         if self.slots.len() < self.capacity {
             return None;
         }
@@ -65,7 +65,7 @@ mod tests {
 
     #[test]
     fn holds_the_freshest_slots() {
-        let mut stamps = vec![0u64; 6];
+        let mut stamps = vec![0i64; 6];
         let mut window = Window::new(3);
         for (slot, stamp) in [(0, 5), (1, 1), (2, 9), (3, 7), (4, 2)] {
             stamps[slot] = stamp;
@@ -92,18 +92,18 @@ mod tests {
     proptest::proptest! {
         #[test]
         fn always_equals_the_top_w_by_stamp(
-            updates in proptest::collection::vec((0usize..20, 1u64..1000), 1..200),
+            updates in proptest::collection::vec((0usize..20, 1i64..1000), 1..200),
             capacity in 1usize..6,
         ) {
-            let mut stamps = vec![0u64; 20];
+            let mut stamps = vec![0i64; 20];
             let mut window = Window::new(capacity);
             for (slot, bump) in updates {
                 stamps[slot] += bump;
                 window.offer(slot, &stamps);
-                let mut expected: Vec<u64> = stamps.iter().copied().filter(|s| *s > 0).collect();
+                let mut expected: Vec<i64> = stamps.iter().copied().filter(|s| *s > 0).collect();
                 expected.sort_unstable_by(|a, b| b.cmp(a));
                 expected.truncate(capacity);
-                let mut held: Vec<u64> = window.slots().iter().map(|s| stamps[*s]).collect();
+                let mut held: Vec<i64> = window.slots().iter().map(|s| stamps[*s]).collect();
                 held.sort_unstable_by(|a, b| b.cmp(a));
                 proptest::prop_assert_eq!(held, expected);
             }

@@ -108,6 +108,9 @@ pub struct SimCluster {
     /// Nodes in order of their phase.
     tick_order: Vec<usize>,
     crashed: HashSet<usize>,
+    /// Global time at which each node's local clock read 0: a restarted
+    /// node starts a fresh clock, as a restarted daemon does.
+    clock_origin: Vec<Millis>,
     in_flight: EventQueue<Delivery>,
     /// Chooses gossip targets (the nodes' own randomness).
     choice_rng: SmallRng,
@@ -161,6 +164,7 @@ impl SimCluster {
             phase,
             tick_order,
             crashed: HashSet::new(),
+            clock_origin: vec![0; config.nodes],
             in_flight: EventQueue::new(),
             loss_rng: SmallRng::seed_from_u64(config.seed ^ 0x5eed),
             choice_rng: rng,
@@ -189,6 +193,7 @@ impl SimCluster {
         self.crashed.remove(&slot);
         let params = self.nodes[slot].params();
         self.nodes[slot] = GossipNode::new(id, self.members.clone(), params);
+        self.clock_origin[slot] = self.now;
     }
 
     /// Runs one step: every live node ticks once, at its phase.
@@ -212,7 +217,8 @@ impl SimCluster {
                 sent: 0,
                 entries: 0,
             };
-            self.nodes[node].step(at, (), &mut self.choice_rng, &mut network);
+            let local = at - self.clock_origin[node];
+            self.nodes[node].step(local, (), &mut self.choice_rng, &mut network);
             self.messages_sent += network.sent;
             self.entries_sent += network.entries;
         }
@@ -223,7 +229,8 @@ impl SimCluster {
     fn deliver_until(&mut self, until: Millis) {
         while let Some((at, delivery)) = self.in_flight.pop_until(until) {
             if !self.crashed.contains(&delivery.to) {
-                self.nodes[delivery.to].receive(at, delivery.rumors);
+                let local = at - self.clock_origin[delivery.to];
+                self.nodes[delivery.to].receive(local, delivery.rumors);
             }
         }
     }
@@ -232,7 +239,7 @@ impl SimCluster {
     pub fn count_seeing(&self, id: NodeId, status: NodeStatus) -> usize {
         (0..self.nodes.len())
             .filter(|i| !self.crashed.contains(i) && self.members.ids()[*i] != id)
-            .filter(|i| self.nodes[*i].status(self.now, id) == Some(status))
+            .filter(|i| self.nodes[*i].status(self.now - self.clock_origin[*i], id) == Some(status))
             .count()
     }
 }
@@ -331,6 +338,32 @@ mod tests {
             cluster.run_step();
         }
         assert_eq!(cluster.count_seeing(victim, NodeStatus::Up), 49);
+    }
+
+    #[test]
+    fn a_restarted_node_does_not_bring_dead_nodes_back() {
+        // A small cluster: every message carries every entry, dead ones too.
+        let config = GossipSimConfig::steady_state(10, 16, 11);
+        let mut cluster = SimCluster::new(&config);
+        for _ in 0..20 {
+            cluster.run_step();
+        }
+        let dead = NodeId::new(5).unwrap();
+        cluster.crash(dead);
+        let timeout_steps = default_down_after(10, 16, 1000) / 1000;
+        for _ in 0..timeout_steps * 3 {
+            cluster.run_step();
+        }
+        assert_eq!(cluster.count_seeing(dead, NodeStatus::Down), 9);
+        // Node 9 restarts with a fresh clock and learns of node 5 from others.
+        let restarted = NodeId::new(9).unwrap();
+        cluster.crash(restarted);
+        cluster.restart(restarted);
+        for _ in 0..30 {
+            cluster.run_step();
+            assert_eq!(cluster.count_seeing(dead, NodeStatus::Up), 0);
+        }
+        assert_eq!(cluster.count_seeing(dead, NodeStatus::Down), 9);
     }
 
     #[test]

@@ -56,8 +56,8 @@ impl<S: AsyncRead + AsyncWrite> SecureChannel<S> {
                 transport: transport.clone(),
                 nonce: 0,
                 decoder: FrameDecoder::new(),
-                ciphertext: vec![0u8; NOISE_MAX_MESSAGE],
-                plaintext: vec![0u8; NOISE_MAX_MESSAGE],
+                ciphertext: Vec::new(),
+                plaintext: Vec::new(),
             },
             writer: SecureWriter {
                 stream: write,
@@ -70,6 +70,11 @@ impl<S: AsyncRead + AsyncWrite> SecureChannel<S> {
 
     pub fn split(self) -> (SecureReader<ReadHalf<S>>, SecureWriter<WriteHalf<S>>) {
         (self.reader, self.writer)
+    }
+
+    /// Refuse incoming frames over `max_len` bytes from now on.
+    pub fn limit_frames(&mut self, max_len: usize) {
+        self.reader.decoder.set_limit(max_len);
     }
 
     pub async fn send<T>(&mut self, message: &T) -> Result<(), TransportError>
@@ -154,6 +159,11 @@ impl<R: AsyncRead + Unpin> SecureReader<R> {
             let len = u16::from_be_bytes(len) as usize;
             if len < TAG_LEN {
                 return Err(TransportError::Corrupt);
+            }
+            // Allocated on first use, so an idle connection costs little.
+            if self.ciphertext.is_empty() {
+                self.ciphertext = vec![0u8; NOISE_MAX_MESSAGE];
+                self.plaintext = vec![0u8; NOISE_MAX_MESSAGE];
             }
             let ciphertext = &mut self.ciphertext[..len];
             match self.stream.read_exact(ciphertext).await {

@@ -6,21 +6,28 @@
 //! connection is logged with the peer's address and ends that connection
 //! only.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tracing::{debug, warn};
 
-use super::{Identity, accept};
+use super::{Identity, SecureChannel, accept};
 use crate::NodeId;
 use crate::cluster_map::ClusterMap;
 use crate::wire::PeerMessage;
 
-/// Handshakes allowed to run at once; more connections wait their turn.
+/// Handshakes allowed to run at once; connections beyond are dropped.
 const MAX_CONCURRENT_HANDSHAKES: usize = 64;
+/// Inbound connections open at once, in any state.
+const MAX_CONNECTIONS: usize = 1024;
+/// Authenticated connections one node may hold open to us at once.
+const MAX_CONNECTIONS_PER_NODE: usize = 4;
+/// Daemons exchange small messages: a larger frame is an attack or a bug.
+pub const MAX_PEER_FRAME: usize = 1 << 20;
 
 /// A message from an authenticated peer.
 #[derive(Debug)]
@@ -39,13 +46,24 @@ pub struct ListenerSettings {
     pub idle_timeout: Duration,
 }
 
+/// Limits on what connecting peers may hold.
+struct Limits {
+    connections: Arc<Semaphore>,
+    handshakes: Arc<Semaphore>,
+    per_node: Mutex<HashMap<NodeId, usize>>,
+}
+
 /// Accepts connections until the task is dropped.
 pub async fn serve(
     listener: TcpListener,
     settings: Arc<ListenerSettings>,
     inbound: mpsc::Sender<Inbound>,
 ) {
-    let handshakes = Arc::new(Semaphore::new(MAX_CONCURRENT_HANDSHAKES));
+    let limits = Arc::new(Limits {
+        connections: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
+        handshakes: Arc::new(Semaphore::new(MAX_CONCURRENT_HANDSHAKES)),
+        per_node: Mutex::new(HashMap::new()),
+    });
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -55,11 +73,32 @@ pub async fn serve(
                 continue;
             }
         };
+        // Cheap refusals first, before any cryptography.
+        let known_address = settings
+            .map
+            .borrow()
+            .node_at(peer.ip().to_canonical())
+            .is_some();
+        if settings.check_peer_address && !known_address {
+            warn!("refused connection from {peer}: that address is not a node of the cluster map");
+            continue;
+        }
+        let Ok(connection) = limits.connections.clone().try_acquire_owned() else {
+            warn!("refused connection from {peer}: {MAX_CONNECTIONS} connections are open already");
+            continue;
+        };
+        let Ok(handshake) = limits.handshakes.clone().try_acquire_owned() else {
+            warn!(
+                "refused connection from {peer}: {MAX_CONCURRENT_HANDSHAKES} handshakes are under way already"
+            );
+            continue;
+        };
         let settings = settings.clone();
         let inbound = inbound.clone();
-        let handshakes = handshakes.clone();
+        let limits = limits.clone();
         tokio::spawn(async move {
-            serve_connection(stream, peer, settings, inbound, handshakes).await;
+            serve_connection(stream, peer, &settings, &inbound, handshake, &limits).await;
+            drop(connection);
         });
     }
 }
@@ -67,21 +106,25 @@ pub async fn serve(
 async fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
-    settings: Arc<ListenerSettings>,
-    inbound: mpsc::Sender<Inbound>,
-    handshakes: Arc<Semaphore>,
+    settings: &ListenerSettings,
+    inbound: &mpsc::Sender<Inbound>,
+    handshake: OwnedSemaphorePermit,
+    limits: &Limits,
 ) {
     let _ = stream.set_nodelay(true);
-    let permit = handshakes
-        .acquire_owned()
-        .await
-        .expect("semaphore is never closed");
     let map = settings.map.borrow().clone();
     let accepted = accept(stream, &settings.identity, |node| {
-        admit(&map, node, peer.ip(), settings.check_peer_address)
+        admit(&map, node, peer.ip(), settings.check_peer_address)?;
+        let mut per_node = limits.per_node.lock().expect("limits lock");
+        let open = per_node.entry(node).or_insert(0);
+        if *open >= MAX_CONNECTIONS_PER_NODE {
+            return Err(format!("node {node} has {open} connections open already"));
+        }
+        *open += 1;
+        Ok(())
     })
     .await;
-    drop(permit);
+    drop(handshake);
     let (node, mut channel) = match accepted {
         Ok(accepted) => accepted,
         Err(e) => {
@@ -90,6 +133,26 @@ async fn serve_connection(
         }
     };
     debug!("node {node} connected from {peer}");
+    channel.limit_frames(MAX_PEER_FRAME);
+    receive_messages(node, peer, &mut channel, settings, inbound).await;
+    let mut per_node = limits.per_node.lock().expect("limits lock");
+    if let Some(open) = per_node.get_mut(&node) {
+        *open -= 1;
+        if *open == 0 {
+            per_node.remove(&node);
+        }
+    }
+}
+
+/// Hands an authenticated peer's messages to the daemon until the peer
+/// closes, falls silent, misbehaves or leaves the map.
+async fn receive_messages(
+    node: NodeId,
+    peer: SocketAddr,
+    channel: &mut SecureChannel<TcpStream>,
+    settings: &ListenerSettings,
+    inbound: &mpsc::Sender<Inbound>,
+) {
     loop {
         match tokio::time::timeout(settings.idle_timeout, channel.recv::<PeerMessage>()).await {
             Err(_) => {
@@ -101,14 +164,17 @@ async fn serve_connection(
                 return;
             }
             Ok(Ok(Some(message))) => {
-                if inbound
-                    .send(Inbound {
-                        from: node,
-                        message,
-                    })
-                    .await
-                    .is_err()
-                {
+                if !settings.map.borrow().contains(node) {
+                    warn!(
+                        "closing the connection from node {node} ({peer}): it left the cluster map"
+                    );
+                    return;
+                }
+                let inbound_message = Inbound {
+                    from: node,
+                    message,
+                };
+                if inbound.send(inbound_message).await.is_err() {
                     return;
                 }
             }

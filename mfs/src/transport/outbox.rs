@@ -22,6 +22,8 @@ use crate::wire::PeerMessage;
 
 const QUEUE_PER_PEER: usize = 16;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// A peer that does not take a message in this time is given up on.
+const SEND_TIMEOUT: Duration = Duration::from_secs(5);
 /// A link with nothing to send for this long closes its connection.
 const LINK_IDLE: Duration = Duration::from_secs(60);
 
@@ -86,7 +88,20 @@ impl Outbox {
     }
 }
 
-type Writer = SecureWriter<tokio::io::WriteHalf<TcpStream>>;
+/// The sending half of a link's connection; the receiving half is read by
+/// a task that ends with it.
+struct Connection {
+    writer: SecureWriter<tokio::io::WriteHalf<TcpStream>>,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        // Dropping only the writer would leave the socket open until the
+        // peer times out: end the reader too, which closes it.
+        self.reader.abort();
+    }
+}
 
 /// Owns the connection to one peer.
 async fn run_link(
@@ -96,7 +111,7 @@ async fn run_link(
     map: watch::Receiver<Arc<ClusterMap>>,
     port: u16,
 ) {
-    let mut writer: Option<Writer> = None;
+    let mut writer: Option<Connection> = None;
     let mut last_failure: Option<String> = None;
     while let Ok(Some(message)) = tokio::time::timeout(LINK_IDLE, queue.recv()).await {
         let Some(address) = map.borrow().address(to) else {
@@ -119,8 +134,11 @@ async fn run_link(
                     }
                 }
             }
-            let w = writer.as_mut().expect("connected above");
-            match w.send(&message).await {
+            let connection = writer.as_mut().expect("connected above");
+            let sent = tokio::time::timeout(SEND_TIMEOUT, connection.writer.send(&message))
+                .await
+                .unwrap_or(Err(TransportError::Timeout(SEND_TIMEOUT)));
+            match sent {
                 Ok(()) => {
                     if last_failure.take().is_some() {
                         info!("node {to} at {address}:{port} is reachable again");
@@ -141,7 +159,7 @@ async fn open(
     to: NodeId,
     address: std::net::IpAddr,
     port: u16,
-) -> Result<Writer, TransportError> {
+) -> Result<Connection, TransportError> {
     let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect((address, port)))
         .await
         .map_err(|_| TransportError::Timeout(CONNECT_TIMEOUT))??;
@@ -150,6 +168,7 @@ async fn open(
     let (mut reader, writer) = channel.split();
     // Peers do not answer on this connection yet; read it only to notice
     // when they close it.
-    tokio::spawn(async move { while let Ok(Some(_)) = reader.recv::<PeerMessage>().await {} });
-    Ok(writer)
+    let reader =
+        tokio::spawn(async move { while let Ok(Some(_)) = reader.recv::<PeerMessage>().await {} });
+    Ok(Connection { writer, reader })
 }

@@ -26,14 +26,34 @@ pub fn encode_frame(body: &[u8]) -> Vec<u8> {
 }
 
 /// Splits a byte stream into frame bodies.
-#[derive(Default)]
 pub struct FrameDecoder {
     buffer: Buffer,
+    max_len: usize,
+}
+
+impl Default for FrameDecoder {
+    fn default() -> Self {
+        FrameDecoder::with_limit(MAX_FRAME_LEN)
+    }
 }
 
 impl FrameDecoder {
     pub fn new() -> FrameDecoder {
         FrameDecoder::default()
+    }
+
+    /// A decoder refusing frames over `max_len` (at most [`MAX_FRAME_LEN`]):
+    /// a stream that only ever carries small messages says so, and a peer
+    /// cannot make it buffer more.
+    pub fn with_limit(max_len: usize) -> FrameDecoder {
+        FrameDecoder {
+            buffer: Buffer::default(),
+            max_len: max_len.min(MAX_FRAME_LEN),
+        }
+    }
+
+    pub fn set_limit(&mut self, max_len: usize) {
+        self.max_len = max_len.min(MAX_FRAME_LEN);
     }
 
     /// Adds bytes received from the stream.
@@ -50,10 +70,10 @@ impl FrameDecoder {
             return Ok(None);
         }
         let len = u32::from_be_bytes(pending[..HEADER_LEN].try_into().expect("4 bytes")) as usize;
-        if len > MAX_FRAME_LEN {
+        if len > self.max_len {
             return Err(FrameError::TooLarge {
                 len,
-                max: MAX_FRAME_LEN,
+                max: self.max_len,
             });
         }
         if pending.len() < HEADER_LEN + len {
@@ -73,6 +93,8 @@ impl FrameDecoder {
 /// A byte queue that is appended at the back and consumed at the front
 /// without moving the remainder on every frame.
 mod bytes_buffer {
+    const KEEP_CAPACITY: usize = 256 * 1024;
+
     #[derive(Default)]
     pub struct Buffer {
         bytes: Vec<u8>,
@@ -97,6 +119,10 @@ mod bytes_buffer {
             if self.start == self.bytes.len() {
                 self.bytes.clear();
                 self.start = 0;
+                // Do not keep a large frame's memory for the connection's life.
+                if self.bytes.capacity() > KEEP_CAPACITY {
+                    self.bytes.shrink_to(KEEP_CAPACITY);
+                }
             }
         }
     }
@@ -139,6 +165,18 @@ mod tests {
                 len: MAX_FRAME_LEN + 1,
                 max: MAX_FRAME_LEN
             })
+        );
+    }
+
+    #[test]
+    fn a_decoder_with_a_limit_refuses_larger_frames() {
+        let mut decoder = FrameDecoder::with_limit(10);
+        decoder.push(&encode_frame(&[1; 10]));
+        assert_eq!(decoder.next_frame(), Ok(Some(vec![1; 10])));
+        decoder.push(&encode_frame(&[1; 11]));
+        assert_eq!(
+            decoder.next_frame(),
+            Err(FrameError::TooLarge { len: 11, max: 10 })
         );
     }
 

@@ -39,6 +39,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> PlainFramed<S> {
         }
     }
 
+    /// A stream on which the other side may send frames of at most
+    /// `max_len` bytes.
+    pub fn with_limit(stream: S, max_len: usize) -> PlainFramed<S> {
+        PlainFramed {
+            stream,
+            decoder: FrameDecoder::with_limit(max_len),
+        }
+    }
+
     pub fn get_ref(&self) -> &S {
         &self.stream
     }

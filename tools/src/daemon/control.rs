@@ -4,7 +4,7 @@
 //! state is public, as /proc/hpc was); requests that change something are
 //! checked against the caller's uid, which the kernel reports.
 
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -12,7 +12,10 @@ use anyhow::Context;
 use omx_mfs::cluster_map::ClusterMap;
 use omx_mfs::wire::plain::PlainFramed;
 use omx_mfs::wire::{ControlReply, ControlRequest};
+use std::time::Duration;
+
 use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::Semaphore;
 use tracing::{debug, warn};
 
 use super::Node;
@@ -20,7 +23,13 @@ use super::Node;
 /// Binds the control socket, replacing a stale one left by a crash but
 /// refusing to steal the socket of a daemon that is still running.
 pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
-    if path.exists() {
+    if let Ok(metadata) = std::fs::symlink_metadata(path) {
+        if !metadata.file_type().is_socket() {
+            anyhow::bail!(
+                "{} exists and is not a socket: remove it or choose another control_socket",
+                path.display()
+            );
+        }
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
             anyhow::bail!(
                 "another omx daemon is serving {}: stop it first",
@@ -39,12 +48,27 @@ pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
     Ok(listener)
 }
 
+/// Clients served at once; more are turned away.
+const MAX_CLIENTS: usize = 64;
+/// Requests are small (a map is the largest).
+const MAX_REQUEST: usize = 1 << 20;
+/// A client that sends nothing for this long is dropped.
+const CLIENT_IDLE: Duration = Duration::from_secs(10);
+
 pub async fn serve(listener: UnixListener, node: Arc<Node>) {
+    let clients = Arc::new(Semaphore::new(MAX_CLIENTS));
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
+                let Ok(permit) = clients.clone().try_acquire_owned() else {
+                    warn!("turning a control client away: {MAX_CLIENTS} are connected already");
+                    continue;
+                };
                 let node = node.clone();
-                tokio::spawn(async move { serve_client(stream, node).await });
+                tokio::spawn(async move {
+                    serve_client(stream, node).await;
+                    drop(permit);
+                });
             }
             Err(e) => {
                 warn!("control socket accept failed: {e}");
@@ -56,9 +80,13 @@ pub async fn serve(listener: UnixListener, node: Arc<Node>) {
 
 async fn serve_client(stream: UnixStream, node: Arc<Node>) {
     let uid = stream.peer_cred().map(|c| c.uid()).ok();
-    let mut framed = PlainFramed::new(stream);
+    let mut framed = PlainFramed::with_limit(stream, MAX_REQUEST);
     loop {
-        let request = match framed.recv::<ControlRequest>().await {
+        let Ok(received) = tokio::time::timeout(CLIENT_IDLE, framed.recv::<ControlRequest>()).await
+        else {
+            return;
+        };
+        let request = match received {
             Ok(Some(request)) => request,
             Ok(None) => return,
             Err(e) => {

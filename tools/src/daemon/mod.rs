@@ -67,7 +67,7 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
         let identity = Identity { node: me, key };
         let node = Arc::new(Node::new(me, config.clone(), map, meter));
         let outbox = Outbox::new(identity.clone(), node.map_receiver(), config.port, MAX_PEER_LINKS);
-        let (inbound_tx, inbound_rx) = tokio::sync::mpsc::channel(1024);
+        let (inbound_tx, inbound_rx) = tokio::sync::mpsc::channel(256);
         let settings = Arc::new(ListenerSettings {
             identity,
             map: node.map_receiver(),

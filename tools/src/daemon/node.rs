@@ -30,6 +30,9 @@ pub struct Node {
     meter: Mutex<LoadMeter>,
     /// Last status logged per node, to log changes only.
     logged_status: Mutex<HashMap<NodeId, NodeStatus>>,
+    /// Held while a map is being installed, so that two installs (SIGHUP
+    /// and `setpe`) cannot interleave.
+    installing: Mutex<()>,
 }
 
 impl Node {
@@ -45,6 +48,7 @@ impl Node {
             gossip: Mutex::new(gossip),
             meter: Mutex::new(meter),
             logged_status: Mutex::new(HashMap::new()),
+            installing: Mutex::new(()),
         }
     }
 
@@ -96,6 +100,14 @@ impl Node {
     }
 
     fn receive_gossip(&self, from: NodeId, packet: GossipPacket) {
+        // A packet leads with its sender's own entry; anything else is not
+        // what our peers send.
+        if packet.entries.first().map(|e| e.node) != Some(from.get()) {
+            warn!(
+                "ignoring gossip from node {from}: it does not start with node {from}'s own entry"
+            );
+            return;
+        }
         let rumors: Vec<Rumor<LoadReport>> = packet
             .entries
             .into_iter()
@@ -188,6 +200,7 @@ impl Node {
     /// Installs a new map if this node is in it at the same address.
     /// Returns the number of nodes in it.
     pub fn install_map(&self, map: ClusterMap, origin: &str) -> Result<usize, String> {
+        let _installing = self.installing.lock().expect("install lock");
         let current = self.map();
         let here = current
             .address(self.me)

@@ -270,7 +270,12 @@ pub fn remove_tree(dir: &Path) -> Result<bool, String> {
     }
 }
 
-/// Whether process `pid` is in a cgroup whose path contains `needle`.
-pub fn process_in(pid: i32, needle: &str) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/cgroup")).is_ok_and(|t| t.contains(needle))
+/// Whether process `pid` is in a cgroup whose path ends with `suffix`
+/// (in any hierarchy).
+pub fn process_in(pid: i32, suffix: &str) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/cgroup")).is_ok_and(|t| {
+        t.lines()
+            .filter_map(|l| l.splitn(3, ':').nth(2))
+            .any(|path| path == suffix || path.ends_with(&format!("/{suffix}")))
+    })
 }

@@ -8,6 +8,7 @@
 
 pub mod codec;
 pub mod frame;
+pub mod image;
 pub mod messages;
 pub mod plain;
 

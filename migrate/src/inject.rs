@@ -1,0 +1,343 @@
+//! Running system calls inside a stopped tracee.
+//!
+//! The technique of CRIU's compel and reptyr: point the tracee's registers
+//! at a `syscall; int3` sequence with the call's number and arguments, let
+//! it run until the int3 traps, read the result. Each process we work on
+//! gets a *parasite*: a code page holding that sequence and a scratch area
+//! for the calls' memory arguments, mapped where the process has nothing.
+
+use std::io;
+
+use tracing::trace;
+
+use crate::maps::{self, PAGE_SIZE};
+use crate::sys::memory::ProcessMemory;
+use crate::sys::ptrace::{self, Regs, Stop};
+
+/// `syscall` followed by `int3`.
+const SYSCALL_TRAP: [u8; 3] = [0x0f, 0x05, 0xcc];
+/// Where parasites go if nothing forces another place: below the usual
+/// mmap area of x86_64 processes.
+const PARASITE_CEILING: u64 = 0x6f00_0000_0000;
+const MAP_FIXED_NOREPLACE: u64 = 0x100000;
+/// The scratch area's size when a parasite is made.
+const INITIAL_SCRATCH: u64 = 64 * 1024;
+
+/// Why an injected call could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum InjectError {
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    #[error("the process ended while being worked on ({0:?})")]
+    Gone(Stop),
+    #[error("the process stopped unexpectedly ({stop:?}) at {rip:#x} during an injected call")]
+    Unexpected { stop: Stop, rip: u64 },
+    #[error("the process has no executable memory to start from")]
+    NoCode,
+    #[error("no free address range of {0} bytes in the process")]
+    NoRoom(u64),
+    #[error("injected {name} failed: {error}")]
+    CallFailed {
+        name: &'static str,
+        error: io::Error,
+    },
+}
+
+/// How an injected call ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The call returned this value (a negative errno on failure).
+    Returned(i64),
+    /// A signal arrived while the call was blocked: the tracee sits in a
+    /// signal-delivery stop with the registers the kernel left.
+    Signal(i32),
+}
+
+/// A code page and a scratch area inside one process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Parasite {
+    pub code: u64,
+    pub scratch: u64,
+    pub scratch_len: u64,
+}
+
+impl Parasite {
+    /// Whether `[start, end)` overlaps the parasite.
+    pub fn overlaps(&self, start: u64, end: u64) -> bool {
+        let code = (self.code, self.code + PAGE_SIZE);
+        let scratch = (self.scratch, self.scratch + self.scratch_len);
+        [code, scratch].iter().any(|(s, e)| start < *e && *s < end)
+    }
+
+    pub fn ranges(&self) -> [(u64, u64); 2] {
+        [
+            (self.code, self.code + PAGE_SIZE),
+            (self.scratch, self.scratch + self.scratch_len),
+        ]
+    }
+}
+
+/// Runs system calls in one stopped tracee.
+pub struct Injector {
+    pid: i32,
+    pub parasite: Parasite,
+    pub memory: ProcessMemory,
+}
+
+impl Injector {
+    /// Gives a stopped tracee a parasite placed away from `avoid` (address
+    /// ranges that must stay free, e.g. the areas of an image to restore).
+    pub fn bootstrap(pid: i32, avoid: &[(u64, u64)]) -> Result<Injector, InjectError> {
+        let memory = ProcessMemory::open(pid)?;
+        let areas = maps::read_maps(pid)?;
+        // Borrow three bytes of existing code to make the first call.
+        let borrowed = areas
+            .iter()
+            .find(|a| a.execute && !a.is_vsyscall() && !a.is_vdso_family())
+            .ok_or(InjectError::NoCode)?
+            .start;
+        let original = memory.read_vec(borrowed, SYSCALL_TRAP.len())?;
+        memory.write(borrowed, &SYSCALL_TRAP)?;
+        let mut taken: Vec<(u64, u64)> = areas.iter().map(|a| (a.start, a.end)).collect();
+        taken.extend_from_slice(avoid);
+        let size = PAGE_SIZE + INITIAL_SCRATCH;
+        let place =
+            maps::find_hole(&taken, size, PARASITE_CEILING).ok_or(InjectError::NoRoom(size))?;
+        let temporary = Injector {
+            pid,
+            parasite: Parasite {
+                code: borrowed,
+                scratch: 0,
+                scratch_len: 0,
+            },
+            memory,
+        };
+        let mapped = (|| {
+            let code = temporary.map_fixed(place, PAGE_SIZE, libc::PROT_READ | libc::PROT_EXEC)?;
+            let scratch = temporary.map_fixed(
+                place + PAGE_SIZE,
+                INITIAL_SCRATCH,
+                libc::PROT_READ | libc::PROT_WRITE,
+            )?;
+            Ok::<_, InjectError>((code, scratch))
+        })();
+        temporary.memory.write(borrowed, &original)?;
+        let (code, scratch) = mapped?;
+        temporary.memory.write(code, &SYSCALL_TRAP)?;
+        trace!("pid {pid}: parasite code at {code:#x}, scratch at {scratch:#x}");
+        Ok(Injector {
+            pid,
+            parasite: Parasite {
+                code,
+                scratch,
+                scratch_len: INITIAL_SCRATCH,
+            },
+            memory: temporary.memory,
+        })
+    }
+
+    /// Works with a parasite made earlier (by a previous keeper step).
+    pub fn adopt(pid: i32, parasite: Parasite) -> Result<Injector, InjectError> {
+        Ok(Injector {
+            pid,
+            parasite,
+            memory: ProcessMemory::open(pid)?,
+        })
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    fn map_fixed(&self, address: u64, len: u64, prot: i32) -> Result<u64, InjectError> {
+        let flags = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64 | MAP_FIXED_NOREPLACE;
+        let got = self.call_checked(
+            "mmap",
+            libc::SYS_mmap,
+            &[address, len, prot as u64, flags, u64::MAX, 0],
+        )? as u64;
+        if got != address {
+            return Err(InjectError::NoRoom(len));
+        }
+        Ok(got)
+    }
+
+    /// Makes the scratch area at least `len` bytes.
+    pub fn ensure_scratch(&mut self, len: u64) -> Result<(), InjectError> {
+        if len <= self.parasite.scratch_len {
+            return Ok(());
+        }
+        let new_len = len.next_power_of_two().max(INITIAL_SCRATCH);
+        // MREMAP_MAYMOVE: it may go anywhere the kernel likes.
+        let moved = self.call_checked(
+            "mremap",
+            libc::SYS_mremap,
+            &[
+                self.parasite.scratch,
+                self.parasite.scratch_len,
+                new_len,
+                1,
+                0,
+                0,
+            ],
+        )? as u64;
+        self.parasite.scratch = moved;
+        self.parasite.scratch_len = new_len;
+        Ok(())
+    }
+
+    /// Runs one call with every signal blocked, and restores the tracee's
+    /// registers and signal mask afterwards.
+    pub fn call(&self, nr: i64, args: &[u64]) -> Result<i64, InjectError> {
+        let saved_regs = ptrace::get_regs(self.pid)?;
+        let saved_mask = ptrace::get_sigmask(self.pid)?;
+        ptrace::set_sigmask(self.pid, u64::MAX)?;
+        let outcome = self.run(nr, args, &saved_regs);
+        ptrace::set_regs(self.pid, &saved_regs)?;
+        ptrace::set_sigmask(self.pid, saved_mask)?;
+        match outcome? {
+            Outcome::Returned(value) => Ok(value),
+            Outcome::Signal(signal) => Err(InjectError::Unexpected {
+                stop: Stop::Signal(signal),
+                rip: self.parasite.code,
+            }),
+        }
+    }
+
+    /// [`call`](Self::call), turning a negative return into an error.
+    pub fn call_checked(
+        &self,
+        name: &'static str,
+        nr: i64,
+        args: &[u64],
+    ) -> Result<i64, InjectError> {
+        let value = self.call(nr, args)?;
+        if (-4095..0).contains(&value) {
+            return Err(InjectError::CallFailed {
+                name,
+                error: io::Error::from_raw_os_error(-value as i32),
+            });
+        }
+        Ok(value)
+    }
+
+    /// Runs one call as the process's own: signals are not blocked, and one
+    /// arriving while the call blocks ends the wait with
+    /// [`Outcome::Signal`]. `base` supplies the registers not used for the
+    /// call. Registers are left as the call leaves them.
+    pub fn run(&self, nr: i64, args: &[u64], base: &Regs) -> Result<Outcome, InjectError> {
+        let mut regs = *base;
+        regs.rax = nr as u64;
+        regs.orig_rax = u64::MAX;
+        regs.rip = self.parasite.code;
+        let mut all = [0u64; 6];
+        all[..args.len()].copy_from_slice(args);
+        regs.rdi = all[0];
+        regs.rsi = all[1];
+        regs.rdx = all[2];
+        regs.r10 = all[3];
+        regs.r8 = all[4];
+        regs.r9 = all[5];
+        ptrace::set_regs(self.pid, &regs)?;
+        ptrace::cont(self.pid, 0)?;
+        self.finish()
+    }
+
+    /// Waits for the injected call to trap.
+    pub fn finish(&self) -> Result<Outcome, InjectError> {
+        loop {
+            let stop = ptrace::wait(self.pid)?;
+            match stop {
+                Stop::Signal(libc::SIGTRAP) => {
+                    let regs = ptrace::get_regs(self.pid)?;
+                    if regs.rip == self.parasite.code + SYSCALL_TRAP.len() as u64 {
+                        return Ok(Outcome::Returned(regs.rax as i64));
+                    }
+                    return Err(InjectError::Unexpected {
+                        stop,
+                        rip: regs.rip,
+                    });
+                }
+                Stop::Signal(signal) => return Ok(Outcome::Signal(signal)),
+                // A stop signal or a ptrace interrupt during the call: let
+                // the call go on; the stop is seen again once it is over.
+                Stop::Group(_) | Stop::Interrupt | Stop::Event(_) => ptrace::cont(self.pid, 0)?,
+                Stop::Exited(_) | Stop::Killed { .. } => return Err(InjectError::Gone(stop)),
+            }
+        }
+    }
+
+    /// Resumes a call interrupted by a signal without delivering the
+    /// signal: the kernel restarts it where it stopped.
+    pub fn resume_interrupted(&self) -> Result<Outcome, InjectError> {
+        ptrace::cont(self.pid, 0)?;
+        self.finish()
+    }
+
+    /// Ends a call interrupted by a signal without restarting it.
+    pub fn abandon_interrupted(&self, result: i64) -> Result<(), InjectError> {
+        let mut regs = ptrace::get_regs(self.pid)?;
+        // orig_rax = -1: no system call in progress, so no restart.
+        regs.orig_rax = u64::MAX;
+        regs.rax = result as u64;
+        ptrace::set_regs(self.pid, &regs)?;
+        match self.resume_interrupted()? {
+            Outcome::Returned(_) => Ok(()),
+            Outcome::Signal(signal) => Err(InjectError::Unexpected {
+                stop: Stop::Signal(signal),
+                rip: regs.rip,
+            }),
+        }
+    }
+
+    /// Writes `bytes` into the scratch area at `offset`; returns the
+    /// address in the tracee.
+    pub fn put(&self, offset: u64, bytes: &[u8]) -> Result<u64, InjectError> {
+        assert!(
+            offset + bytes.len() as u64 <= self.parasite.scratch_len,
+            "scratch overflow"
+        );
+        let address = self.parasite.scratch + offset;
+        self.memory.write(address, bytes)?;
+        Ok(address)
+    }
+
+    pub fn get(&self, offset: u64, len: usize) -> Result<Vec<u8>, InjectError> {
+        Ok(self.memory.read_vec(self.parasite.scratch + offset, len)?)
+    }
+
+    /// Removes the parasite. The `munmap` of the code page returns into an
+    /// unmapped page, so the tracee faults there: that fault is the end.
+    pub fn remove_parasite(self) -> Result<(), InjectError> {
+        self.call_checked(
+            "munmap",
+            libc::SYS_munmap,
+            &[self.parasite.scratch, self.parasite.scratch_len],
+        )?;
+        let saved_regs = ptrace::get_regs(self.pid)?;
+        let saved_mask = ptrace::get_sigmask(self.pid)?;
+        ptrace::set_sigmask(self.pid, u64::MAX)?;
+        let outcome = self.run(
+            libc::SYS_munmap,
+            &[self.parasite.code, PAGE_SIZE],
+            &saved_regs,
+        );
+        ptrace::set_regs(self.pid, &saved_regs)?;
+        ptrace::set_sigmask(self.pid, saved_mask)?;
+        match outcome {
+            Ok(Outcome::Signal(libc::SIGSEGV)) => Ok(()),
+            Ok(other) => Err(InjectError::Unexpected {
+                stop: match other {
+                    Outcome::Signal(s) => Stop::Signal(s),
+                    Outcome::Returned(_) => Stop::Signal(libc::SIGTRAP),
+                },
+                rip: self.parasite.code,
+            }),
+            Err(InjectError::Unexpected {
+                stop: Stop::Signal(libc::SIGTRAP),
+                ..
+            }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+}

@@ -1,26 +1,21 @@
-//! An established, encrypted channel carrying wire frames.
+//! An established, encrypted channel carrying wire frames (async).
 //!
 //! The frame stream is cut into Noise transport messages of at most 64 KiB,
-//! each sent with a 2-byte length. Each direction counts its own nonces, so
-//! the two halves of a channel can be used by different tasks.
-
-use std::sync::Arc;
+//! each sent with a 2-byte length ([`super::noise`] seals and opens them).
+//! Each direction counts its own nonces, so the two halves of a channel can
+//! be used by different tasks.
 
 use rkyv::api::high::{HighDeserializer, HighSerializer, HighValidator};
 use rkyv::bytecheck::CheckBytes;
 use rkyv::rancor;
 use rkyv::ser::allocator::ArenaHandle;
 use rkyv::util::AlignedVec;
-use snow::StatelessTransportState;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 
 use super::TransportError;
-use super::handshake::NOISE_MAX_MESSAGE;
+use super::noise::{NOISE_MAX_MESSAGE, Opener, Sealer};
 use crate::wire::frame::encode_frame;
-use crate::wire::{FrameDecoder, decode, encode};
-
-const TAG_LEN: usize = 16;
-const MAX_PLAINTEXT: usize = NOISE_MAX_MESSAGE - TAG_LEN;
+use crate::wire::{decode, encode};
 
 /// Both directions of an encrypted connection.
 pub struct SecureChannel<S> {
@@ -31,38 +26,29 @@ pub struct SecureChannel<S> {
 /// The receiving half of a [`SecureChannel`].
 pub struct SecureReader<R> {
     stream: R,
-    transport: Arc<StatelessTransportState>,
-    nonce: u64,
-    decoder: FrameDecoder,
+    opener: Opener,
     ciphertext: Vec<u8>,
-    plaintext: Vec<u8>,
 }
 
 /// The sending half of a [`SecureChannel`].
 pub struct SecureWriter<W> {
     stream: W,
-    transport: Arc<StatelessTransportState>,
-    nonce: u64,
+    sealer: Sealer,
     out: Vec<u8>,
 }
 
 impl<S: AsyncRead + AsyncWrite> SecureChannel<S> {
-    pub(super) fn new(stream: S, transport: StatelessTransportState) -> SecureChannel<S> {
-        let transport = Arc::new(transport);
+    pub(super) fn new(stream: S, sealer: Sealer, opener: Opener) -> SecureChannel<S> {
         let (read, write) = tokio::io::split(stream);
         SecureChannel {
             reader: SecureReader {
                 stream: read,
-                transport: transport.clone(),
-                nonce: 0,
-                decoder: FrameDecoder::new(),
+                opener,
                 ciphertext: Vec::new(),
-                plaintext: Vec::new(),
             },
             writer: SecureWriter {
                 stream: write,
-                transport,
-                nonce: 0,
+                sealer,
                 out: Vec::new(),
             },
         }
@@ -74,7 +60,20 @@ impl<S: AsyncRead + AsyncWrite> SecureChannel<S> {
 
     /// Refuse incoming frames over `max_len` bytes from now on.
     pub fn limit_frames(&mut self, max_len: usize) {
-        self.reader.decoder.set_limit(max_len);
+        self.reader.opener.limit_frames(max_len);
+    }
+
+    /// The underlying stream back, once both sides agree to stop using the
+    /// channel (to hand the connection to another process, which starts a
+    /// channel of its own on it). Fails if received bytes are pending.
+    pub fn into_inner(self) -> Result<S, TransportError>
+    where
+        S: Unpin,
+    {
+        if self.reader.opener.pending_len() != 0 {
+            return Err(TransportError::Corrupt);
+        }
+        Ok(self.reader.stream.unsplit(self.writer.stream))
     }
 
     pub async fn send<T>(&mut self, message: &T) -> Result<(), TransportError>
@@ -108,17 +107,7 @@ impl<W: AsyncWrite + Unpin> SecureWriter<W> {
     /// receiving side, anything at all.
     pub async fn send_raw_frame_bytes(&mut self, bytes: &[u8]) -> Result<(), TransportError> {
         self.out.clear();
-        for chunk in bytes.chunks(MAX_PLAINTEXT) {
-            let start = self.out.len();
-            self.out.resize(start + 2 + chunk.len() + TAG_LEN, 0);
-            let len = self
-                .transport
-                .write_message(self.nonce, chunk, &mut self.out[start + 2..])
-                .expect("chunk and tag fit in one Noise message");
-            self.nonce += 1;
-            self.out[start..start + 2].copy_from_slice(&(len as u16).to_be_bytes());
-            self.out.truncate(start + 2 + len);
-        }
+        self.sealer.seal(bytes, &mut self.out);
         self.stream.write_all(&self.out).await?;
         self.stream.flush().await?;
         Ok(())
@@ -141,14 +130,14 @@ impl<R: AsyncRead + Unpin> SecureReader<R> {
             + rkyv::Deserialize<T, HighDeserializer<rancor::Error>>,
     {
         loop {
-            if let Some(frame) = self.decoder.next_frame()? {
+            if let Some(frame) = self.opener.next_frame()? {
                 return Ok(Some(decode::<T>(&frame)?));
             }
             let mut len = [0u8; 2];
             match self.stream.read_exact(&mut len).await {
                 Ok(_) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-                    return if self.decoder.pending_len() == 0 {
+                    return if self.opener.pending_len() == 0 {
                         Ok(None)
                     } else {
                         Err(TransportError::Truncated)
@@ -157,13 +146,8 @@ impl<R: AsyncRead + Unpin> SecureReader<R> {
                 Err(e) => return Err(e.into()),
             }
             let len = u16::from_be_bytes(len) as usize;
-            if len < TAG_LEN {
-                return Err(TransportError::Corrupt);
-            }
-            // Allocated on first use, so an idle connection costs little.
             if self.ciphertext.is_empty() {
                 self.ciphertext = vec![0u8; NOISE_MAX_MESSAGE];
-                self.plaintext = vec![0u8; NOISE_MAX_MESSAGE];
             }
             let ciphertext = &mut self.ciphertext[..len];
             match self.stream.read_exact(ciphertext).await {
@@ -173,12 +157,7 @@ impl<R: AsyncRead + Unpin> SecureReader<R> {
                 }
                 Err(e) => return Err(e.into()),
             }
-            let plain_len = self
-                .transport
-                .read_message(self.nonce, ciphertext, &mut self.plaintext)
-                .map_err(|_| TransportError::Corrupt)?;
-            self.nonce += 1;
-            self.decoder.push(&self.plaintext[..plain_len]);
+            self.opener.open(ciphertext)?;
         }
     }
 }
@@ -257,12 +236,8 @@ mod tests {
         let intruder = identity(1, &ClusterKey::generate().unwrap());
         let (client, accepted) = tokio::join!(
             async {
-                let mut handshake = builder_for_test(&intruder).build_initiator().unwrap();
-                let mut message = vec![0u8; 1024];
-                let len = handshake.write_message(&[], &mut message).unwrap();
-                super::super::handshake::write_message(&mut a, &message[..len])
-                    .await
-                    .unwrap();
+                let (_, first) = super::super::noise::initiate(&intruder, NodeId::new(2).unwrap());
+                super::super::handshake::write_message(&mut a, &first).await.unwrap();
                 let mut everything = Vec::new();
                 a.read_to_end(&mut everything).await.unwrap();
                 everything
@@ -273,19 +248,7 @@ mod tests {
             }
         );
         assert!(matches!(accepted, Err(TransportError::BadHandshake)));
-        assert!(
-            client.is_empty(),
-            "the refused peer received {} bytes",
-            client.len()
-        );
-    }
-
-    fn builder_for_test(identity: &Identity) -> snow::Builder<'_> {
-        snow::Builder::new(super::super::NOISE_PARAMS.parse().unwrap())
-            .prologue(b"omx node-to-node transport")
-            .unwrap()
-            .psk(0, identity.key.as_bytes())
-            .unwrap()
+        assert!(client.is_empty(), "the refused peer received {} bytes", client.len());
     }
 
     #[tokio::test]

@@ -7,13 +7,16 @@
 //! validated messages. A malformed, truncated or oversized frame ends that
 //! connection only.
 
+pub mod blocking;
 mod channel;
 mod handshake;
 pub mod listener;
+pub mod noise;
 pub mod outbox;
 
 pub use channel::{SecureChannel, SecureReader, SecureWriter};
-pub use handshake::{HANDSHAKE_TIMEOUT, NOISE_PARAMS, accept, connect};
+pub use handshake::{HANDSHAKE_TIMEOUT, accept, connect};
+pub use noise::NOISE_PARAMS;
 
 use crate::NodeId;
 use crate::cluster_key::ClusterKey;

@@ -84,6 +84,17 @@ impl FrameDecoder {
         Ok(Some(body))
     }
 
+    /// Whether a whole frame is buffered (or an oversized one announced,
+    /// which [`next_frame`](Self::next_frame) reports).
+    pub fn has_complete_frame(&self) -> bool {
+        let pending = self.buffer.as_slice();
+        if pending.len() < HEADER_LEN {
+            return false;
+        }
+        let len = u32::from_be_bytes(pending[..HEADER_LEN].try_into().expect("4 bytes")) as usize;
+        len > self.max_len || pending.len() >= HEADER_LEN + len
+    }
+
     /// Bytes received but not yet returned as a frame.
     pub fn pending_len(&self) -> usize {
         self.buffer.as_slice().len()

@@ -1,0 +1,229 @@
+//! The protocol itself, without I/O: the Noise handshake's two messages
+//! and the sealing and opening of frames. The async channel (daemons) and
+//! the blocking channel (keepers) are thin loops around this.
+
+use std::sync::Arc;
+
+use snow::{HandshakeState, StatelessTransportState};
+
+use super::{Identity, TransportError};
+use crate::NodeId;
+use crate::wire::{FrameDecoder, Hello, HelloReply, PROTOCOL_VERSION, decode, encode};
+
+/// The Noise protocol name: pattern, DH, cipher, hash.
+pub const NOISE_PARAMS: &str = "Noise_NNpsk0_25519_AESGCM_SHA256";
+/// Binds the handshake to this use, so keys never validate another protocol.
+const PROLOGUE: &[u8] = b"omx node-to-node transport";
+/// Largest Noise message (the Noise specification's limit).
+pub const NOISE_MAX_MESSAGE: usize = 65535;
+const TAG_LEN: usize = 16;
+const MAX_PLAINTEXT: usize = NOISE_MAX_MESSAGE - TAG_LEN;
+
+fn builder(identity: &Identity) -> snow::Builder<'_> {
+    snow::Builder::new(NOISE_PARAMS.parse().expect("valid Noise parameters"))
+        .prologue(PROLOGUE)
+        .expect("prologue is set once")
+        .psk(0, identity.key.as_bytes())
+        .expect("psk location 0 exists in NNpsk0")
+}
+
+/// The connecting side between its first message and the answer.
+pub struct Initiator {
+    handshake: HandshakeState,
+    expected: NodeId,
+}
+
+/// Starts a handshake with `expected`: returns the first message to send.
+pub fn initiate(identity: &Identity, expected: NodeId) -> (Initiator, Vec<u8>) {
+    let mut handshake = builder(identity).build_initiator().expect("initiator builds");
+    let hello = encode(&Hello {
+        protocol: PROTOCOL_VERSION,
+        node: identity.node.get(),
+    });
+    let mut message = vec![0u8; NOISE_MAX_MESSAGE];
+    let len = handshake
+        .write_message(&hello, &mut message)
+        .expect("hello fits in one message");
+    message.truncate(len);
+    (Initiator { handshake, expected }, message)
+}
+
+impl Initiator {
+    /// Reads the answer; on success the channel's keys.
+    pub fn finish(mut self, reply: &[u8]) -> Result<(Sealer, Opener), TransportError> {
+        let mut payload = vec![0u8; NOISE_MAX_MESSAGE];
+        let len = self
+            .handshake
+            .read_message(reply, &mut payload)
+            .map_err(|_| TransportError::BadHandshake)?;
+        match decode::<HelloReply>(&payload[..len])? {
+            HelloReply::Welcome { protocol, .. } | HelloReply::Refused { protocol, .. }
+                if protocol != PROTOCOL_VERSION =>
+            {
+                return Err(TransportError::VersionMismatch {
+                    ours: PROTOCOL_VERSION,
+                    theirs: protocol,
+                });
+            }
+            HelloReply::Refused { reason, .. } => return Err(TransportError::RefusedByPeer { reason }),
+            HelloReply::Welcome { node, .. } if node != self.expected.get() => {
+                return Err(TransportError::WrongNode {
+                    expected: self.expected,
+                    found: node,
+                });
+            }
+            HelloReply::Welcome { .. } => {}
+        }
+        let transport = self
+            .handshake
+            .into_stateless_transport_mode()
+            .expect("handshake is finished after two messages");
+        Ok(split(transport))
+    }
+}
+
+/// The accepting side's answer to a first message.
+pub struct Response {
+    /// The message to send back.
+    pub reply: Vec<u8>,
+    /// The peer and the channel's keys, or why the peer was refused.
+    pub outcome: Result<(NodeId, Sealer, Opener), TransportError>,
+}
+
+/// Answers a first message. `Err` means nothing may be sent back (the peer
+/// does not hold the key, or its hello is malformed).
+pub fn respond(
+    identity: &Identity,
+    first: &[u8],
+    admit: impl FnOnce(NodeId) -> Result<(), String>,
+) -> Result<Response, TransportError> {
+    let mut handshake = builder(identity).build_responder().expect("responder builds");
+    let mut payload = vec![0u8; NOISE_MAX_MESSAGE];
+    let len = handshake
+        .read_message(first, &mut payload)
+        .map_err(|_| TransportError::BadHandshake)?;
+    let hello = decode::<Hello>(&payload[..len])?;
+    let verdict = if hello.protocol != PROTOCOL_VERSION {
+        Err(TransportError::VersionMismatch {
+            ours: PROTOCOL_VERSION,
+            theirs: hello.protocol,
+        })
+    } else {
+        match NodeId::new(hello.node) {
+            None => Err(TransportError::PeerNotAllowed {
+                reason: "node id 0 is not a node".into(),
+            }),
+            Some(node) => admit(node)
+                .map(|()| node)
+                .map_err(|reason| TransportError::PeerNotAllowed { reason }),
+        }
+    };
+    let reply = match &verdict {
+        Ok(_) => HelloReply::Welcome {
+            protocol: PROTOCOL_VERSION,
+            node: identity.node.get(),
+        },
+        Err(e) => HelloReply::Refused {
+            protocol: PROTOCOL_VERSION,
+            reason: e.to_string(),
+        },
+    };
+    let mut message = vec![0u8; NOISE_MAX_MESSAGE];
+    let len = handshake
+        .write_message(&encode(&reply), &mut message)
+        .expect("reply fits in one message");
+    message.truncate(len);
+    let outcome = verdict.map(|node| {
+        let transport = handshake
+            .into_stateless_transport_mode()
+            .expect("handshake is finished after two messages");
+        let (sealer, opener) = split(transport);
+        (node, sealer, opener)
+    });
+    Ok(Response { reply: message, outcome })
+}
+
+fn split(transport: StatelessTransportState) -> (Sealer, Opener) {
+    let transport = Arc::new(transport);
+    (
+        Sealer {
+            transport: transport.clone(),
+            nonce: 0,
+        },
+        Opener {
+            transport,
+            nonce: 0,
+            decoder: FrameDecoder::new(),
+            plaintext: Vec::new(),
+        },
+    )
+}
+
+/// Encrypts the outgoing byte stream.
+pub struct Sealer {
+    transport: Arc<StatelessTransportState>,
+    nonce: u64,
+}
+
+impl Sealer {
+    /// Appends `plaintext` to `out` as Noise messages, each with its 2-byte
+    /// length.
+    pub fn seal(&mut self, plaintext: &[u8], out: &mut Vec<u8>) {
+        for chunk in plaintext.chunks(MAX_PLAINTEXT) {
+            let start = out.len();
+            out.resize(start + 2 + chunk.len() + TAG_LEN, 0);
+            let len = self
+                .transport
+                .write_message(self.nonce, chunk, &mut out[start + 2..])
+                .expect("chunk and tag fit in one Noise message");
+            self.nonce += 1;
+            out[start..start + 2].copy_from_slice(&(len as u16).to_be_bytes());
+            out.truncate(start + 2 + len);
+        }
+    }
+}
+
+/// Decrypts the incoming stream and cuts it into frames.
+pub struct Opener {
+    transport: Arc<StatelessTransportState>,
+    nonce: u64,
+    decoder: FrameDecoder,
+    plaintext: Vec<u8>,
+}
+
+impl Opener {
+    /// Takes in one Noise message (without its length).
+    pub fn open(&mut self, ciphertext: &[u8]) -> Result<(), TransportError> {
+        if ciphertext.len() < TAG_LEN {
+            return Err(TransportError::Corrupt);
+        }
+        // Allocated on first use, so an idle connection costs little.
+        if self.plaintext.is_empty() {
+            self.plaintext = vec![0u8; NOISE_MAX_MESSAGE];
+        }
+        let len = self
+            .transport
+            .read_message(self.nonce, ciphertext, &mut self.plaintext)
+            .map_err(|_| TransportError::Corrupt)?;
+        self.nonce += 1;
+        self.decoder.push(&self.plaintext[..len]);
+        Ok(())
+    }
+
+    pub fn next_frame(&mut self) -> Result<Option<Vec<u8>>, TransportError> {
+        Ok(self.decoder.next_frame()?)
+    }
+
+    /// Bytes received but not yet a whole frame.
+    pub fn pending_len(&self) -> usize {
+        self.decoder.pending_len()
+    }
+
+    pub fn limit_frames(&mut self, max_len: usize) {
+        self.decoder.set_limit(max_len);
+    }
+
+    pub fn has_complete_frame(&self) -> bool {
+        self.decoder.has_complete_frame()
+    }
+}

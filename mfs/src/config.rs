@@ -65,7 +65,16 @@ pub struct NodeConfig {
     pub load_source: LoadSource,
     /// How often the load is sampled (the load is smoothed over samples).
     pub load_sample: Duration,
+    /// The unprivileged identity guest processes run under on this node
+    /// (no local user should have it).
+    pub guest_uid: u32,
+    pub guest_gid: u32,
+    /// An empty, root-owned directory guest processes are confined to.
+    pub guest_root: PathBuf,
 }
+
+/// The default guest uid and gid: far above any ordinary account.
+pub const DEFAULT_GUEST_ID: u32 = 2_000_000_000;
 
 /// A configuration was refused.
 #[derive(Debug, thiserror::Error)]
@@ -100,6 +109,9 @@ struct RawConfig {
     control_socket: Option<PathBuf>,
     speed: Option<Spanned<u64>>,
     check_peer_address: Option<bool>,
+    guest_uid: Option<u32>,
+    guest_gid: Option<u32>,
+    guest_root: Option<PathBuf>,
     #[serde(default)]
     gossip: RawGossip,
     #[serde(default)]
@@ -288,6 +300,9 @@ impl NodeConfig {
             },
             load_source,
             load_sample: Duration::from_millis(sample_ms),
+            guest_uid: raw.guest_uid.unwrap_or(DEFAULT_GUEST_ID),
+            guest_gid: raw.guest_gid.unwrap_or(DEFAULT_GUEST_ID),
+            guest_root: resolve(raw.guest_root, "/run/omx/empty"),
         })
     }
 

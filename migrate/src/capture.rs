@@ -124,9 +124,18 @@ pub fn capture(injector: &mut Injector, regs: Regs) -> Result<Capture, CaptureEr
         injector.memory.read_u64(at)?
     };
     let brk = injector.call_checked("brk", libc::SYS_brk, &[0])? as u64;
-    let rlimits = (0..RLIMIT_COUNT)
-        .map(|r| sys::prlimit(pid, r, None))
-        .collect::<io::Result<Vec<_>>>()?;
+    // Asked by the process itself: reading another uid's limits would
+    // need CAP_SYS_RESOURCE.
+    let mut rlimits = Vec::new();
+    for resource in 0..u64::from(RLIMIT_COUNT) {
+        let at = injector.parasite.scratch;
+        injector.call_checked("prlimit64", libc::SYS_prlimit64, &[0, resource, 0, at])?;
+        let limit = injector.get(0, 16)?;
+        rlimits.push((
+            u64::from_ne_bytes(limit[..8].try_into().expect("8 bytes")),
+            u64::from_ne_bytes(limit[8..].try_into().expect("8 bytes")),
+        ));
+    }
     let personality = read_proc(pid, "personality")?;
     let personality =
         u32::from_str_radix(personality.trim(), 16).map_err(|_| CaptureError::Proc {

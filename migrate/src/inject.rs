@@ -226,6 +226,13 @@ impl Injector {
     /// [`Outcome::Signal`]. `base` supplies the registers not used for the
     /// call. Registers are left as the call leaves them.
     pub fn run(&self, nr: i64, args: &[u64], base: &Regs) -> Result<Outcome, InjectError> {
+        self.start(nr, args, base)?;
+        self.finish()
+    }
+
+    /// Starts one call as the process's own and returns at once; the
+    /// caller sees its end among the tracee's stops ([`Injector::outcome`]).
+    pub fn start(&self, nr: i64, args: &[u64], base: &Regs) -> Result<(), InjectError> {
         let mut regs = *base;
         regs.rax = nr as u64;
         regs.orig_rax = u64::MAX;
@@ -240,7 +247,26 @@ impl Injector {
         regs.r9 = all[5];
         ptrace::set_regs(self.pid, &regs)?;
         ptrace::cont(self.pid, 0)?;
-        self.finish()
+        Ok(())
+    }
+
+    /// What a stop means for a call started with [`start`](Self::start):
+    /// `Some` if the call is over (returned, or a signal arrived during it),
+    /// `None` if the stop is something else.
+    pub fn outcome(&self, stop: Stop) -> Result<Option<Outcome>, InjectError> {
+        match stop {
+            Stop::Signal(libc::SIGTRAP) => {
+                let regs = ptrace::get_regs(self.pid)?;
+                if regs.rip == self.parasite.code + SYSCALL_TRAP.len() as u64 {
+                    Ok(Some(Outcome::Returned(regs.rax as i64)))
+                } else {
+                    Ok(Some(Outcome::Signal(libc::SIGTRAP)))
+                }
+            }
+            Stop::Signal(signal) => Ok(Some(Outcome::Signal(signal))),
+            Stop::Exited(_) | Stop::Killed { .. } => Err(InjectError::Gone(stop)),
+            _ => Ok(None),
+        }
     }
 
     /// Waits for the injected call to trap.
@@ -261,7 +287,9 @@ impl Injector {
                 Stop::Signal(signal) => return Ok(Outcome::Signal(signal)),
                 // A stop signal or a ptrace interrupt during the call: let
                 // the call go on; the stop is seen again once it is over.
-                Stop::Group(_) | Stop::Interrupt | Stop::Event(_) => ptrace::cont(self.pid, 0)?,
+                Stop::Group(_) | Stop::Interrupt | Stop::Event(_) | Stop::Continued => {
+                    ptrace::cont(self.pid, 0)?
+                }
                 Stop::Exited(_) | Stop::Killed { .. } => return Err(InjectError::Gone(stop)),
             }
         }

@@ -14,7 +14,10 @@
 pub mod sys;
 
 pub mod capture;
+pub mod constraints;
 pub mod image;
 pub mod inject;
+pub mod keeper;
 pub mod maps;
 pub mod restore;
+pub mod syscalls;

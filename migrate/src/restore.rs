@@ -13,7 +13,6 @@ use omx_mfs::wire::image::{AreaKind, Compatibility, IMAGE_FORMAT, ImageHeader, P
 use crate::image::SIGACTION_LEN;
 use crate::inject::{InjectError, Injector};
 use crate::maps::{self, PAGE_SIZE};
-use crate::sys;
 use crate::sys::ptrace::{self, Regs};
 
 const PR_SET_MM: u64 = 35;
@@ -326,8 +325,8 @@ pub fn finish(
     name.push(0);
     injector.put(0, &name)?;
     injector.call_checked("prctl", libc::SYS_prctl, &[PR_SET_NAME, scratch])?;
-    for (resource, limit) in header.rlimits.iter().enumerate() {
-        sys::prlimit(pid, resource as u32, Some(*limit))?;
+    for (resource, (soft, hard)) in header.rlimits.iter().enumerate() {
+        set_rlimit(injector, resource as u64, *soft, *hard)?;
     }
     if let Some(rseq) = header.rseq {
         injector.call_checked(
@@ -348,6 +347,34 @@ pub fn finish(
         requeue_signal(injector, info, false)?;
     }
     ptrace::set_xstate(pid, &header.xstate)?;
+    Ok(())
+}
+
+/// Sets a resource limit from inside the process. Raising a hard limit
+/// needs CAP_SYS_RESOURCE; without it, the limit is kept as close as the
+/// process's current hard limit allows.
+fn set_rlimit(
+    injector: &Injector,
+    resource: u64,
+    soft: u64,
+    hard: u64,
+) -> Result<(), RestoreError> {
+    let scratch = injector.parasite.scratch;
+    let mut limit = soft.to_ne_bytes().to_vec();
+    limit.extend_from_slice(&hard.to_ne_bytes());
+    injector.put(0, &limit)?;
+    if injector.call(libc::SYS_prlimit64, &[0, resource, scratch, 0])? == -(libc::EPERM as i64) {
+        injector.call_checked(
+            "prlimit64",
+            libc::SYS_prlimit64,
+            &[0, resource, 0, scratch + 16],
+        )?;
+        let current_hard = u64::from_ne_bytes(injector.get(24, 8)?.try_into().expect("8 bytes"));
+        let mut limit = soft.min(current_hard).to_ne_bytes().to_vec();
+        limit.extend_from_slice(&current_hard.to_ne_bytes());
+        injector.put(0, &limit)?;
+        injector.call_checked("prlimit64", libc::SYS_prlimit64, &[0, resource, scratch, 0])?;
+    }
     Ok(())
 }
 

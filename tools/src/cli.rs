@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use omx_mfs::config::DEFAULT_CONFIG_PATH;
 
-use crate::{daemon, demo, lab, setpe, status};
+use crate::{daemon, demo, keeper_cmd, lab, migrate_cmd, mosrun, setpe, status};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -41,6 +41,25 @@ pub enum Command {
     },
     /// Install (-w -f MAP) or print (-r) the cluster map in force.
     Setpe(setpe::SetpeArgs),
+    /// Move a process of this node to another node, or home.
+    Migrate(migrate_cmd::MigrateArgs),
+    /// Where a process runs, how often it moved, and why it cannot move.
+    Where {
+        pid: u32,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Run a program as a migratable process (the classic `mosrun`; its
+    /// options are openMosix's: see `mosrun -?`).
+    #[command(disable_help_flag = true)]
+    Mosrun {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        args: Vec<std::ffi::OsString>,
+    },
     /// Write a new random cluster key to FILE (readable by its owner only).
     Keygen { file: PathBuf },
     /// A cluster of nodes on this machine, for trying and testing omx.
@@ -53,6 +72,13 @@ pub enum Command {
     Demo(demo::DemoArgs),
     #[command(hide = true, name = "__hold-mount-namespace")]
     HoldMountNamespace,
+    #[command(hide = true, name = "__home-keeper")]
+    HomeKeeper(keeper_cmd::HomeKeeperArgs),
+    #[command(hide = true, name = "__remote-keeper")]
+    RemoteKeeper(keeper_cmd::RemoteKeeperArgs),
+    /// Print docs/syscalls.md from the system call table.
+    #[command(hide = true, name = "__syscall-table")]
+    SyscallTable,
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -67,5 +93,14 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Lab { command } => lab::run(command),
         Command::Demo(args) => demo::run(args),
         Command::HoldMountNamespace => lab::mount_namespace::hold().map(|()| ExitCode::SUCCESS),
+        Command::Migrate(args) => migrate_cmd::migrate(args),
+        Command::Where { pid, json, config } => migrate_cmd::where_is(pid, &config.config, json),
+        Command::Mosrun { config, args } => mosrun::run(&args, &config.config),
+        Command::HomeKeeper(args) => keeper_cmd::run_home(args),
+        Command::RemoteKeeper(args) => keeper_cmd::run_remote(args),
+        Command::SyscallTable => {
+            print!("{}", omx_migrate::syscalls::markdown());
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }

@@ -10,6 +10,22 @@ use tokio::net::UnixStream;
 
 /// Sends one request to the daemon named by the config at `config_path`.
 pub fn request(config_path: &Path, request: ControlRequest) -> anyhow::Result<ControlReply> {
+    request_within(config_path, request, ANSWER_TIMEOUT)
+}
+
+/// Like [`request`], for requests that take long (a synchronous move).
+pub fn request_patiently(
+    config_path: &Path,
+    request: ControlRequest,
+) -> anyhow::Result<ControlReply> {
+    request_within(config_path, request, std::time::Duration::from_secs(150))
+}
+
+fn request_within(
+    config_path: &Path,
+    request: ControlRequest,
+    answer_timeout: std::time::Duration,
+) -> anyhow::Result<ControlReply> {
     let config = NodeConfig::load(config_path)?;
     let socket = config.control_socket;
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -30,11 +46,11 @@ pub fn request(config_path: &Path, request: ControlRequest) -> anyhow::Result<Co
             .context("the daemon closed the connection without answering")
     };
     runtime.block_on(async {
-        tokio::time::timeout(ANSWER_TIMEOUT, exchange)
+        tokio::time::timeout(answer_timeout, exchange)
             .await
             .unwrap_or_else(|_| {
                 Err(anyhow::anyhow!(
-                    "the omx daemon at {} did not answer within {ANSWER_TIMEOUT:?}",
+                    "the omx daemon at {} did not answer within {answer_timeout:?}",
                     socket.display()
                 ))
             })

@@ -8,7 +8,10 @@ mod cli;
 mod control_client;
 mod daemon;
 mod demo;
+mod keeper_cmd;
 mod lab;
+mod migrate_cmd;
+mod mosrun;
 mod setpe;
 mod status;
 
@@ -27,8 +30,8 @@ fn main() -> ExitCode {
         .unwrap_or("omx")
         .to_string();
     let command = match invoked_as.as_str() {
-        "setpe" => {
-            let mut rewritten = vec![OsString::from("omx"), OsString::from("setpe")];
+        name @ ("setpe" | "migrate" | "mosrun") => {
+            let mut rewritten = vec![OsString::from("omx"), OsString::from(name)];
             rewritten.extend(args.into_iter().skip(1));
             cli::Cli::parse_from(rewritten)
         }
@@ -45,10 +48,11 @@ fn main() -> ExitCode {
 }
 
 fn init_logging(command: &cli::Cli) {
-    let default = if matches!(command.command, cli::Command::Daemon(_)) {
-        "info"
-    } else {
-        "warn"
+    let default = match command.command {
+        cli::Command::Daemon(_) | cli::Command::HomeKeeper(_) | cli::Command::RemoteKeeper(_) => {
+            "info"
+        }
+        _ => "warn",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("OMX_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));

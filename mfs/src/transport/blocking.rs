@@ -69,6 +69,15 @@ impl<S: Read + Write> BlockingChannel<S> {
         &self.stream
     }
 
+    /// The stream back, to start another channel on it (both sides agree
+    /// to); fails if received bytes are pending.
+    pub fn into_inner(self) -> Result<S, TransportError> {
+        if self.opener.pending_len() != 0 {
+            return Err(TransportError::Corrupt);
+        }
+        Ok(self.stream)
+    }
+
     pub fn limit_frames(&mut self, max_len: usize) {
         self.opener.limit_frames(max_len);
     }
@@ -105,7 +114,9 @@ impl<S: Read + Write> BlockingChannel<S> {
             let mut len = [0u8; 2];
             match read_exact(&mut self.stream, &mut len) {
                 Ok(()) => {}
-                Err(TransportError::Truncated) if self.opener.pending_len() == 0 => return Ok(None),
+                Err(TransportError::Truncated) if self.opener.pending_len() == 0 => {
+                    return Ok(None);
+                }
                 Err(e) => return Err(e),
             }
             let len = u16::from_be_bytes(len) as usize;
@@ -155,20 +166,38 @@ mod tests {
         let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
         let server_key = key.clone();
         let server = std::thread::spawn(move || {
-            let me = Identity { node: NodeId::new(2).unwrap(), key: server_key };
+            let me = Identity {
+                node: NodeId::new(2).unwrap(),
+                key: server_key,
+            };
             let (peer, mut channel) = accept(b, &me, |_| Ok(())).unwrap();
             let message: PeerMessage = channel.recv().unwrap().unwrap();
             channel.send(&message).unwrap();
             (peer, channel.recv::<PeerMessage>().unwrap())
         });
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         runtime.block_on(async {
             a.set_nonblocking(true).unwrap();
             let stream = tokio::net::UnixStream::from_std(a).unwrap();
-            let me = Identity { node: NodeId::new(1).unwrap(), key };
-            let mut channel = super::super::connect(stream, &me, NodeId::new(2).unwrap()).await.unwrap();
+            let me = Identity {
+                node: NodeId::new(1).unwrap(),
+                key,
+            };
+            let mut channel = super::super::connect(stream, &me, NodeId::new(2).unwrap())
+                .await
+                .unwrap();
             let message = PeerMessage::Gossip(GossipPacket {
-                entries: vec![GossipEntry { node: 1, age_ms: 5, load: LoadReport::default() }; 5000],
+                entries: vec![
+                    GossipEntry {
+                        node: 1,
+                        age_ms: 5,
+                        load: LoadReport::default()
+                    };
+                    5000
+                ],
             });
             channel.send(&message).await.unwrap();
             assert_eq!(channel.recv::<PeerMessage>().await.unwrap(), Some(message));

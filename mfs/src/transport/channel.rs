@@ -237,7 +237,9 @@ mod tests {
         let (client, accepted) = tokio::join!(
             async {
                 let (_, first) = super::super::noise::initiate(&intruder, NodeId::new(2).unwrap());
-                super::super::handshake::write_message(&mut a, &first).await.unwrap();
+                super::super::handshake::write_message(&mut a, &first)
+                    .await
+                    .unwrap();
                 let mut everything = Vec::new();
                 a.read_to_end(&mut everything).await.unwrap();
                 everything
@@ -248,7 +250,11 @@ mod tests {
             }
         );
         assert!(matches!(accepted, Err(TransportError::BadHandshake)));
-        assert!(client.is_empty(), "the refused peer received {} bytes", client.len());
+        assert!(
+            client.is_empty(),
+            "the refused peer received {} bytes",
+            client.len()
+        );
     }
 
     #[tokio::test]

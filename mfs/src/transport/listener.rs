@@ -19,6 +19,7 @@ use super::{Identity, SecureChannel, accept};
 use crate::NodeId;
 use crate::cluster_map::ClusterMap;
 use crate::wire::PeerMessage;
+use crate::wire::link::LinkRequest;
 
 /// Handshakes allowed to run at once; connections beyond are dropped.
 const MAX_CONCURRENT_HANDSHAKES: usize = 64;
@@ -36,6 +37,15 @@ pub struct Inbound {
     pub message: PeerMessage,
 }
 
+/// A connection a peer wants handed to a keeper (`PeerMessage::OpenLink`).
+pub struct IncomingLink {
+    pub from: NodeId,
+    pub peer: SocketAddr,
+    pub request: LinkRequest,
+    /// Answer with a `LinkReply` on it, then take the stream out.
+    pub channel: SecureChannel<TcpStream>,
+}
+
 /// What the listener needs to decide who may connect.
 pub struct ListenerSettings {
     pub identity: Identity,
@@ -44,6 +54,8 @@ pub struct ListenerSettings {
     pub check_peer_address: bool,
     /// A connection silent for this long is closed.
     pub idle_timeout: Duration,
+    /// Where connections asking for a keeper go.
+    pub links: mpsc::Sender<IncomingLink>,
 }
 
 /// Limits on what connecting peers may hold.
@@ -134,7 +146,17 @@ async fn serve_connection(
     };
     debug!("node {node} connected from {peer}");
     channel.limit_frames(MAX_PEER_FRAME);
-    receive_messages(node, peer, &mut channel, settings, inbound).await;
+    if let Some(request) = receive_messages(node, peer, &mut channel, settings, inbound).await {
+        let link = IncomingLink {
+            from: node,
+            peer,
+            request,
+            channel,
+        };
+        if settings.links.send(link).await.is_err() {
+            warn!("dropping a link request from node {node}: nobody takes links");
+        }
+    }
     let mut per_node = limits.per_node.lock().expect("limits lock");
     if let Some(open) = per_node.get_mut(&node) {
         *open -= 1;
@@ -145,42 +167,44 @@ async fn serve_connection(
 }
 
 /// Hands an authenticated peer's messages to the daemon until the peer
-/// closes, falls silent, misbehaves or leaves the map.
+/// closes, falls silent, misbehaves or leaves the map; or returns the
+/// request of a peer that wants this connection handed to a keeper.
 async fn receive_messages(
     node: NodeId,
     peer: SocketAddr,
     channel: &mut SecureChannel<TcpStream>,
     settings: &ListenerSettings,
     inbound: &mpsc::Sender<Inbound>,
-) {
+) -> Option<LinkRequest> {
     loop {
         match tokio::time::timeout(settings.idle_timeout, channel.recv::<PeerMessage>()).await {
             Err(_) => {
                 debug!("closing idle connection from node {node} ({peer})");
-                return;
+                return None;
             }
             Ok(Ok(None)) => {
                 debug!("node {node} ({peer}) closed its connection");
-                return;
+                return None;
             }
+            Ok(Ok(Some(PeerMessage::OpenLink(request)))) => return Some(request),
             Ok(Ok(Some(message))) => {
                 if !settings.map.borrow().contains(node) {
                     warn!(
                         "closing the connection from node {node} ({peer}): it left the cluster map"
                     );
-                    return;
+                    return None;
                 }
                 let inbound_message = Inbound {
                     from: node,
                     message,
                 };
                 if inbound.send(inbound_message).await.is_err() {
-                    return;
+                    return None;
                 }
             }
             Ok(Err(e)) => {
                 warn!("dropping connection from node {node} ({peer}): {e}");
-                return;
+                return None;
             }
         }
     }

@@ -35,7 +35,9 @@ pub struct Initiator {
 
 /// Starts a handshake with `expected`: returns the first message to send.
 pub fn initiate(identity: &Identity, expected: NodeId) -> (Initiator, Vec<u8>) {
-    let mut handshake = builder(identity).build_initiator().expect("initiator builds");
+    let mut handshake = builder(identity)
+        .build_initiator()
+        .expect("initiator builds");
     let hello = encode(&Hello {
         protocol: PROTOCOL_VERSION,
         node: identity.node.get(),
@@ -45,7 +47,13 @@ pub fn initiate(identity: &Identity, expected: NodeId) -> (Initiator, Vec<u8>) {
         .write_message(&hello, &mut message)
         .expect("hello fits in one message");
     message.truncate(len);
-    (Initiator { handshake, expected }, message)
+    (
+        Initiator {
+            handshake,
+            expected,
+        },
+        message,
+    )
 }
 
 impl Initiator {
@@ -65,7 +73,9 @@ impl Initiator {
                     theirs: protocol,
                 });
             }
-            HelloReply::Refused { reason, .. } => return Err(TransportError::RefusedByPeer { reason }),
+            HelloReply::Refused { reason, .. } => {
+                return Err(TransportError::RefusedByPeer { reason });
+            }
             HelloReply::Welcome { node, .. } if node != self.expected.get() => {
                 return Err(TransportError::WrongNode {
                     expected: self.expected,
@@ -97,7 +107,9 @@ pub fn respond(
     first: &[u8],
     admit: impl FnOnce(NodeId) -> Result<(), String>,
 ) -> Result<Response, TransportError> {
-    let mut handshake = builder(identity).build_responder().expect("responder builds");
+    let mut handshake = builder(identity)
+        .build_responder()
+        .expect("responder builds");
     let mut payload = vec![0u8; NOISE_MAX_MESSAGE];
     let len = handshake
         .read_message(first, &mut payload)
@@ -140,7 +152,10 @@ pub fn respond(
         let (sealer, opener) = split(transport);
         (node, sealer, opener)
     });
-    Ok(Response { reply: message, outcome })
+    Ok(Response {
+        reply: message,
+        outcome,
+    })
 }
 
 fn split(transport: StatelessTransportState) -> (Sealer, Opener) {

@@ -23,6 +23,9 @@ pub enum HelloReply {
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub enum PeerMessage {
     Gossip(GossipPacket),
+    /// Hand this connection to a keeper (the first and only message of a
+    /// migration link; the daemon answers with a `LinkReply`).
+    OpenLink(super::link::LinkRequest),
 }
 
 /// One gossip step: the sender's own fresh entry and its window. The
@@ -70,15 +73,103 @@ pub enum ControlRequest {
     GetMap,
     /// Install a new map (root only); `origin` names it in errors.
     SetMap { text: String, origin: String },
+    /// Move process `pid` (the caller must be allowed to signal it);
+    /// with `wait`, answer once it runs at the target or cannot move.
+    Migrate {
+        pid: u32,
+        to: MigrateTarget,
+        wait: bool,
+    },
+    /// Where process `pid` runs, and why it cannot move if it cannot.
+    Where { pid: u32 },
+    /// `mosrun`: process `pid` (the caller itself) is about to run a
+    /// program with these options.
+    Register { pid: u32, options: RunOptions },
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum MigrateTarget {
+    Node(u16),
+    Home,
+}
+
+/// How `mosrun` asked a program to be run.
+#[derive(
+    Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default, serde::Serialize,
+)]
+pub struct RunOptions {
+    /// Send it to one of these nodes right after it starts (empty: start
+    /// at home).
+    pub send_to: Vec<u16>,
+    /// Locked against automatic moves (`-L`), or explicitly not (`-l`).
+    pub lock: Option<bool>,
+    /// Keep it home (`-h`).
+    pub stay_home: bool,
+    pub job: JobHint,
+    pub decay: DecayHint,
+}
+
+#[derive(
+    Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize,
+)]
+pub enum JobHint {
+    #[default]
+    Unknown,
+    /// `-c`: mostly computes.
+    Cpu,
+    /// `-i`: mostly does I/O.
+    Io,
+}
+
+#[derive(
+    Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize,
+)]
+pub enum DecayHint {
+    #[default]
+    Default,
+    /// `-n`: statistics do not decay.
+    None,
+    /// `-s`: slow decay.
+    Slow,
+    /// `-f`: fast decay.
+    Fast,
+}
+
+/// Where a process runs, as its home node knows it.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ProcessLocation {
+    pub pid: u32,
+    /// The node it runs on; `None` at home.
+    pub node: Option<u16>,
+    pub migrating: bool,
+    pub moves: u32,
+    pub locked: bool,
+    /// Why it cannot move now, if it cannot.
+    pub cannot_move: Option<String>,
+    /// Why the last move failed, if it did.
+    pub last_failure: Option<String>,
 }
 
 /// The daemon's answer to a [`ControlRequest`].
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub enum ControlReply {
     Status(ClusterView),
-    Map { text: String },
-    MapInstalled { nodes: u32 },
-    Refused { reason: String },
+    Map {
+        text: String,
+    },
+    MapInstalled {
+        nodes: u32,
+    },
+    Refused {
+        reason: String,
+    },
+    /// The process runs on `node` now (`None`: at home).
+    Moved {
+        node: Option<u16>,
+    },
+    /// The request was taken (an asynchronous move, a registration).
+    Accepted,
+    Location(ProcessLocation),
 }
 
 /// One node's view of the whole cluster.

@@ -9,6 +9,7 @@
 pub mod codec;
 pub mod frame;
 pub mod image;
+pub mod link;
 pub mod messages;
 pub mod plain;
 

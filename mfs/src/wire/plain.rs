@@ -112,3 +112,73 @@ mod tests {
         assert!(client.recv::<ControlReply>().await.unwrap().is_none());
     }
 }
+
+/// Frames over a blocking local stream (keepers talking to their daemon).
+pub struct BlockingFramed<S> {
+    stream: S,
+    decoder: FrameDecoder,
+}
+
+impl<S: std::io::Read + std::io::Write> BlockingFramed<S> {
+    pub fn new(stream: S) -> BlockingFramed<S> {
+        BlockingFramed {
+            stream,
+            decoder: FrameDecoder::new(),
+        }
+    }
+
+    pub fn get_ref(&self) -> &S {
+        &self.stream
+    }
+
+    pub fn send<T>(&mut self, message: &T) -> Result<(), PlainError>
+    where
+        T: for<'a> rkyv::Serialize<HighSerializer<AlignedVec, ArenaHandle<'a>, rancor::Error>>,
+    {
+        self.stream.write_all(&encode_frame(&encode(message)))?;
+        self.stream.flush()?;
+        Ok(())
+    }
+
+    /// Takes in bytes read from the stream by other means (e.g. recvmsg).
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.decoder.push(bytes);
+    }
+
+    /// A message already received, if a whole one is buffered.
+    pub fn buffered<T>(&mut self) -> Result<Option<T>, PlainError>
+    where
+        T: rkyv::Archive,
+        T::Archived: for<'a> CheckBytes<HighValidator<'a, rancor::Error>>
+            + rkyv::Deserialize<T, HighDeserializer<rancor::Error>>,
+    {
+        match self.decoder.next_frame()? {
+            Some(frame) => Ok(Some(decode(&frame)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The next message, reading as needed; `Ok(None)` at a clean end.
+    pub fn recv<T>(&mut self) -> Result<Option<T>, PlainError>
+    where
+        T: rkyv::Archive,
+        T::Archived: for<'a> CheckBytes<HighValidator<'a, rancor::Error>>
+            + rkyv::Deserialize<T, HighDeserializer<rancor::Error>>,
+    {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            if let Some(message) = self.buffered()? {
+                return Ok(Some(message));
+            }
+            let n = self.stream.read(&mut buf)?;
+            if n == 0 {
+                return if self.decoder.pending_len() == 0 {
+                    Ok(None)
+                } else {
+                    Err(PlainError::Truncated)
+                };
+            }
+            self.decoder.push(&buf[..n]);
+        }
+    }
+}

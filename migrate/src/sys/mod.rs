@@ -37,31 +37,6 @@ pub fn get_robust_list(pid: i32) -> std::io::Result<(u64, u64)> {
     Ok((head, len))
 }
 
-/// Gets and, if `new` is given, sets a resource limit of another process.
-pub fn prlimit(pid: i32, resource: u32, new: Option<(u64, u64)>) -> std::io::Result<(u64, u64)> {
-    let new = new.map(|(cur, max)| libc::rlimit64 {
-        rlim_cur: cur,
-        rlim_max: max,
-    });
-    let mut old = libc::rlimit64 {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: prlimit reads the new limit (if any) and writes the old one
-    // into structs we own.
-    let ret = unsafe {
-        libc::prlimit64(
-            pid,
-            resource as _,
-            new.as_ref()
-                .map_or(std::ptr::null(), |n| n as *const libc::rlimit64),
-            &mut old,
-        )
-    };
-    check(ret as libc::c_long)?;
-    Ok((old.rlim_cur, old.rlim_max))
-}
-
 /// XCR0: which state components this CPU's XSAVE area holds.
 pub fn xsave_features() -> u64 {
     if !std::arch::is_x86_feature_detected!("xsave") {
@@ -70,4 +45,74 @@ pub fn xsave_features() -> u64 {
     // SAFETY: xgetbv(0) is valid whenever the CPU supports XSAVE, checked
     // above; it only reads a register.
     unsafe { std::arch::x86_64::_xgetbv(0) }
+}
+
+/// Forks a child that asks to be traced and stops itself; returns its pid
+/// once it is stopped. The child owns nothing of ours: its descriptors
+/// beyond stdin, stdout and stderr are closed, and those three are
+/// /dev/null. It dies with its parent.
+pub fn fork_stopped_child() -> std::io::Result<i32> {
+    let dev_null = std::ffi::CString::new("/dev/null").expect("no NUL inside");
+    // SAFETY: the caller is single-threaded (a keeper), so the child is a
+    // complete copy; before it stops it calls only async-signal-safe
+    // functions (prctl, close_range, open, dup2, ptrace, raise, _exit).
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(last_error());
+    }
+    if pid == 0 {
+        // SAFETY: plain system calls on integers and a valid C string, in
+        // the child; on any failure the child exits at once.
+        unsafe {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+            let null = libc::open(dev_null.as_ptr(), libc::O_RDWR);
+            if null >= 0 {
+                for fd in 0..3 {
+                    libc::dup2(null, fd);
+                }
+            }
+            if libc::ptrace(libc::PTRACE_TRACEME, 0, 0, 0) != 0 {
+                libc::_exit(126);
+            }
+            libc::raise(libc::SIGSTOP);
+            // Reached only if the parent let us go without an image.
+            libc::_exit(127);
+        }
+    }
+    match ptrace::wait(pid)? {
+        ptrace::Stop::Signal(libc::SIGSTOP) => Ok(pid),
+        other => Err(std::io::Error::other(format!(
+            "the new process stopped as {other:?}"
+        ))),
+    }
+}
+
+/// Signals blocked, ignored and caught by `pid`, from /proc/PID/status.
+pub fn signal_dispositions(pid: i32) -> std::io::Result<(u64, u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let mask = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+            .unwrap_or(0)
+    };
+    Ok((mask("SigBlk:"), mask("SigIgn:"), mask("SigCgt:")))
+}
+
+/// Sends signal number `signal` (any, real-time ones too) to `pid`.
+pub fn kill_raw(pid: i32, signal: i32) -> std::io::Result<()> {
+    // SAFETY: kill takes two integers.
+    check(unsafe { libc::kill(pid, signal) } as libc::c_long).map(drop)
+}
+
+/// Takes ownership of descriptor `fd`, inherited from the process that
+/// started us (a keeper's channels). Fails if it is not open.
+pub fn inherited_fd(fd: i32) -> std::io::Result<std::os::fd::OwnedFd> {
+    // SAFETY: fcntl(F_GETFD) only inspects the descriptor number.
+    check(unsafe { libc::fcntl(fd, libc::F_GETFD) } as libc::c_long)?;
+    // SAFETY: the descriptor is open (checked above) and was given to this
+    // process to own; the caller takes it exactly once.
+    Ok(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
 }

@@ -225,10 +225,15 @@ pub enum Stop {
         signal: i32,
         core_dumped: bool,
     },
+    /// A stopped child was continued (waitpid with WCONTINUED).
+    Continued,
 }
 
 impl Stop {
     pub fn from_status(status: i32) -> Stop {
+        if libc::WIFCONTINUED(status) {
+            return Stop::Continued;
+        }
         if libc::WIFEXITED(status) {
             return Stop::Exited(libc::WEXITSTATUS(status));
         }
@@ -272,11 +277,13 @@ pub fn wait(pid: pid_t) -> io::Result<Stop> {
     }
 }
 
-/// Like [`wait`], but returns `None` at once if nothing happened.
+/// Like [`wait`], but returns `None` at once if nothing happened; also
+/// reports stops and continues of an untraced child.
 pub fn wait_nohang(pid: pid_t) -> io::Result<Option<Stop>> {
     let mut status = 0;
+    let flags = libc::__WALL | libc::WNOHANG | libc::WUNTRACED | libc::WCONTINUED;
     // SAFETY: waitpid writes one int to the pointer we pass.
-    let ret = unsafe { libc::waitpid(pid, &mut status, libc::__WALL | libc::WNOHANG) };
+    let ret = unsafe { libc::waitpid(pid, &mut status, flags) };
     match ret {
         0 => Ok(None),
         r if r == pid => Ok(Some(Stop::from_status(status))),

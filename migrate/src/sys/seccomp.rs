@@ -31,6 +31,9 @@ pub enum Condition {
     /// Runs locally if any of `bits` is set in the low 32 bits of argument
     /// `arg` (e.g. mmap with MAP_ANONYMOUS).
     ArgHasBits { nr: i64, arg: u32, bits: u32 },
+    /// Runs locally if the low 32 bits of argument `arg` are `value` (e.g.
+    /// prlimit64 on pid 0, the process itself).
+    ArgEquals { nr: i64, arg: u32, value: u32 },
 }
 
 fn stmt(code: u16, k: u32) -> sock_filter {
@@ -70,10 +73,13 @@ pub fn notify_filter(local: &[i64], conditions: &[Condition]) -> Vec<sock_filter
         program.push(stmt(RET_K, SECCOMP_RET_ALLOW));
     }
     for condition in conditions {
-        let Condition::ArgHasBits { nr, arg, bits } = *condition;
+        let (nr, arg, test, k) = match *condition {
+            Condition::ArgHasBits { nr, arg, bits } => (nr, arg, JSET_K, bits),
+            Condition::ArgEquals { nr, arg, value } => (nr, arg, JEQ_K, value),
+        };
         program.push(jump(JEQ_K, nr as u32, 0, 4));
         program.push(stmt(LD_W_ABS, offset_arg_low(arg)));
-        program.push(jump(JSET_K, bits, 0, 1));
+        program.push(jump(test, k, 0, 1));
         program.push(stmt(RET_K, SECCOMP_RET_ALLOW));
         // Reload the number for the next comparison.
         program.push(stmt(LD_W_ABS, OFFSET_NR));

@@ -18,7 +18,10 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Semaphore;
 use tracing::{debug, warn};
 
-use super::Node;
+use omx_mfs::NodeId;
+use omx_mfs::wire::MigrateTarget;
+
+use super::{Migrations, Node};
 
 /// Binds the control socket, replacing a stale one left by a crash but
 /// refusing to steal the socket of a daemon that is still running.
@@ -55,7 +58,7 @@ const MAX_REQUEST: usize = 1 << 20;
 /// A client that sends nothing for this long is dropped.
 const CLIENT_IDLE: Duration = Duration::from_secs(10);
 
-pub async fn serve(listener: UnixListener, node: Arc<Node>) {
+pub async fn serve(listener: UnixListener, node: Arc<Node>, migrations: Arc<Migrations>) {
     let clients = Arc::new(Semaphore::new(MAX_CLIENTS));
     loop {
         match listener.accept().await {
@@ -65,8 +68,9 @@ pub async fn serve(listener: UnixListener, node: Arc<Node>) {
                     continue;
                 };
                 let node = node.clone();
+                let migrations = migrations.clone();
                 tokio::spawn(async move {
-                    serve_client(stream, node).await;
+                    serve_client(stream, node, migrations).await;
                     drop(permit);
                 });
             }
@@ -78,7 +82,7 @@ pub async fn serve(listener: UnixListener, node: Arc<Node>) {
     }
 }
 
-async fn serve_client(stream: UnixStream, node: Arc<Node>) {
+async fn serve_client(stream: UnixStream, node: Arc<Node>, migrations: Arc<Migrations>) {
     let uid = stream.peer_cred().map(|c| c.uid()).ok();
     let mut framed = PlainFramed::with_limit(stream, MAX_REQUEST);
     loop {
@@ -98,15 +102,38 @@ async fn serve_client(stream: UnixStream, node: Arc<Node>) {
                 return;
             }
         };
-        let reply = handle(&node, request, uid);
+        let reply = handle(&node, &migrations, request, uid).await;
         if framed.send(&reply).await.is_err() {
             return;
         }
     }
 }
 
-fn handle(node: &Node, request: ControlRequest, uid: Option<u32>) -> ControlReply {
+async fn handle(
+    node: &Node,
+    migrations: &Arc<Migrations>,
+    request: ControlRequest,
+    uid: Option<u32>,
+) -> ControlReply {
     match request {
+        ControlRequest::Migrate { pid, to, wait } => {
+            if let MigrateTarget::Node(n) = to
+                && let Some(target) = NodeId::new(n)
+                && node.map().contains(target)
+                && !node.is_up(target)
+            {
+                return ControlReply::Refused {
+                    reason: format!("node {n} is down"),
+                };
+            }
+            migrations.migrate(pid, to, wait, uid).await
+        }
+        ControlRequest::Where { pid } => {
+            let reason = omx_migrate::constraints::reason_to_stay(pid as i32, 0)
+                .unwrap_or_else(|e| Some(format!("cannot inspect process {pid}: {e}")));
+            migrations.location(pid, reason)
+        }
+        ControlRequest::Register { pid, options } => migrations.register(pid, options, uid),
         ControlRequest::Status => ControlReply::Status(node.view()),
         ControlRequest::GetMap => ControlReply::Map {
             text: node.map().to_string(),

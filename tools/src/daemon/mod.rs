@@ -6,6 +6,7 @@
 //! SIGHUP reloads the map; SIGTERM or SIGINT stops it cleanly.
 
 mod control;
+mod migration;
 mod node;
 
 use std::path::Path;
@@ -24,6 +25,7 @@ use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{error, info, warn};
 
+pub use migration::Migrations;
 pub use node::Node;
 
 /// How long load figures are smoothed over.
@@ -68,11 +70,14 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
         let node = Arc::new(Node::new(me, config.clone(), map, meter));
         let outbox = Outbox::new(identity.clone(), node.map_receiver(), config.port, MAX_PEER_LINKS);
         let (inbound_tx, inbound_rx) = tokio::sync::mpsc::channel(256);
+        let (links_tx, mut links_rx) = tokio::sync::mpsc::channel(64);
+        let migrations = Arc::new(Migrations::new(me, config.clone(), node.map_receiver())?);
         let settings = Arc::new(ListenerSettings {
             identity,
             map: node.map_receiver(),
             check_peer_address: config.check_peer_address,
             idle_timeout: (config.gossip.interval * 30).max(Duration::from_secs(60)),
+            links: links_tx,
         });
         info!(
             "node {me} up: listening on {listen_address}:{}, {} nodes in the map, speed {speed}, control socket {}",
@@ -85,7 +90,14 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
         tokio::spawn(node.clone().dispatch_inbound(inbound_rx));
         tokio::spawn(sample_load(node.clone()));
         tokio::spawn(gossip(node.clone(), outbox));
-        tokio::spawn(control::serve(control_socket, node.clone()));
+        tokio::spawn(control::serve(control_socket, node.clone(), migrations.clone()));
+        let link_migrations = migrations.clone();
+        tokio::spawn(async move {
+            while let Some(link) = links_rx.recv().await {
+                let migrations = link_migrations.clone();
+                tokio::spawn(async move { migrations.incoming_link(link).await });
+            }
+        });
 
         let mut hangup = signal(SignalKind::hangup())?;
         let mut terminate = signal(SignalKind::terminate())?;

@@ -64,6 +64,17 @@ impl Node {
         self.map.borrow().clone()
     }
 
+    /// Whether gossip says `node` is up (this node counts as up).
+    pub fn is_up(&self, node: NodeId) -> bool {
+        node == self.me
+            || self
+                .gossip
+                .lock()
+                .expect("gossip lock")
+                .status(self.now(), node)
+                == Some(NodeStatus::Up)
+    }
+
     pub fn map_len(&self) -> usize {
         self.map.borrow().len()
     }
@@ -95,6 +106,8 @@ impl Node {
         while let Some(Inbound { from, message }) = inbound.recv().await {
             match message {
                 PeerMessage::Gossip(packet) => self.receive_gossip(from, packet),
+                // The listener hands these over before they get here.
+                PeerMessage::OpenLink(_) => {}
             }
         }
     }

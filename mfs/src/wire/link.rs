@@ -1,0 +1,167 @@
+//! Messages of a migrated process's link, and of a node's keepers.
+//!
+//! A migrated process is served by two *keepers*: at home, the one that
+//! traces its deputy; where it runs, the one that spawned its remote. They
+//! talk over a link of their own: a TCP connection that a daemon accepted
+//! (`PeerMessage::OpenLink`), then handed to a keeper, which starts a fresh
+//! encrypted channel on it.
+
+use rkyv::{Archive, Deserialize, Serialize};
+
+use super::image::{ImageHeader, PageRun};
+
+/// Asks the accepting daemon to hand this connection to a keeper.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum LinkRequest {
+    /// A process of `home_node` is coming to run here.
+    Immigrate {
+        home_node: u16,
+        home_pid: u32,
+        /// Chosen at home when the process first left: names this
+        /// migration episode, so that a reused pid is never confused.
+        session: u64,
+    },
+    /// The process `home_pid` of this (home) node now runs on the sending
+    /// node: connect it to its deputy's keeper.
+    Rejoin { home_pid: u32, session: u64 },
+}
+
+/// The daemon's answer to a [`LinkRequest`].
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum LinkReply {
+    /// The connection now belongs to a keeper: start a new channel.
+    Accepted,
+    Refused {
+        reason: String,
+    },
+}
+
+/// What the two keepers of a migrated process say to each other.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub enum LinkMessage {
+    /// An image follows: this header, `Pages` until `ImageEnd`.
+    Header(Box<ImageHeader>),
+    Pages(Vec<PageRun>),
+    ImageEnd,
+    /// The process runs on the node that received the image.
+    Restored,
+    /// The image could not be rebuilt; the sender keeps the process.
+    RestoreFailed {
+        reason: String,
+    },
+
+    /// Remote to home: run this call in the deputy.
+    Call(ForwardedCall),
+    /// Home to remote: what the call did.
+    CallResult(CallResult),
+
+    /// Home to remote: the home pid received a signal; `during_call` if a
+    /// forwarded call was in progress at home.
+    Signal {
+        signal: i32,
+        during_call: bool,
+    },
+    /// Remote to home: whether that signal interrupts the call (so home
+    /// abandons it) or not (home lets it go on).
+    SignalVerdict {
+        interrupts_call: bool,
+    },
+
+    /// Remote to home: the process stopped (job control) or continued.
+    Stopped {
+        signal: i32,
+    },
+    Continued,
+    /// Remote to home: the process ended.
+    Exited {
+        code: i32,
+    },
+    Killed {
+        signal: i32,
+        core_dumped: bool,
+    },
+
+    /// Home to remote: end the process (its home pid died).
+    Kill,
+    /// Home to remote: move to `node` at `address` (the home node's id:
+    /// come home).
+    MoveTo {
+        node: u16,
+        address: String,
+        port: u16,
+    },
+    /// Remote to home, before moving: stop the call you are running for me
+    /// (the answer is `CallAbandoned`, or the call's result if it was over).
+    AbandonCall,
+    CallAbandoned,
+    /// Remote to home: it could not move; it keeps running where it is.
+    MoveFailed {
+        reason: String,
+    },
+    /// Remote to home: the process comes home (an image follows), because
+    /// of `reason` (a call that needs home, a request, a constraint).
+    ComingHome {
+        reason: String,
+    },
+    /// Home to the remote that moved away: the new remote has taken over.
+    Released,
+}
+
+/// A forwarded system call: its number, its arguments (pointers as the
+/// remote had them), and one slot per memory argument, in argument order.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct ForwardedCall {
+    pub nr: u32,
+    pub args: Vec<u64>,
+    pub slots: Vec<CallSlot>,
+}
+
+/// One memory argument: absent (a null pointer), or the bytes the call
+/// reads and the room it may fill.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct CallSlot {
+    pub null: bool,
+    pub input: Vec<u8>,
+    pub capacity: u64,
+}
+
+/// The call's return value and the bytes it wrote, one entry per slot the
+/// call may write, in slot order.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct CallResult {
+    pub ret: i64,
+    pub outputs: Vec<Vec<u8>>,
+}
+
+/// A daemon's instruction to one of its keepers.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum KeeperCommand {
+    /// Move the process to `node` (this node's id: bring it home).
+    MoveTo {
+        node: u16,
+        address: String,
+        port: u16,
+    },
+    /// A connection for this keeper (its descriptor travels with this
+    /// message): the process's new remote, after a move.
+    TakeLink { node: u16 },
+}
+
+/// A keeper's report to its daemon.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum KeeperReport {
+    /// The process runs on `node` now (its `moves`-th move).
+    RunsOn { node: u16, moves: u32 },
+    /// The process runs at home again; the keeper is done.
+    Home { moves: u32 },
+    /// A move was refused; the process runs where it did.
+    CannotMove { reason: String },
+    /// The process ended (`code`, or killed by `signal`).
+    Ended {
+        code: Option<i32>,
+        signal: Option<i32>,
+    },
+    /// The link to the node running the process broke: the process was
+    /// ended (its home pid killed), as `reason` says.
+    Lost { node: u16, reason: String },
+}

@@ -1,0 +1,681 @@
+//! The home keeper: sends a process away, then keeps its deputy.
+//!
+//! The deputy is the original process, with its pid, descriptors, cwd,
+//! credentials and family, and with its user memory released. While the
+//! process runs elsewhere the deputy waits in an injected `pause()`; every
+//! signal sent to the home pid stops it there, and the keeper forwards the
+//! signal to the remote. Forwarded calls run in the deputy by injection.
+//! When the remote ends, the deputy ends the same way, so the parent sees
+//! the exit status or the signal it would have seen.
+
+use std::net::{IpAddr, TcpStream};
+use std::os::fd::AsFd;
+use std::os::unix::net::UnixStream;
+
+use omx_mfs::NodeId;
+use omx_mfs::transport::Identity;
+use omx_mfs::wire::link::{
+    CallResult, ForwardedCall, KeeperCommand, KeeperReport, LinkMessage, LinkRequest,
+};
+use tracing::{info, warn};
+
+use super::{
+    DaemonChannel, KeeperError, Link, Waiter, accept_link, name_of, open_link, receive_header,
+    receive_image_into, send_image,
+};
+use crate::capture;
+use crate::constraints;
+use crate::inject::{Injector, Outcome};
+use crate::restore::{self, Target};
+use crate::sys::ptrace::{self, Regs, Stop};
+use crate::syscalls::marshal::{self, Staged};
+
+/// Where a process is sent.
+#[derive(Clone, Debug)]
+pub struct Destination {
+    pub node: NodeId,
+    pub address: IpAddr,
+    pub port: u16,
+}
+
+pub struct HomeArgs {
+    pub pid: i32,
+    /// Names this migration episode (see `LinkRequest`).
+    pub session: u64,
+    /// This (home) node.
+    pub identity: Identity,
+    pub destination: Destination,
+}
+
+/// Codes of system calls interrupted by a signal, to be restarted.
+fn interrupted(ret: i64) -> bool {
+    matches!(ret, -512 | -513 | -514 | -516)
+}
+
+/// What the deputy is doing.
+enum Deputy {
+    /// Waiting in `pause()` for signals or work.
+    Idle,
+    /// Being stopped (PTRACE_INTERRUPT) to do `Pending`.
+    Interrupting(Pending),
+    /// Running a forwarded call.
+    Calling(Staged),
+    /// Stopped by a signal in the middle of a forwarded call, waiting for
+    /// the remote's verdict.
+    AwaitingVerdict(Staged),
+    /// In a job-control stop, mirroring the remote.
+    Stopped,
+    /// Being made to end as the remote ended.
+    Ending,
+}
+
+enum Pending {
+    Nothing,
+    Call(ForwardedCall),
+    Exit(i32),
+    Die(i32),
+}
+
+struct Home {
+    pid: i32,
+    identity: Identity,
+    injector: Injector,
+    base: Regs,
+    link: Link,
+    node: NodeId,
+    moves: u32,
+    daemon: DaemonChannel,
+    waiter: Waiter,
+    deputy: Deputy,
+    /// A stop signal we sent the deputy to mirror the remote's stop.
+    mirrored_stop: Option<i32>,
+    /// The signal we sent the deputy to end it as the remote ended.
+    fatal: Option<i32>,
+    /// The remote reported its end: the link closing is expected now.
+    remote_ended: bool,
+}
+
+/// Runs a home keeper to the end; returns the process's exit code.
+pub fn run(args: HomeArgs, daemon: UnixStream) -> i32 {
+    let mut daemon = DaemonChannel::new(daemon);
+    let waiter = match Waiter::new().and_then(|w| super::die_with_parent().map(|()| w)) {
+        Ok(waiter) => waiter,
+        Err(e) => {
+            daemon.report(&KeeperReport::CannotMove {
+                reason: format!("the keeper could not start: {e}"),
+            });
+            return 1;
+        }
+    };
+    let pid = args.pid;
+    match leave(&args) {
+        Err(reason) => {
+            info!("process {pid} stays home: {reason}");
+            daemon.report(&KeeperReport::CannotMove { reason });
+            0
+        }
+        Ok((injector, link, base)) => {
+            info!("process {pid} now runs on node {}", args.destination.node);
+            daemon.report(&KeeperReport::RunsOn {
+                node: args.destination.node.get(),
+                moves: 1,
+            });
+            let mut home = Home {
+                pid,
+                identity: args.identity,
+                injector,
+                base,
+                link,
+                node: args.destination.node,
+                moves: 1,
+                daemon,
+                waiter,
+                deputy: Deputy::Idle,
+                mirrored_stop: None,
+                fatal: None,
+                remote_ended: false,
+            };
+            home.serve()
+        }
+    }
+}
+
+/// Stops the process, sends its image and frees its memory; on any
+/// failure the process carries on at home as if nothing happened.
+fn leave(args: &HomeArgs) -> Result<(Injector, Link, Regs), String> {
+    let pid = args.pid;
+    ptrace::seize(pid, ptrace::OPTION_EXITKILL)
+        .map_err(|e| format!("cannot trace process {pid}: {e}"))?;
+    let detach = |why: String| {
+        let _ = ptrace::detach(pid, 0);
+        why
+    };
+    ptrace::interrupt(pid).map_err(|e| detach(e.to_string()))?;
+    let mut held = Vec::new();
+    loop {
+        match ptrace::wait(pid).map_err(|e| detach(e.to_string()))? {
+            Stop::Interrupt => break,
+            Stop::Signal(signal) => {
+                // Keep it for when the process runs again (here or away).
+                held.push(signal);
+                ptrace::cont(pid, 0).map_err(|e| detach(e.to_string()))?;
+            }
+            Stop::Group(_) => {
+                return Err(detach(
+                    "it is stopped (job control): continue it first".into(),
+                ));
+            }
+            stop if stop.is_gone() => return Err(format!("it ended ({stop:?})")),
+            _ => ptrace::cont(pid, 0).map_err(|e| detach(e.to_string()))?,
+        }
+    }
+    // Signals that arrived while we stopped it stay pending: they go with
+    // the image, or are delivered here if it stays.
+    for signal in held {
+        let _ = crate::sys::kill_raw(pid, signal);
+    }
+    if let Some(reason) = constraints::reason_to_stay(pid, std::process::id() as i32)
+        .map_err(|e| detach(e.to_string()))?
+    {
+        return Err(detach(reason));
+    }
+    let regs = ptrace::get_regs(pid).map_err(|e| detach(e.to_string()))?;
+    let mut injector = Injector::bootstrap(pid, &[]).map_err(|e| detach(e.to_string()))?;
+    // From here, undoing means removing the parasite and the registers.
+    let undo = |injector: Injector, why: String| {
+        let _ = injector.remove_parasite();
+        let _ = ptrace::set_regs(pid, &regs);
+        detach(why)
+    };
+    let captured = match capture::capture(&mut injector, regs) {
+        Ok(captured) => captured,
+        Err(e) => return Err(undo(injector, format!("capturing it failed: {e}"))),
+    };
+    let destination = &args.destination;
+    let request = LinkRequest::Immigrate {
+        home_node: args.identity.node.get(),
+        home_pid: pid as u32,
+        session: args.session,
+    };
+    let mut link = match open_link(
+        &args.identity,
+        destination.node,
+        destination.address,
+        destination.port,
+        request,
+    ) {
+        Ok(link) => link,
+        Err(e) => {
+            return Err(undo(
+                injector,
+                format!("node {} cannot take it: {e}", destination.node),
+            ));
+        }
+    };
+    if let Err(e) = send_image(&mut link, &captured, &injector) {
+        return Err(undo(
+            injector,
+            format!("sending it to node {} failed: {e}", destination.node),
+        ));
+    }
+    match super::receive(&mut link) {
+        Ok(LinkMessage::Restored) => {}
+        Ok(LinkMessage::RestoreFailed { reason }) => return Err(undo(injector, reason)),
+        Ok(other) => {
+            return Err(undo(
+                injector,
+                format!("node {} answered {}", destination.node, name_of(&other)),
+            ));
+        }
+        Err(e) => {
+            return Err(undo(
+                injector,
+                format!("node {} did not confirm: {e}", destination.node),
+            ));
+        }
+    }
+    // The process runs over there now: free its memory here, and let every
+    // signal reach us (the remote applies its own mask).
+    let released = restore::release_memory(&injector, &captured.header)
+        .map_err(|e| e.to_string())
+        .and_then(|()| ptrace::set_sigmask(pid, 0).map_err(|e| e.to_string()));
+    if let Err(e) = released {
+        // The process is running remotely with a half-released deputy:
+        // end both rather than leave two copies.
+        let _ = link.send(&LinkMessage::Kill);
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        return Err(format!(
+            "releasing its memory at home failed, it was ended: {e}"
+        ));
+    }
+    let base = ptrace::get_regs(pid).map_err(|e| e.to_string())?;
+    Ok((injector, link, base))
+}
+
+impl Home {
+    fn serve(&mut self) -> i32 {
+        if let Err(e) = self.start_idle() {
+            return self.lose(format!("the deputy could not wait: {e}"));
+        }
+        loop {
+            let outcome = if !self.remote_ended && self.link.has_buffered_message() {
+                self.on_link_readable()
+            } else {
+                // Once the remote has ended, only the deputy's end matters.
+                let link = self.link.get_ref().as_fd();
+                let fds = if self.remote_ended {
+                    vec![self.daemon.fd()]
+                } else {
+                    vec![self.daemon.fd(), link]
+                };
+                match self.waiter.wait(&fds, None) {
+                    Err(e) => Err(KeeperError::Io(e)),
+                    Ok((child, ready)) => {
+                        let mut outcome = Ok(None);
+                        if child {
+                            outcome = self.on_child();
+                        }
+                        if outcome.as_ref().is_ok_and(|o| o.is_none())
+                            && ready.get(1) == Some(&true)
+                        {
+                            outcome = self.on_link_readable();
+                        }
+                        if outcome.as_ref().is_ok_and(|o| o.is_none()) && ready[0] {
+                            outcome = self.on_daemon();
+                        }
+                        outcome
+                    }
+                }
+            };
+            match outcome {
+                Ok(None) => {}
+                Ok(Some(code)) => return code,
+                Err(KeeperError::LinkClosed) => {
+                    return self.lose(format!("node {} closed the link", self.node));
+                }
+                Err(e) => return self.lose(e.to_string()),
+            }
+        }
+    }
+
+    /// The link to the remote is gone: end the process, loudly.
+    fn lose(&mut self, reason: String) -> i32 {
+        warn!(
+            "process {}: lost its link to node {} ({reason}): ending it (SIGKILL)",
+            self.pid, self.node
+        );
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        let _ = ptrace::wait(self.pid);
+        self.daemon.report(&KeeperReport::Lost {
+            node: self.node.get(),
+            reason,
+        });
+        1
+    }
+
+    fn start_idle(&mut self) -> Result<(), KeeperError> {
+        self.injector.start(libc::SYS_pause, &[], &self.base)?;
+        self.deputy = Deputy::Idle;
+        Ok(())
+    }
+
+    fn send(&mut self, message: &LinkMessage) -> Result<(), KeeperError> {
+        Ok(self.link.send(message)?)
+    }
+
+    fn interrupt_for(&mut self, pending: Pending) -> Result<(), KeeperError> {
+        ptrace::interrupt(self.pid)?;
+        self.deputy = Deputy::Interrupting(pending);
+        Ok(())
+    }
+
+    fn on_child(&mut self) -> Result<Option<i32>, KeeperError> {
+        while let Some(stop) = ptrace::wait_nohang(self.pid)? {
+            if let Some(code) = self.on_stop(stop)? {
+                return Ok(Some(code));
+            }
+        }
+        Ok(None)
+    }
+
+    fn on_stop(&mut self, stop: Stop) -> Result<Option<i32>, KeeperError> {
+        let pid = self.pid;
+        match stop {
+            Stop::Exited(code) => {
+                if !matches!(self.deputy, Deputy::Ending) {
+                    let _ = self.send(&LinkMessage::Kill);
+                }
+                info!("process {pid} exited with {code}");
+                self.daemon.report(&KeeperReport::Ended {
+                    code: Some(code),
+                    signal: None,
+                });
+                return Ok(Some(0));
+            }
+            Stop::Killed { signal, .. } => {
+                if !matches!(self.deputy, Deputy::Ending) {
+                    // Killed at home (SIGKILL cannot be intercepted): end the
+                    // remote too.
+                    let _ = self.send(&LinkMessage::Kill);
+                }
+                info!("process {pid} was killed by signal {signal}");
+                self.daemon.report(&KeeperReport::Ended {
+                    code: None,
+                    signal: Some(signal),
+                });
+                return Ok(Some(0));
+            }
+            Stop::Signal(signal) if self.fatal == Some(signal) => ptrace::cont(pid, signal)?,
+            Stop::Signal(signal) if self.mirrored_stop == Some(signal) => {
+                self.mirrored_stop = None;
+                ptrace::cont(pid, signal)?;
+            }
+            Stop::Signal(signal) => self.on_signal(signal)?,
+            Stop::Group(_) => {
+                ptrace::listen(pid)?;
+                self.deputy = Deputy::Stopped;
+            }
+            Stop::Interrupt => match std::mem::replace(&mut self.deputy, Deputy::Idle) {
+                Deputy::Interrupting(pending) => self.do_pending(pending)?,
+                Deputy::Stopped => {
+                    // Continued out of a job-control stop: back to waiting.
+                    self.start_idle()?;
+                }
+                other => {
+                    self.deputy = other;
+                    ptrace::cont(pid, 0)?;
+                }
+            },
+            Stop::Event(_) | Stop::Continued => ptrace::cont(pid, 0)?,
+        }
+        Ok(None)
+    }
+
+    fn on_signal(&mut self, signal: i32) -> Result<(), KeeperError> {
+        let pid = self.pid;
+        match std::mem::replace(&mut self.deputy, Deputy::Idle) {
+            Deputy::Calling(staged) => {
+                let regs = ptrace::get_regs(pid)?;
+                match self.injector.outcome(Stop::Signal(signal))? {
+                    Some(Outcome::Returned(ret)) => {
+                        // The trap after the call: it is done.
+                        let result = marshal::collect(&staged, ret, &self.injector.memory)?;
+                        self.send(&LinkMessage::CallResult(result))?;
+                        self.start_idle()?;
+                    }
+                    _ if interrupted(regs.rax as i64) => {
+                        self.send(&LinkMessage::Signal {
+                            signal,
+                            during_call: true,
+                        })?;
+                        self.deputy = Deputy::AwaitingVerdict(staged);
+                    }
+                    _ => {
+                        // The call finished and raised a signal (SIGPIPE):
+                        // result first, then the signal, as the kernel would.
+                        let result =
+                            marshal::collect(&staged, regs.rax as i64, &self.injector.memory)?;
+                        self.send(&LinkMessage::CallResult(result))?;
+                        self.send(&LinkMessage::Signal {
+                            signal,
+                            during_call: false,
+                        })?;
+                        self.start_idle()?;
+                    }
+                }
+            }
+            Deputy::Stopped => {
+                self.send(&LinkMessage::Signal {
+                    signal,
+                    during_call: false,
+                })?;
+                ptrace::cont(pid, 0)?;
+                self.deputy = Deputy::Idle;
+            }
+            other => {
+                // Idle (in pause) or about to be interrupted: forward it;
+                // pause restarts by itself.
+                self.deputy = other;
+                self.send(&LinkMessage::Signal {
+                    signal,
+                    during_call: false,
+                })?;
+                ptrace::cont(pid, 0)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn do_pending(&mut self, pending: Pending) -> Result<(), KeeperError> {
+        match pending {
+            Pending::Nothing => self.start_idle()?,
+            Pending::Call(call) => match marshal::stage(&call, &mut self.injector) {
+                Ok(staged) => {
+                    self.injector.start(staged.nr, &staged.args, &self.base)?;
+                    self.deputy = Deputy::Calling(staged);
+                }
+                Err(e) => {
+                    warn!("process {}: refusing a forwarded call: {e}", self.pid);
+                    self.send(&LinkMessage::CallResult(CallResult {
+                        ret: -(libc::EINVAL as i64),
+                        outputs: Vec::new(),
+                    }))?;
+                    self.start_idle()?;
+                }
+            },
+            Pending::Exit(code) => {
+                self.deputy = Deputy::Ending;
+                self.injector
+                    .start(libc::SYS_exit_group, &[code as u64], &self.base)?;
+            }
+            Pending::Die(signal) => {
+                self.deputy = Deputy::Ending;
+                // Die by the signal's default action, whatever the process
+                // had installed for it.
+                let scratch = self.injector.parasite.scratch;
+                self.injector.put(0, &[0u8; 32])?;
+                self.injector.call_checked(
+                    "rt_sigaction",
+                    libc::SYS_rt_sigaction,
+                    &[signal as u64, scratch, 0, 8],
+                )?;
+                ptrace::set_sigmask(self.pid, 0)?;
+                self.fatal = Some(signal);
+                crate::sys::kill_raw(self.pid, signal)?;
+                self.injector.start(libc::SYS_pause, &[], &self.base)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn on_link_readable(&mut self) -> Result<Option<i32>, KeeperError> {
+        let message = super::receive(&mut self.link)?;
+        match message {
+            LinkMessage::Call(call) => match self.deputy {
+                Deputy::Idle => self.interrupt_for(Pending::Call(call))?,
+                _ => {
+                    return Err(KeeperError::Protocol(
+                        "a call while another is in progress".into(),
+                    ));
+                }
+            },
+            LinkMessage::SignalVerdict { interrupts_call } => {
+                match std::mem::replace(&mut self.deputy, Deputy::Idle) {
+                    Deputy::AwaitingVerdict(staged) if interrupts_call => {
+                        self.injector.abandon_interrupted(-(libc::EINTR as i64))?;
+                        drop(staged);
+                        self.start_idle()?;
+                    }
+                    Deputy::AwaitingVerdict(staged) => {
+                        // The kernel restarts the interrupted call.
+                        ptrace::cont(self.pid, 0)?;
+                        self.deputy = Deputy::Calling(staged);
+                    }
+                    other => {
+                        self.deputy = other;
+                        return Err(KeeperError::Protocol("a verdict without a question".into()));
+                    }
+                }
+            }
+            LinkMessage::AbandonCall => self.abandon_call()?,
+            LinkMessage::Stopped { signal } => {
+                self.mirrored_stop = Some(signal);
+                crate::sys::kill_raw(self.pid, signal)?;
+            }
+            LinkMessage::Continued => {}
+            LinkMessage::Exited { code } => {
+                self.remote_ended = true;
+                self.interrupt_for(Pending::Exit(code))?;
+            }
+            LinkMessage::Killed { signal, .. } => {
+                self.remote_ended = true;
+                self.interrupt_for(Pending::Die(signal))?;
+            }
+            LinkMessage::MoveFailed { reason } => {
+                info!("process {} stays on node {}: {reason}", self.pid, self.node);
+                self.daemon.report(&KeeperReport::CannotMove { reason });
+            }
+            LinkMessage::ComingHome { reason } => return self.come_home(&reason).map(Some),
+            other => {
+                return Err(KeeperError::Protocol(format!(
+                    "unexpected {}",
+                    name_of(&other)
+                )));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The remote wants to move: end the call in progress, or report that
+    /// it had already ended.
+    fn abandon_call(&mut self) -> Result<(), KeeperError> {
+        match std::mem::replace(&mut self.deputy, Deputy::Idle) {
+            Deputy::Calling(staged) | Deputy::AwaitingVerdict(staged) => {
+                ptrace::interrupt(self.pid)?;
+                loop {
+                    let stop = ptrace::wait(self.pid)?;
+                    match self.injector.outcome(stop)? {
+                        Some(Outcome::Returned(ret)) => {
+                            let result = marshal::collect(&staged, ret, &self.injector.memory)?;
+                            self.send(&LinkMessage::CallResult(result))?;
+                            break;
+                        }
+                        Some(Outcome::Signal(signal)) => {
+                            self.injector.abandon_interrupted(-(libc::EINTR as i64))?;
+                            self.send(&LinkMessage::CallAbandoned)?;
+                            self.send(&LinkMessage::Signal {
+                                signal,
+                                during_call: false,
+                            })?;
+                            break;
+                        }
+                        None if stop == Stop::Interrupt => {
+                            self.injector.abandon_interrupted(-(libc::EINTR as i64))?;
+                            self.send(&LinkMessage::CallAbandoned)?;
+                            break;
+                        }
+                        None => ptrace::cont(self.pid, 0)?,
+                    }
+                }
+                self.start_idle()?;
+            }
+            Deputy::Interrupting(Pending::Call(_)) => {
+                self.deputy = Deputy::Interrupting(Pending::Nothing);
+                self.send(&LinkMessage::CallAbandoned)?;
+            }
+            other => {
+                self.deputy = other;
+                self.send(&LinkMessage::CallAbandoned)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The process comes back: its image goes into the deputy, which then
+    /// runs it natively.
+    fn come_home(&mut self, reason: &str) -> Result<i32, KeeperError> {
+        let pid = self.pid;
+        let mut held = Vec::new();
+        if let Deputy::Idle | Deputy::Interrupting(_) = self.deputy {
+            if let Deputy::Idle = self.deputy {
+                ptrace::interrupt(pid)?;
+            }
+            loop {
+                match ptrace::wait(pid)? {
+                    Stop::Interrupt => break,
+                    Stop::Signal(signal) => {
+                        held.push(signal);
+                        ptrace::cont(pid, 0)?;
+                    }
+                    stop if stop.is_gone() => return Ok(self.on_stop(stop)?.unwrap_or(0)),
+                    _ => ptrace::cont(pid, 0)?,
+                }
+            }
+        }
+        let header = receive_header(&mut self.link)?;
+        receive_image_into(&mut self.link, &mut self.injector, &header, Target::Deputy)?;
+        let placeholder = Injector::adopt(pid, self.injector.parasite)?;
+        let injector = std::mem::replace(&mut self.injector, placeholder);
+        restore::set_final_state(injector, &header)?;
+        self.send(&LinkMessage::Restored)?;
+        ptrace::detach(pid, 0)?;
+        for signal in held {
+            let _ = crate::sys::kill_raw(pid, signal);
+        }
+        info!("process {pid} is home again ({reason})");
+        self.daemon.report(&KeeperReport::Home {
+            moves: self.moves + 1,
+        });
+        Ok(0)
+    }
+
+    fn on_daemon(&mut self) -> Result<Option<i32>, KeeperError> {
+        let Some(command) = self.daemon.receive()? else {
+            return Ok(None);
+        };
+        match command {
+            KeeperCommand::MoveTo {
+                node,
+                address,
+                port,
+            } => {
+                if node == self.node.get() {
+                    self.daemon.report(&KeeperReport::CannotMove {
+                        reason: format!("it runs on node {node} already"),
+                    });
+                } else {
+                    self.send(&LinkMessage::MoveTo {
+                        node,
+                        address,
+                        port,
+                    })?;
+                }
+            }
+            KeeperCommand::TakeLink { node } => {
+                let fd = self
+                    .daemon
+                    .take_fd()
+                    .ok_or_else(|| KeeperError::Protocol("TakeLink without a connection".into()))?;
+                let node =
+                    NodeId::new(node).ok_or_else(|| KeeperError::Protocol("node 0".into()))?;
+                let link = accept_link(TcpStream::from(fd), &self.identity, node)?;
+                let mut old = std::mem::replace(&mut self.link, link);
+                let _ = old.send(&LinkMessage::Released);
+                self.node = node;
+                self.moves += 1;
+                info!("process {} now runs on node {node}", self.pid);
+                self.daemon.report(&KeeperReport::RunsOn {
+                    node: node.get(),
+                    moves: self.moves,
+                });
+            }
+        }
+        Ok(None)
+    }
+}

@@ -1,0 +1,311 @@
+//! Keepers: the processes that serve a migrated process.
+//!
+//! Each migrated process has two, both single-threaded children of their
+//! node's daemon (they die with it): the *home keeper* traces the deputy
+//! and runs its forwarded calls; the *remote keeper* spawned the remote,
+//! holds its seccomp listener and forwards its calls. They talk over their
+//! own encrypted link. Being processes of their own, keepers can block,
+//! poll and ptrace without disturbing the daemon, and a fault in one
+//! affects one migrated process only.
+
+pub mod home;
+pub mod remote;
+mod waiter;
+
+use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::time::Duration;
+
+use omx_mfs::NodeId;
+use omx_mfs::transport::blocking::{self, BlockingChannel};
+use omx_mfs::transport::{Identity, TransportError};
+use omx_mfs::wire::PeerMessage;
+use omx_mfs::wire::image::ImageHeader;
+use omx_mfs::wire::link::{KeeperCommand, KeeperReport, LinkMessage, LinkReply, LinkRequest};
+use omx_mfs::wire::plain::{BlockingFramed, PlainError};
+
+use crate::capture::{self, Capture};
+use crate::inject::{InjectError, Injector};
+use crate::restore::{self, RestoreError, Target};
+pub use waiter::Waiter;
+
+/// The link between a process's two keepers.
+pub type Link = BlockingChannel<TcpStream>;
+
+/// How long connecting and handshaking may take.
+const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a keeper waits for the next part of an image.
+const IMAGE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Pages per `Pages` message.
+const PAGES_PER_MESSAGE: u64 = 4 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeeperError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Transport(#[from] TransportError),
+    #[error("{0}")]
+    Inject(#[from] InjectError),
+    #[error("{0}")]
+    Restore(#[from] RestoreError),
+    #[error("{0}")]
+    Capture(#[from] capture::CaptureError),
+    #[error("talking to the daemon: {0}")]
+    Daemon(#[from] PlainError),
+    #[error("{0}")]
+    Refused(String),
+    #[error("the other keeper broke the protocol: {0}")]
+    Protocol(String),
+    #[error("the link closed")]
+    LinkClosed,
+}
+
+/// A keeper's channel to its daemon: framed messages, and descriptors
+/// passed alongside them.
+pub struct DaemonChannel {
+    framed: BlockingFramed<UnixStream>,
+    received_fds: Vec<OwnedFd>,
+}
+
+impl DaemonChannel {
+    pub fn new(stream: UnixStream) -> DaemonChannel {
+        DaemonChannel {
+            framed: BlockingFramed::new(stream),
+            received_fds: Vec::new(),
+        }
+    }
+
+    pub fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.framed.get_ref().as_fd()
+    }
+
+    pub fn report(&mut self, report: &KeeperReport) {
+        // The daemon may be gone (then so are we, by PDEATHSIG); a report
+        // that cannot be sent is not worth more than a log line.
+        if let Err(e) = self.framed.send(report) {
+            tracing::warn!("cannot report to the daemon: {e}");
+        }
+    }
+
+    /// Reads what is available (with any descriptors) and returns the next
+    /// command, `Ok(None)` if no whole command is there yet, or an error if
+    /// the daemon closed the channel.
+    pub fn receive(&mut self) -> Result<Option<KeeperCommand>, KeeperError> {
+        if let Some(command) = self.framed.buffered()? {
+            return Ok(Some(command));
+        }
+        let mut buffer = [0u8; 4096];
+        let (read, fds) = receive_with_fds(self.framed.get_ref(), &mut buffer)?;
+        if read == 0 {
+            return Err(KeeperError::Refused("the daemon closed its channel".into()));
+        }
+        self.received_fds.extend(fds);
+        self.framed.push(&buffer[..read]);
+        Ok(self.framed.buffered()?)
+    }
+
+    /// A descriptor that came with a command.
+    pub fn take_fd(&mut self) -> Option<OwnedFd> {
+        if self.received_fds.is_empty() {
+            None
+        } else {
+            Some(self.received_fds.remove(0))
+        }
+    }
+}
+
+fn receive_with_fds(
+    stream: &UnixStream,
+    buffer: &mut [u8],
+) -> std::io::Result<(usize, Vec<OwnedFd>)> {
+    use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
+    let mut control = nix::cmsg_space!([std::os::fd::RawFd; 4]);
+    let mut iov = [std::io::IoSliceMut::new(buffer)];
+    let message = recvmsg::<()>(
+        stream.as_raw_fd(),
+        &mut iov,
+        Some(&mut control),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )
+    .map_err(std::io::Error::from)?;
+    let mut fds = Vec::new();
+    for cmsg in message.cmsgs().map_err(std::io::Error::from)? {
+        if let ControlMessageOwned::ScmRights(raw) = cmsg {
+            for fd in raw {
+                // SAFETY: the kernel just installed this descriptor in our
+                // table for us; nothing else owns it.
+                fds.push(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) });
+            }
+        }
+    }
+    Ok((message.bytes, fds))
+}
+
+/// Connects to `node`'s daemon, asks it to hand the connection to a keeper
+/// (`request`), and starts the keeper-to-keeper channel on it.
+pub fn open_link(
+    identity: &Identity,
+    node: NodeId,
+    address: IpAddr,
+    port: u16,
+    request: LinkRequest,
+) -> Result<Link, KeeperError> {
+    let stream = TcpStream::connect_timeout(&SocketAddr::new(address, port), SETUP_TIMEOUT)?;
+    stream.set_nodelay(true)?;
+    stream.set_read_timeout(Some(SETUP_TIMEOUT))?;
+    stream.set_write_timeout(Some(SETUP_TIMEOUT))?;
+    let mut daemon = blocking::connect(stream, identity, node)?;
+    daemon.send(&PeerMessage::OpenLink(request))?;
+    match daemon.recv::<LinkReply>()? {
+        Some(LinkReply::Accepted) => {}
+        Some(LinkReply::Refused { reason }) => return Err(KeeperError::Refused(reason)),
+        None => return Err(KeeperError::LinkClosed),
+    }
+    let stream = daemon.into_inner()?;
+    let link = blocking::connect(stream, identity, node)?;
+    link.get_ref().set_read_timeout(None)?;
+    link.get_ref().set_write_timeout(None)?;
+    Ok(link)
+}
+
+/// The accepting side of [`open_link`], once the daemon has handed the
+/// connection over: `peer` is who the daemon authenticated.
+pub fn accept_link(
+    stream: TcpStream,
+    identity: &Identity,
+    peer: NodeId,
+) -> Result<Link, KeeperError> {
+    stream.set_read_timeout(Some(SETUP_TIMEOUT))?;
+    stream.set_write_timeout(Some(SETUP_TIMEOUT))?;
+    let (_, link) = blocking::accept(stream, identity, |node| {
+        if node == peer {
+            Ok(())
+        } else {
+            Err(format!("this link belongs to node {peer}, not node {node}"))
+        }
+    })?;
+    link.get_ref().set_read_timeout(None)?;
+    link.get_ref().set_write_timeout(None)?;
+    Ok(link)
+}
+
+/// Sends a captured image: header, pages, end.
+pub fn send_image(
+    link: &mut Link,
+    captured: &Capture,
+    source: &Injector,
+) -> Result<(), KeeperError> {
+    link.send(&LinkMessage::Header(Box::new(captured.header.clone())))?;
+    let mut batch = Vec::new();
+    let mut batch_bytes = 0;
+    for (address, len) in &captured.runs {
+        batch.push(capture::read_run(&source.memory, *address, *len)?);
+        batch_bytes += len;
+        if batch_bytes >= PAGES_PER_MESSAGE {
+            link.send(&LinkMessage::Pages(std::mem::take(&mut batch)))?;
+            batch_bytes = 0;
+        }
+    }
+    if !batch.is_empty() {
+        link.send(&LinkMessage::Pages(batch))?;
+    }
+    link.send(&LinkMessage::ImageEnd)?;
+    Ok(())
+}
+
+/// Receives the next message, treating a closed link as an error.
+pub fn receive(link: &mut Link) -> Result<LinkMessage, KeeperError> {
+    link.recv::<LinkMessage>()?.ok_or(KeeperError::LinkClosed)
+}
+
+/// Receives an image's header (the first message of an image).
+pub fn receive_header(link: &mut Link) -> Result<ImageHeader, KeeperError> {
+    link.get_ref().set_read_timeout(Some(IMAGE_TIMEOUT))?;
+    match receive(link)? {
+        LinkMessage::Header(header) => Ok(*header),
+        other => Err(KeeperError::Protocol(format!(
+            "expected an image header, got {}",
+            name_of(&other)
+        ))),
+    }
+}
+
+/// Receives an image's pages into `injector`'s tracee and restores the
+/// rest; the tracee is left stopped with the image's registers.
+pub fn receive_image_into(
+    link: &mut Link,
+    injector: &mut Injector,
+    header: &ImageHeader,
+    target: Target,
+) -> Result<(), KeeperError> {
+    restore::check_compatibility(header, &capture::local_compatibility()?)?;
+    restore::prepare(injector, header, target)?;
+    loop {
+        match receive(link)? {
+            LinkMessage::Pages(runs) => {
+                for run in &runs {
+                    restore::write_run(injector, run)?;
+                }
+            }
+            LinkMessage::ImageEnd => break,
+            other => {
+                return Err(KeeperError::Protocol(format!(
+                    "expected pages, got {}",
+                    name_of(&other)
+                )));
+            }
+        }
+    }
+    link.get_ref().set_read_timeout(None)?;
+    restore::finish(injector, header, target)?;
+    Ok(())
+}
+
+/// Skips the rest of an image that will not be restored.
+pub fn discard_image(link: &mut Link) -> Result<(), KeeperError> {
+    loop {
+        match receive(link)? {
+            LinkMessage::Pages(_) => {}
+            LinkMessage::ImageEnd => return Ok(()),
+            other => {
+                return Err(KeeperError::Protocol(format!(
+                    "expected pages, got {}",
+                    name_of(&other)
+                )));
+            }
+        }
+    }
+}
+
+/// A message's name, for logs.
+pub fn name_of(message: &LinkMessage) -> &'static str {
+    match message {
+        LinkMessage::Header(_) => "Header",
+        LinkMessage::Pages(_) => "Pages",
+        LinkMessage::ImageEnd => "ImageEnd",
+        LinkMessage::Restored => "Restored",
+        LinkMessage::RestoreFailed { .. } => "RestoreFailed",
+        LinkMessage::Call(_) => "Call",
+        LinkMessage::CallResult(_) => "CallResult",
+        LinkMessage::Signal { .. } => "Signal",
+        LinkMessage::SignalVerdict { .. } => "SignalVerdict",
+        LinkMessage::Stopped { .. } => "Stopped",
+        LinkMessage::Continued => "Continued",
+        LinkMessage::Exited { .. } => "Exited",
+        LinkMessage::Killed { .. } => "Killed",
+        LinkMessage::Kill => "Kill",
+        LinkMessage::MoveTo { .. } => "MoveTo",
+        LinkMessage::AbandonCall => "AbandonCall",
+        LinkMessage::CallAbandoned => "CallAbandoned",
+        LinkMessage::MoveFailed { .. } => "MoveFailed",
+        LinkMessage::ComingHome { .. } => "ComingHome",
+        LinkMessage::Released => "Released",
+    }
+}
+
+/// Dies with the daemon that started us.
+pub fn die_with_parent() -> std::io::Result<()> {
+    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL).map_err(std::io::Error::from)
+}

@@ -1,0 +1,589 @@
+//! The remote keeper: rebuilds a process that arrives, and serves it.
+//!
+//! The process is rebuilt in a fresh child of the keeper, then confined:
+//! an empty root, an unprivileged guest uid (so this node's users can
+//! neither signal nor inspect it), no new privileges, and a seccomp filter
+//! that lets its local calls run and hands every other call to the keeper.
+//! The keeper forwards those home, answers getpid with the home pid, and
+//! sends the process home for calls that need it.
+
+use std::net::{IpAddr, TcpStream};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+
+use omx_mfs::NodeId;
+use omx_mfs::transport::Identity;
+use omx_mfs::wire::image::ImageHeader;
+use omx_mfs::wire::link::{CallResult, KeeperReport, LinkMessage, LinkRequest};
+use tracing::{info, warn};
+
+use super::{
+    DaemonChannel, KeeperError, Link, Waiter, accept_link, name_of, open_link, receive_header,
+    receive_image_into, send_image,
+};
+use crate::capture;
+use crate::inject::Injector;
+use crate::restore::{self, Target};
+use crate::sys;
+use crate::sys::memory::ProcessMemory;
+use crate::sys::ptrace::{self, Stop};
+use crate::sys::seccomp;
+use crate::syscalls::{
+    self,
+    marshal::{self, Prepared, Route},
+};
+
+const PR_SET_NO_NEW_PRIVS: u64 = 38;
+const PR_SET_DUMPABLE: u64 = 4;
+
+pub struct RemoteArgs {
+    /// This node.
+    pub identity: Identity,
+    pub home_node: NodeId,
+    pub home_address: IpAddr,
+    pub port: u16,
+    pub home_pid: i32,
+    pub session: u64,
+    /// The node that sent the image: home, or the previous remote.
+    pub sender: NodeId,
+    pub guest_uid: u32,
+    pub guest_gid: u32,
+    /// An empty directory the process is confined to.
+    pub empty_root: PathBuf,
+}
+
+struct Remote {
+    args: RemoteArgs,
+    child: i32,
+    memory: ProcessMemory,
+    listener: OwnedFd,
+    link: Link,
+    daemon: DaemonChannel,
+    waiter: Waiter,
+    /// The notification being served at home, and how to apply its result.
+    pending: Option<(u64, Prepared)>,
+}
+
+/// Runs a remote keeper to the end.
+pub fn run(args: RemoteArgs, link: TcpStream, daemon: UnixStream) -> i32 {
+    let daemon = DaemonChannel::new(daemon);
+    let waiter = match Waiter::new().and_then(|w| super::die_with_parent().map(|()| w)) {
+        Ok(waiter) => waiter,
+        Err(e) => {
+            warn!("remote keeper cannot start: {e}");
+            return 1;
+        }
+    };
+    let mut link = match accept_link(link, &args.identity, args.sender) {
+        Ok(link) => link,
+        Err(e) => {
+            warn!(
+                "process {} of node {}: link from node {} failed: {e}",
+                args.home_pid, args.home_node, args.sender
+            );
+            return 1;
+        }
+    };
+    let (child, listener) = match arrive(&args, &mut link) {
+        Ok(arrived) => arrived,
+        Err(e) => {
+            warn!(
+                "process {} of node {} could not be rebuilt: {e}",
+                args.home_pid, args.home_node
+            );
+            let _ = link.send(&LinkMessage::RestoreFailed {
+                reason: e.to_string(),
+            });
+            return 1;
+        }
+    };
+    let _ = link.send(&LinkMessage::Restored);
+    let link = if args.sender == args.home_node {
+        link
+    } else {
+        // It came from another remote: connect it to its deputy ourselves.
+        let request = LinkRequest::Rejoin {
+            home_pid: args.home_pid as u32,
+            session: args.session,
+        };
+        match open_link(
+            &args.identity,
+            args.home_node,
+            args.home_address,
+            args.port,
+            request,
+        ) {
+            Ok(home) => home,
+            Err(e) => {
+                warn!(
+                    "process {} cannot rejoin node {}: {e}; ending it",
+                    args.home_pid, args.home_node
+                );
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(child),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+                return 1;
+            }
+        }
+    };
+    info!(
+        "hosting process {} of node {} (local pid {child})",
+        args.home_pid, args.home_node
+    );
+    let memory = match ProcessMemory::open(child) {
+        Ok(memory) => memory,
+        Err(e) => {
+            warn!("cannot open the memory of local pid {child}: {e}");
+            return 1;
+        }
+    };
+    let mut remote = Remote {
+        args,
+        child,
+        memory,
+        listener,
+        link,
+        daemon,
+        waiter,
+        pending: None,
+    };
+    remote.serve()
+}
+
+/// Receives the image and rebuilds the process in a fresh child; returns
+/// the child (running) and its seccomp listener.
+fn arrive(args: &RemoteArgs, link: &mut Link) -> Result<(i32, OwnedFd), KeeperError> {
+    let header = receive_header(link)?;
+    let child = sys::fork_stopped_child()?;
+    let rebuilt = rebuild(args, link, child, &header);
+    if rebuilt.is_err() {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        let _ = ptrace::wait(child);
+    }
+    rebuilt.map(|listener| (child, listener))
+}
+
+fn rebuild(
+    args: &RemoteArgs,
+    link: &mut Link,
+    child: i32,
+    header: &ImageHeader,
+) -> Result<OwnedFd, KeeperError> {
+    let mut injector = Injector::bootstrap(child, &restore::area_ranges(header))?;
+    receive_image_into(link, &mut injector, header, Target::Fresh)?;
+    let listener = confine(&injector, args)?;
+    restore::set_final_state(injector, header)?;
+    ptrace::detach(child, 0)?;
+    Ok(listener)
+}
+
+/// Confines the rebuilt process and installs the filter; returns the
+/// filter's listener.
+fn confine(injector: &Injector, args: &RemoteArgs) -> Result<OwnedFd, KeeperError> {
+    let child = injector.pid();
+    let scratch = injector.parasite.scratch;
+    std::fs::create_dir_all(&args.empty_root)?;
+    let mut root = args.empty_root.as_os_str().as_encoded_bytes().to_vec();
+    root.push(0);
+    injector.put(0, &root)?;
+    injector.call_checked("chroot", libc::SYS_chroot, &[scratch])?;
+    injector.put(0, b"/\0")?;
+    injector.call_checked("chdir", libc::SYS_chdir, &[scratch])?;
+    injector.call_checked("setgroups", libc::SYS_setgroups, &[0, 0])?;
+    let (uid, gid) = (u64::from(args.guest_uid), u64::from(args.guest_gid));
+    injector.call_checked("setresgid", libc::SYS_setresgid, &[gid, gid, gid])?;
+    injector.call_checked("setresuid", libc::SYS_setresuid, &[uid, uid, uid])?;
+    injector.call_checked("prctl", libc::SYS_prctl, &[PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0])?;
+    injector.call_checked("prctl", libc::SYS_prctl, &[PR_SET_DUMPABLE, 0, 0, 0, 0])?;
+
+    let program = seccomp::notify_filter(&syscalls::local_numbers(), &syscalls::local_conditions());
+    let instructions = injector.put(64, &seccomp::program_bytes(&program))?;
+    injector.put(0, &seccomp::fprog_bytes(program.len(), instructions))?;
+    let fd = injector.call_checked(
+        "seccomp",
+        libc::SYS_seccomp,
+        &[
+            seccomp::SECCOMP_SET_MODE_FILTER,
+            seccomp::SECCOMP_FILTER_FLAG_NEW_LISTENER,
+            scratch,
+        ],
+    )?;
+    let pidfd = seccomp::pidfd_open(child)?;
+    let listener = seccomp::pidfd_getfd(pidfd.as_fd(), fd as i32)?;
+    // The process's own copy of the listener must go; its close is now
+    // a filtered call, which we let run.
+    let base = ptrace::get_regs(child)?;
+    let saved_mask = ptrace::get_sigmask(child)?;
+    ptrace::set_sigmask(child, u64::MAX)?;
+    injector.start(libc::SYS_close, &[fd as u64], &base)?;
+    let notification = seccomp::receive(listener.as_fd())?;
+    if notification.nr != libc::SYS_close {
+        return Err(KeeperError::Protocol(format!(
+            "expected close, intercepted call {}",
+            notification.nr
+        )));
+    }
+    seccomp::respond_continue(listener.as_fd(), notification.id)?;
+    injector.finish()?;
+    ptrace::set_regs(child, &base)?;
+    ptrace::set_sigmask(child, saved_mask)?;
+    Ok(listener)
+}
+
+impl Remote {
+    fn serve(&mut self) -> i32 {
+        loop {
+            let outcome = if self.link.has_buffered_message() {
+                self.on_link()
+            } else {
+                let fds = [
+                    self.link.get_ref().as_fd(),
+                    self.listener.as_fd(),
+                    self.daemon.fd(),
+                ];
+                match self.waiter.wait(&fds, None) {
+                    Err(e) => Err(KeeperError::Io(e)),
+                    Ok((child, ready)) => {
+                        let mut outcome = Ok(None);
+                        if child {
+                            outcome = self.on_child();
+                        }
+                        if outcome.as_ref().is_ok_and(|o| o.is_none()) && ready[0] {
+                            outcome = self.on_link();
+                        }
+                        if outcome.as_ref().is_ok_and(|o| o.is_none())
+                            && ready[1]
+                            && self.pending.is_none()
+                        {
+                            outcome = self.on_notification();
+                        }
+                        if outcome.as_ref().is_ok_and(|o| o.is_none()) && ready[2] {
+                            outcome = self.daemon.receive().map(|_| None);
+                        }
+                        outcome
+                    }
+                }
+            };
+            match outcome {
+                Ok(None) => {}
+                Ok(Some(code)) => return code,
+                Err(e) => {
+                    // No link home, no process: never leave it running
+                    // unowned.
+                    warn!(
+                        "process {} of node {}: {e}; ending it here",
+                        self.args.home_pid, self.args.home_node
+                    );
+                    self.kill_child();
+                    return 1;
+                }
+            }
+        }
+    }
+
+    fn kill_child(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        let _ = ptrace::wait(self.child);
+    }
+
+    fn on_child(&mut self) -> Result<Option<i32>, KeeperError> {
+        while let Some(stop) = ptrace::wait_nohang(self.child)? {
+            match stop {
+                Stop::Exited(code) => {
+                    self.link.send(&LinkMessage::Exited { code })?;
+                    self.daemon.report(&KeeperReport::Ended {
+                        code: Some(code),
+                        signal: None,
+                    });
+                    return Ok(Some(0));
+                }
+                Stop::Killed {
+                    signal,
+                    core_dumped,
+                } => {
+                    self.link.send(&LinkMessage::Killed {
+                        signal,
+                        core_dumped,
+                    })?;
+                    self.daemon.report(&KeeperReport::Ended {
+                        code: None,
+                        signal: Some(signal),
+                    });
+                    return Ok(Some(0));
+                }
+                Stop::Signal(signal) | Stop::Group(signal) => {
+                    self.link.send(&LinkMessage::Stopped { signal })?
+                }
+                Stop::Continued => self.link.send(&LinkMessage::Continued)?,
+                Stop::Interrupt | Stop::Event(_) => {}
+            }
+        }
+        Ok(None)
+    }
+
+    fn on_notification(&mut self) -> Result<Option<i32>, KeeperError> {
+        let notification = match seccomp::receive(self.listener.as_fd()) {
+            Ok(notification) => notification,
+            // The process was interrupted or died before we looked.
+            Err(e)
+                if e.raw_os_error() == Some(libc::ENOENT)
+                    || e.raw_os_error() == Some(libc::EINTR) =>
+            {
+                return Ok(None);
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let listener = self.listener.as_fd();
+        let id = notification.id;
+        let answered = match marshal::route(notification.nr, &notification.args) {
+            Route::Local => seccomp::respond_continue(listener, id),
+            Route::HomePid => seccomp::respond(listener, id, i64::from(self.args.home_pid), 0),
+            Route::Forward(params) => {
+                match marshal::prepare(notification.nr, &notification.args, params, &self.memory) {
+                    Err(errno) => seccomp::respond(listener, id, 0, errno),
+                    Ok(prepared) => {
+                        self.link.send(&LinkMessage::Call(prepared.call.clone()))?;
+                        self.pending = Some((id, prepared));
+                        Ok(())
+                    }
+                }
+            }
+            Route::Home(reason) => {
+                let call = syscalls::lookup(notification.nr).name;
+                return self
+                    .go_home(&format!("it called {call}: {reason}"))
+                    .map(Some);
+            }
+        };
+        ignore_gone(answered)?;
+        Ok(None)
+    }
+
+    fn complete(&mut self, result: &CallResult) -> Result<(), KeeperError> {
+        let Some((id, prepared)) = self.pending.take() else {
+            return Ok(());
+        };
+        let listener = self.listener.as_fd();
+        if !seccomp::is_valid(listener, id) {
+            return Ok(());
+        }
+        let answered = match marshal::apply(&prepared, result, &self.memory) {
+            Err(errno) => seccomp::respond(listener, id, 0, errno),
+            Ok(()) if result.ret < 0 && result.ret >= -4095 => {
+                seccomp::respond(listener, id, 0, -result.ret as i32)
+            }
+            Ok(()) => seccomp::respond(listener, id, result.ret, 0),
+        };
+        ignore_gone(answered)
+    }
+
+    fn on_link(&mut self) -> Result<Option<i32>, KeeperError> {
+        match super::receive(&mut self.link)? {
+            LinkMessage::CallResult(result) => self.complete(&result)?,
+            LinkMessage::Signal {
+                signal,
+                during_call,
+            } => self.deliver(signal, during_call)?,
+            LinkMessage::Kill => {
+                self.kill_child();
+                self.daemon.report(&KeeperReport::Ended {
+                    code: None,
+                    signal: Some(libc::SIGKILL),
+                });
+                return Ok(Some(0));
+            }
+            LinkMessage::MoveTo {
+                node,
+                address,
+                port,
+            } => return self.move_to(node, &address, port),
+            LinkMessage::CallAbandoned => {}
+            other => {
+                return Err(KeeperError::Protocol(format!(
+                    "unexpected {}",
+                    name_of(&other)
+                )));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Delivers a signal sent to the home pid. During a forwarded call,
+    /// tells home whether the signal interrupts it (as it would have: a
+    /// signal that is not blocked and not ignored).
+    fn deliver(&mut self, signal: i32, during_call: bool) -> Result<(), KeeperError> {
+        let bit = 1u64 << (signal - 1);
+        let (blocked, ignored, caught) = sys::signal_dispositions(self.child)?;
+        let ignored_by_default = matches!(
+            signal,
+            libc::SIGCHLD | libc::SIGCONT | libc::SIGURG | libc::SIGWINCH
+        );
+        let interrupts =
+            blocked & bit == 0 && ignored & bit == 0 && (caught & bit != 0 || !ignored_by_default);
+        sys::kill_raw(self.child, signal)?;
+        if during_call {
+            self.link.send(&LinkMessage::SignalVerdict {
+                interrupts_call: interrupts,
+            })?;
+            if interrupts {
+                // The kernel interrupted the waiting call; its result, if
+                // any, will not be applied.
+                self.pending = None;
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops the process for a move: ends any forwarded call first, then
+    /// freezes and captures it.
+    fn freeze(&mut self) -> Result<(Injector, capture::Capture, ptrace::Regs), KeeperError> {
+        if self.pending.is_some() {
+            self.link.send(&LinkMessage::AbandonCall)?;
+            loop {
+                match super::receive(&mut self.link)? {
+                    LinkMessage::CallResult(result) => {
+                        self.complete(&result)?;
+                        break;
+                    }
+                    LinkMessage::CallAbandoned => {
+                        self.pending = None;
+                        break;
+                    }
+                    LinkMessage::Signal { signal, .. } => self.deliver(signal, false)?,
+                    other => {
+                        return Err(KeeperError::Protocol(format!(
+                            "unexpected {}",
+                            name_of(&other)
+                        )));
+                    }
+                }
+            }
+        }
+        let child = self.child;
+        ptrace::seize(child, 0)?;
+        ptrace::interrupt(child)?;
+        loop {
+            match ptrace::wait(child)? {
+                Stop::Interrupt => break,
+                Stop::Signal(signal) => ptrace::cont(child, signal)?,
+                stop if stop.is_gone() => {
+                    return Err(KeeperError::Protocol(format!(
+                        "the process ended while stopping it ({stop:?})"
+                    )));
+                }
+                _ => ptrace::cont(child, 0)?,
+            }
+        }
+        let regs = ptrace::get_regs(child)?;
+        let mut injector = Injector::bootstrap(child, &[])?;
+        let captured = capture::capture(&mut injector, regs)?;
+        Ok((injector, captured, regs))
+    }
+
+    /// Undoes [`freeze`](Self::freeze): the process runs on here.
+    fn thaw(&mut self, injector: Injector, regs: ptrace::Regs) -> Result<(), KeeperError> {
+        injector.remove_parasite()?;
+        ptrace::set_regs(self.child, &regs)?;
+        ptrace::detach(self.child, 0)?;
+        Ok(())
+    }
+
+    /// Sends the process home (it needs to be there, or was asked to).
+    fn go_home(&mut self, reason: &str) -> Result<i32, KeeperError> {
+        info!(
+            "process {} of node {} goes home: {reason}",
+            self.args.home_pid, self.args.home_node
+        );
+        let (injector, captured, _) = self.freeze()?;
+        self.link.send(&LinkMessage::ComingHome {
+            reason: reason.to_string(),
+        })?;
+        send_image(&mut self.link, &captured, &injector)?;
+        match super::receive(&mut self.link)? {
+            LinkMessage::Restored => {}
+            other => {
+                return Err(KeeperError::Protocol(format!(
+                    "home answered {}",
+                    name_of(&other)
+                )));
+            }
+        }
+        self.kill_child();
+        Ok(0)
+    }
+
+    /// Moves the process to another node, or home.
+    fn move_to(&mut self, node: u16, address: &str, port: u16) -> Result<Option<i32>, KeeperError> {
+        if node == self.args.home_node.get() {
+            return self.go_home("requested").map(Some);
+        }
+        let destination =
+            NodeId::new(node).ok_or_else(|| KeeperError::Protocol("node 0".into()))?;
+        let address: IpAddr = address
+            .parse()
+            .map_err(|_| KeeperError::Protocol(format!("bad address {address}")))?;
+        let (injector, captured, regs) = self.freeze()?;
+        let request = LinkRequest::Immigrate {
+            home_node: self.args.home_node.get(),
+            home_pid: self.args.home_pid as u32,
+            session: self.args.session,
+        };
+        let moved = open_link(&self.args.identity, destination, address, port, request).and_then(
+            |mut next| {
+                send_image(&mut next, &captured, &injector)?;
+                match super::receive(&mut next)? {
+                    LinkMessage::Restored => Ok(()),
+                    LinkMessage::RestoreFailed { reason } => Err(KeeperError::Refused(reason)),
+                    other => Err(KeeperError::Protocol(format!(
+                        "node {node} answered {}",
+                        name_of(&other)
+                    ))),
+                }
+            },
+        );
+        match moved {
+            Ok(()) => {
+                // The process runs on the next node; ours never runs again.
+                self.kill_child();
+                info!(
+                    "process {} of node {} moved on to node {node}",
+                    self.args.home_pid, self.args.home_node
+                );
+                // Wait for home to take the new link (it releases us).
+                loop {
+                    match super::receive(&mut self.link) {
+                        Ok(LinkMessage::Released) | Err(KeeperError::LinkClosed) => {
+                            return Ok(Some(0));
+                        }
+                        Ok(_) => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+            Err(e) => {
+                self.thaw(injector, regs)?;
+                self.link.send(&LinkMessage::MoveFailed {
+                    reason: format!("node {node} cannot take it: {e}"),
+                })?;
+                Ok(None)
+            }
+        }
+    }
+}
+
+/// A response to a notification whose process moved on (interrupted, or
+/// died) is not an error.
+fn ignore_gone(result: std::io::Result<()>) -> Result<(), KeeperError> {
+    match result {
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        other => Ok(other?),
+    }
+}

@@ -1,0 +1,614 @@
+//! The daemon's side of migration: which of this node's processes are
+//! away (and their keepers), which guests this node hosts, and the
+//! connections other nodes hand over for keepers.
+
+use std::collections::HashMap;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use omx_mfs::NodeId;
+use omx_mfs::cluster_map::ClusterMap;
+use omx_mfs::config::NodeConfig;
+use omx_mfs::transport::listener::IncomingLink;
+use omx_mfs::wire::link::{KeeperCommand, KeeperReport, LinkReply, LinkRequest};
+use omx_mfs::wire::plain::PlainFramed;
+use omx_mfs::wire::{ControlReply, MigrateTarget, ProcessLocation, RunOptions};
+use rand::RngExt;
+use tokio::io::Interest;
+use tokio::net::UnixStream;
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{error, info, warn};
+
+/// After `mosrun -NODE` starts a program, how long it runs at home before
+/// it is sent (so that its dynamic loader has mapped its libraries here).
+const STARTUP_GRACE: Duration = Duration::from_millis(150);
+/// How long a synchronous `migrate` waits for the move.
+const MOVE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Where one of this node's processes is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Location {
+    Home,
+    Migrating,
+    Away(NodeId),
+}
+
+/// One of this node's processes that migrated or was registered.
+struct Managed {
+    session: u64,
+    keeper: Option<mpsc::UnboundedSender<(KeeperCommand, Option<OwnedFd>)>>,
+    location: Location,
+    /// Where it was when the move in progress started.
+    before_move: Location,
+    moves: u32,
+    options: RunOptions,
+    last_failure: Option<String>,
+    waiters: Vec<oneshot::Sender<ControlReply>>,
+}
+
+impl Managed {
+    fn new() -> Managed {
+        Managed {
+            session: rand::rng().random(),
+            keeper: None,
+            location: Location::Home,
+            before_move: Location::Home,
+            moves: 0,
+            options: RunOptions::default(),
+            last_failure: None,
+            waiters: Vec::new(),
+        }
+    }
+
+    fn answer_all(&mut self, reply: ControlReply) {
+        for waiter in self.waiters.drain(..) {
+            let _ = waiter.send(reply.clone());
+        }
+    }
+}
+
+/// A process of another node that runs here.
+#[derive(Clone, Debug)]
+pub struct Guest {
+    pub home_node: NodeId,
+    pub home_pid: u32,
+}
+
+pub struct Migrations {
+    me: NodeId,
+    config: NodeConfig,
+    map: watch::Receiver<Arc<ClusterMap>>,
+    exe: PathBuf,
+    processes: Mutex<HashMap<u32, Managed>>,
+    guests: Mutex<HashMap<u32, Guest>>,
+    /// Held while a keeper is spawned: descriptors meant for one keeper
+    /// must not leak into another spawned at the same time.
+    spawning: Mutex<()>,
+}
+
+impl Migrations {
+    pub fn new(
+        me: NodeId,
+        config: NodeConfig,
+        map: watch::Receiver<Arc<ClusterMap>>,
+    ) -> std::io::Result<Migrations> {
+        Ok(Migrations {
+            me,
+            config,
+            map,
+            exe: std::env::current_exe()?,
+            processes: Mutex::new(HashMap::new()),
+            guests: Mutex::new(HashMap::new()),
+            spawning: Mutex::new(()),
+        })
+    }
+
+    /// Moves `pid` to `to`; with `wait`, answers when it is there.
+    pub async fn migrate(
+        self: &Arc<Self>,
+        pid: u32,
+        to: MigrateTarget,
+        wait: bool,
+        caller_uid: Option<u32>,
+    ) -> ControlReply {
+        if let Err(reason) = may_signal(caller_uid, pid) {
+            return ControlReply::Refused { reason };
+        }
+        let target = match to {
+            MigrateTarget::Node(n) if n == self.me.get() => None,
+            MigrateTarget::Node(n) => {
+                match NodeId::new(n).filter(|n| self.map.borrow().contains(*n)) {
+                    Some(node) => Some(node),
+                    None => {
+                        return ControlReply::Refused {
+                            reason: format!("node {n} is not in the cluster map"),
+                        };
+                    }
+                }
+            }
+            MigrateTarget::Home => None,
+        };
+        let (reply_tx, reply_rx) = oneshot::channel();
+        {
+            let mut processes = self.processes.lock().expect("process table");
+            let managed = processes.entry(pid).or_insert_with(Managed::new);
+            match (managed.location, target) {
+                (Location::Migrating, _) => {
+                    return ControlReply::Refused {
+                        reason: format!("process {pid} is moving already"),
+                    };
+                }
+                (Location::Home, None) => return ControlReply::Moved { node: None },
+                (Location::Away(node), Some(target)) if node == target => {
+                    return ControlReply::Moved {
+                        node: Some(node.get()),
+                    };
+                }
+                (Location::Home, Some(target)) => {
+                    let Some(address) = self.map.borrow().address(target) else {
+                        return ControlReply::Refused {
+                            reason: format!("node {target} is not in the cluster map"),
+                        };
+                    };
+                    match self.spawn_home_keeper(pid, managed.session, target, address) {
+                        Ok(keeper) => managed.keeper = Some(keeper),
+                        Err(e) => {
+                            return ControlReply::Refused {
+                                reason: format!("cannot start a keeper: {e}"),
+                            };
+                        }
+                    }
+                }
+                (Location::Away(_), target) => {
+                    let node = target.unwrap_or(self.me);
+                    let address = self
+                        .map
+                        .borrow()
+                        .address(node)
+                        .map(|a| a.to_string())
+                        .unwrap_or_default();
+                    let command = KeeperCommand::MoveTo {
+                        node: node.get(),
+                        address,
+                        port: self.config.port,
+                    };
+                    if let Some(keeper) = &managed.keeper {
+                        let _ = keeper.send((command, None));
+                    }
+                }
+            }
+            managed.before_move = managed.location;
+            managed.location = Location::Migrating;
+            if wait {
+                managed.waiters.push(reply_tx);
+            }
+        }
+        if !wait {
+            return ControlReply::Accepted;
+        }
+        match tokio::time::timeout(MOVE_TIMEOUT, reply_rx).await {
+            Ok(Ok(reply)) => reply,
+            _ => ControlReply::Refused {
+                reason: format!("process {pid} did not finish moving within {MOVE_TIMEOUT:?}"),
+            },
+        }
+    }
+
+    /// Where `pid` runs and whether it can move.
+    pub fn location(&self, pid: u32, cannot_move: Option<String>) -> ControlReply {
+        let processes = self.processes.lock().expect("process table");
+        let (node, migrating, moves, locked, last_failure) = match processes.get(&pid) {
+            Some(m) => (
+                match m.location {
+                    Location::Away(node) => Some(node.get()),
+                    _ => None,
+                },
+                m.location == Location::Migrating,
+                m.moves,
+                m.options.lock == Some(true),
+                m.last_failure.clone(),
+            ),
+            None => (None, false, 0, false, None),
+        };
+        let cannot_move = match node {
+            // While it is away, what would keep it home was checked when it
+            // left; report the lock only.
+            Some(_) => None,
+            None => cannot_move,
+        };
+        ControlReply::Location(ProcessLocation {
+            pid,
+            node,
+            migrating,
+            moves,
+            locked,
+            cannot_move: if locked {
+                Some("it is locked (mosrun -L)".into())
+            } else {
+                cannot_move
+            },
+            last_failure,
+        })
+    }
+
+    /// `mosrun`: records a program's options; sends it away shortly after
+    /// it starts if asked.
+    pub fn register(
+        self: &Arc<Self>,
+        pid: u32,
+        options: RunOptions,
+        caller_uid: Option<u32>,
+    ) -> ControlReply {
+        if let Err(reason) = may_signal(caller_uid, pid) {
+            return ControlReply::Refused { reason };
+        }
+        let send_to = options.send_to.clone();
+        self.processes
+            .lock()
+            .expect("process table")
+            .entry(pid)
+            .or_insert_with(Managed::new)
+            .options = options;
+        if let Some(first) = self.pick(&send_to) {
+            let me = self.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(STARTUP_GRACE).await;
+                match me
+                    .migrate(pid, MigrateTarget::Node(first), true, caller_uid)
+                    .await
+                {
+                    ControlReply::Moved { .. } => {}
+                    other => {
+                        warn!("mosrun could not send process {pid} to node {first}: {other:?}")
+                    }
+                }
+            });
+        }
+        ControlReply::Accepted
+    }
+
+    /// The first node of `candidates` that is in the map.
+    fn pick(&self, candidates: &[u16]) -> Option<u16> {
+        let map = self.map.borrow();
+        candidates
+            .iter()
+            .copied()
+            .find(|n| NodeId::new(*n).is_some_and(|n| map.contains(n)))
+    }
+
+    fn spawn_home_keeper(
+        self: &Arc<Self>,
+        pid: u32,
+        session: u64,
+        to: NodeId,
+        address: std::net::IpAddr,
+    ) -> std::io::Result<mpsc::UnboundedSender<(KeeperCommand, Option<OwnedFd>)>> {
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
+        let args = vec![
+            "__home-keeper".to_string(),
+            format!("--pid={pid}"),
+            format!("--session={session}"),
+            format!("--node={}", self.me),
+            format!("--key={}", self.config.key_path.display()),
+            format!("--to={to}"),
+            format!("--address={address}"),
+            format!("--port={}", self.config.port),
+            format!("--daemon-fd={}", theirs.as_raw_fd()),
+        ];
+        let child = self.spawn_keeper(&args, &[theirs.into()])?;
+        let (commands, orders) = mpsc::unbounded_channel();
+        let me = self.clone();
+        tokio::spawn(async move { me.run_home_keeper(pid, ours, orders, child).await });
+        Ok(commands)
+    }
+
+    /// Starts `omx ARGS` with `fds` inherited at their own numbers.
+    fn spawn_keeper(
+        &self,
+        args: &[String],
+        fds: &[OwnedFd],
+    ) -> std::io::Result<tokio::process::Child> {
+        let _only_us = self.spawning.lock().expect("spawn lock");
+        for fd in fds {
+            nix::fcntl::fcntl(
+                fd,
+                nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+            )?;
+        }
+        let spawned = tokio::process::Command::new(&self.exe)
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(false)
+            .spawn();
+        // Our copies of the child's ends close when `fds` is dropped.
+        spawned
+    }
+
+    async fn run_home_keeper(
+        self: Arc<Self>,
+        pid: u32,
+        channel: std::os::unix::net::UnixStream,
+        mut orders: mpsc::UnboundedReceiver<(KeeperCommand, Option<OwnedFd>)>,
+        mut child: tokio::process::Child,
+    ) {
+        let stream = match channel
+            .set_nonblocking(true)
+            .and_then(|()| UnixStream::from_std(channel))
+        {
+            Ok(stream) => stream,
+            Err(e) => {
+                error!("keeper channel for process {pid}: {e}");
+                return;
+            }
+        };
+        let mut framed = PlainFramed::new(stream);
+        loop {
+            tokio::select! {
+                report = framed.recv::<KeeperReport>() => match report {
+                    Ok(Some(report)) => self.on_report(pid, report),
+                    _ => break,
+                },
+                order = orders.recv() => match order {
+                    Some((command, fd)) => {
+                        if let Err(e) = send_order(&mut framed, &command, fd).await {
+                            warn!("cannot instruct the keeper of process {pid}: {e}");
+                        }
+                    }
+                    None => break,
+                },
+            }
+        }
+        let status = child.wait().await;
+        let mut processes = self.processes.lock().expect("process table");
+        if let Some(managed) = processes.get_mut(&pid)
+            && managed.keeper.is_some()
+        {
+            // The keeper ended without saying how the process is.
+            warn!("the keeper of process {pid} ended ({status:?})");
+            managed.answer_all(ControlReply::Refused {
+                reason: "its keeper ended unexpectedly".into(),
+            });
+            processes.remove(&pid);
+        }
+    }
+
+    fn on_report(&self, pid: u32, report: KeeperReport) {
+        let mut processes = self.processes.lock().expect("process table");
+        let Some(managed) = processes.get_mut(&pid) else {
+            return;
+        };
+        match report {
+            KeeperReport::RunsOn { node, moves } => {
+                let node = NodeId::new(node).expect("a keeper reports real nodes");
+                managed.location = Location::Away(node);
+                managed.moves = moves;
+                managed.last_failure = None;
+                managed.answer_all(ControlReply::Moved {
+                    node: Some(node.get()),
+                });
+            }
+            KeeperReport::Home { moves } => {
+                managed.location = Location::Home;
+                managed.moves = moves;
+                managed.keeper = None;
+                managed.answer_all(ControlReply::Moved { node: None });
+            }
+            KeeperReport::CannotMove { reason } => {
+                managed.location = managed.before_move;
+                if managed.location == Location::Home {
+                    // A first move failed: that keeper is done.
+                    managed.keeper = None;
+                }
+                managed.last_failure = Some(reason.clone());
+                managed.answer_all(ControlReply::Refused { reason });
+            }
+            KeeperReport::Ended { code, signal } => {
+                info!("process {pid} ended away from home (code {code:?}, signal {signal:?})");
+                managed.answer_all(ControlReply::Refused {
+                    reason: "the process ended".into(),
+                });
+                processes.remove(&pid);
+            }
+            KeeperReport::Lost { node, reason } => {
+                error!("process {pid} was lost with node {node}: {reason}");
+                managed.answer_all(ControlReply::Refused {
+                    reason: format!("the process was lost with node {node}: {reason}"),
+                });
+                processes.remove(&pid);
+            }
+        }
+    }
+
+    /// A connection another node wants handed to a keeper.
+    pub async fn incoming_link(self: &Arc<Self>, mut link: IncomingLink) {
+        let from = link.from;
+        let decision = match link.request {
+            LinkRequest::Immigrate {
+                home_node,
+                home_pid,
+                session,
+            } => self.accept_guest(from, home_node, home_pid, session),
+            LinkRequest::Rejoin { home_pid, session } => {
+                self.accept_rejoin(from, home_pid, session)
+            }
+        };
+        let reply = match &decision {
+            Ok(_) => LinkReply::Accepted,
+            Err(reason) => LinkReply::Refused {
+                reason: reason.clone(),
+            },
+        };
+        if let Err(e) = link.channel.send(&reply).await {
+            warn!("link request from node {from}: cannot answer: {e}");
+            return;
+        }
+        let Ok(hand_over) = decision else { return };
+        let stream = match link
+            .channel
+            .into_inner()
+            .and_then(|s| s.into_std().map_err(Into::into))
+        {
+            Ok(stream) => stream,
+            Err(e) => {
+                warn!("link request from node {from}: {e}");
+                return;
+            }
+        };
+        if let Err(e) = stream.set_nonblocking(false) {
+            warn!("link request from node {from}: {e}");
+            return;
+        }
+        hand_over(self, OwnedFd::from(stream));
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn accept_guest(
+        &self,
+        from: NodeId,
+        home_node: u16,
+        home_pid: u32,
+        session: u64,
+    ) -> Result<Box<dyn FnOnce(&Arc<Self>, OwnedFd) + Send>, String> {
+        let home = NodeId::new(home_node).ok_or("home node 0")?;
+        let home_address =
+            self.map.borrow().address(home).ok_or_else(|| {
+                format!("node {home} (the process's home) is not in this node's map")
+            })?;
+        Ok(Box::new(move |me: &Arc<Self>, link: OwnedFd| {
+            let (ours, theirs) = match std::os::unix::net::UnixStream::pair() {
+                Ok(pair) => pair,
+                Err(e) => return warn!("cannot start a keeper: {e}"),
+            };
+            let args = vec![
+                "__remote-keeper".to_string(),
+                format!("--node={}", me.me),
+                format!("--key={}", me.config.key_path.display()),
+                format!("--home-node={home}"),
+                format!("--home-address={home_address}"),
+                format!("--port={}", me.config.port),
+                format!("--home-pid={home_pid}"),
+                format!("--session={session}"),
+                format!("--sender={from}"),
+                format!("--guest-uid={}", me.config.guest_uid),
+                format!("--guest-gid={}", me.config.guest_gid),
+                format!("--guest-root={}", me.config.guest_root.display()),
+                format!("--daemon-fd={}", theirs.as_raw_fd()),
+                format!("--link-fd={}", link.as_raw_fd()),
+            ];
+            let child = match me.spawn_keeper(&args, &[theirs.into(), link]) {
+                Ok(child) => child,
+                Err(e) => {
+                    return warn!(
+                        "cannot start a keeper for process {home_pid} of node {home}: {e}"
+                    );
+                }
+            };
+            let id = child.id().unwrap_or(0);
+            me.guests.lock().expect("guests").insert(
+                id,
+                Guest {
+                    home_node: home,
+                    home_pid,
+                },
+            );
+            let me = me.clone();
+            tokio::spawn(async move {
+                let mut child = child;
+                // The channel stays open as long as the keeper lives.
+                let _channel = ours;
+                let _ = child.wait().await;
+                me.guests.lock().expect("guests").remove(&id);
+            });
+        }))
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn accept_rejoin(
+        &self,
+        from: NodeId,
+        home_pid: u32,
+        session: u64,
+    ) -> Result<Box<dyn FnOnce(&Arc<Self>, OwnedFd) + Send>, String> {
+        let processes = self.processes.lock().expect("process table");
+        let managed = processes
+            .get(&home_pid)
+            .filter(|m| m.session == session && m.keeper.is_some())
+            .ok_or_else(|| {
+                format!("process {home_pid} is not away from this node in that session")
+            })?;
+        let keeper = managed.keeper.clone().expect("checked above");
+        Ok(Box::new(move |_me: &Arc<Self>, link: OwnedFd| {
+            let _ = keeper.send((KeeperCommand::TakeLink { node: from.get() }, Some(link)));
+        }))
+    }
+
+    pub fn guests(&self) -> Vec<Guest> {
+        self.guests
+            .lock()
+            .expect("guests")
+            .values()
+            .cloned()
+            .collect()
+    }
+}
+
+/// Sends a command to a keeper, with a descriptor if given.
+async fn send_order(
+    framed: &mut PlainFramed<UnixStream>,
+    command: &KeeperCommand,
+    fd: Option<OwnedFd>,
+) -> std::io::Result<()> {
+    let Some(fd) = fd else {
+        return framed.send(command).await.map_err(std::io::Error::other);
+    };
+    let bytes = omx_mfs::wire::frame::encode_frame(&omx_mfs::wire::encode(command));
+    let stream = framed.get_ref();
+    stream.writable().await?;
+    stream.try_io(Interest::WRITABLE, || {
+        let fds = [fd.as_raw_fd()];
+        let control = [nix::sys::socket::ControlMessage::ScmRights(&fds)];
+        let sent = nix::sys::socket::sendmsg::<()>(
+            stream.as_raw_fd(),
+            &[std::io::IoSlice::new(&bytes)],
+            &control,
+            nix::sys::socket::MsgFlags::empty(),
+            None,
+        )
+        .map_err(std::io::Error::from)?;
+        if sent != bytes.len() {
+            return Err(std::io::Error::other("a keeper command was cut short"));
+        }
+        Ok(())
+    })
+}
+
+/// Whether the caller (uid) may move `pid`: as kill(2) would let it
+/// signal the process.
+fn may_signal(caller_uid: Option<u32>, pid: u32) -> Result<(), String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .map_err(|_| format!("there is no process {pid} on this node"))?;
+    let Some(caller) = caller_uid else {
+        return Err("the caller's identity is unknown".into());
+    };
+    if caller == 0 {
+        return Ok(());
+    }
+    let uids: Vec<u32> = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .map(|v| {
+            v.split_whitespace()
+                .filter_map(|u| u.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    if uids.iter().take(3).any(|u| *u == caller) {
+        Ok(())
+    } else {
+        Err(format!(
+            "you may move only processes you could kill, and process {pid} is not yours"
+        ))
+    }
+}

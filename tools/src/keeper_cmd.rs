@@ -1,0 +1,115 @@
+//! The hidden keeper commands: the daemon starts one keeper process per
+//! migrated process (`omx __home-keeper` at home, `omx __remote-keeper`
+//! where it runs), handing it its channels as inherited descriptors.
+
+use std::net::{IpAddr, TcpStream};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Args;
+use omx_mfs::NodeId;
+use omx_mfs::cluster_key::ClusterKey;
+use omx_mfs::transport::Identity;
+use omx_migrate::keeper::home::{self, Destination, HomeArgs};
+use omx_migrate::keeper::remote::{self, RemoteArgs};
+use omx_migrate::sys::inherited_fd;
+
+#[derive(Args, Debug)]
+pub struct HomeKeeperArgs {
+    #[arg(long)]
+    pid: i32,
+    #[arg(long)]
+    session: u64,
+    /// This node.
+    #[arg(long)]
+    node: NodeId,
+    #[arg(long)]
+    key: PathBuf,
+    #[arg(long)]
+    to: NodeId,
+    #[arg(long)]
+    address: IpAddr,
+    #[arg(long)]
+    port: u16,
+    #[arg(long)]
+    daemon_fd: i32,
+}
+
+#[derive(Args, Debug)]
+pub struct RemoteKeeperArgs {
+    #[arg(long)]
+    node: NodeId,
+    #[arg(long)]
+    key: PathBuf,
+    #[arg(long)]
+    home_node: NodeId,
+    #[arg(long)]
+    home_address: IpAddr,
+    #[arg(long)]
+    port: u16,
+    #[arg(long)]
+    home_pid: i32,
+    #[arg(long)]
+    session: u64,
+    #[arg(long)]
+    sender: NodeId,
+    #[arg(long)]
+    guest_uid: u32,
+    #[arg(long)]
+    guest_gid: u32,
+    #[arg(long)]
+    guest_root: PathBuf,
+    #[arg(long)]
+    daemon_fd: i32,
+    #[arg(long)]
+    link_fd: i32,
+}
+
+fn identity(node: NodeId, key: &std::path::Path) -> anyhow::Result<Identity> {
+    Ok(Identity {
+        node,
+        key: ClusterKey::load(key)?,
+    })
+}
+
+pub fn run_home(args: HomeKeeperArgs) -> anyhow::Result<ExitCode> {
+    let daemon = UnixStream::from(inherited_fd(args.daemon_fd).context("the daemon channel")?);
+    let code = home::run(
+        HomeArgs {
+            pid: args.pid,
+            session: args.session,
+            identity: identity(args.node, &args.key)?,
+            destination: Destination {
+                node: args.to,
+                address: args.address,
+                port: args.port,
+            },
+        },
+        daemon,
+    );
+    Ok(ExitCode::from(code as u8))
+}
+
+pub fn run_remote(args: RemoteKeeperArgs) -> anyhow::Result<ExitCode> {
+    let daemon = UnixStream::from(inherited_fd(args.daemon_fd).context("the daemon channel")?);
+    let link = TcpStream::from(inherited_fd(args.link_fd).context("the link")?);
+    let code = remote::run(
+        RemoteArgs {
+            identity: identity(args.node, &args.key)?,
+            home_node: args.home_node,
+            home_address: args.home_address,
+            port: args.port,
+            home_pid: args.home_pid,
+            session: args.session,
+            sender: args.sender,
+            guest_uid: args.guest_uid,
+            guest_gid: args.guest_gid,
+            empty_root: args.guest_root,
+        },
+        link,
+        daemon,
+    );
+    Ok(ExitCode::from(code as u8))
+}

@@ -4,7 +4,7 @@ use std::io;
 
 use omx_mfs::wire::image::{
     AltStack, AreaKind, Compatibility, IMAGE_FORMAT, ImageHeader, MemoryArea, MemoryLayout,
-    PageRun, RobustList, Rseq, SignalState,
+    RobustList, Rseq, SignalState,
 };
 
 use crate::image::{RLIMIT_COUNT, SIGACTION_LEN, SIGINFO_LEN, fnv1a};
@@ -205,16 +205,17 @@ fn page_runs(area: &MapEntry, pagemap: &PageMap) -> io::Result<Vec<(u64, u64)>> 
     Ok(runs)
 }
 
-/// Reads one planned run. Pages that cannot be read (a file mapping past
-/// the end of its file) come back as zeros, as they would read.
-pub fn read_run(memory: &ProcessMemory, address: u64, len: u64) -> io::Result<PageRun> {
-    let mut bytes = vec![0u8; len as usize];
-    if memory.read(address, &mut bytes).is_err() {
-        for (i, page) in bytes.chunks_mut(PAGE_SIZE as usize).enumerate() {
-            let _ = memory.read(address + i as u64 * PAGE_SIZE, page);
+/// Reads one planned run into `buffer` (its length). Pages that cannot be
+/// read (a file mapping past the end of its file) come back as zeros, as
+/// they would read.
+pub fn read_run(memory: &ProcessMemory, address: u64, buffer: &mut [u8]) {
+    if memory.read(address, buffer).is_err() {
+        for (i, page) in buffer.chunks_mut(PAGE_SIZE as usize).enumerate() {
+            if memory.read(address + i as u64 * PAGE_SIZE, page).is_err() {
+                page.fill(0);
+            }
         }
     }
-    Ok(PageRun { address, bytes })
 }
 
 fn signal_state(injector: &Injector) -> Result<SignalState, CaptureError> {

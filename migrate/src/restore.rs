@@ -4,16 +4,17 @@
 //! whose own memory is thrown away first) or the *deputy* at home, whose
 //! memory was released when it left and which now takes its process back.
 //! Restoring happens in three steps so that pages can stream in between:
-//! [`prepare`], [`write_run`] for every page run, [`finish`].
+//! [`prepare`], [`PageSink::write`] for every page run, [`finish`].
 
 use std::io;
 
-use omx_mfs::wire::image::{AreaKind, Compatibility, IMAGE_FORMAT, ImageHeader, PageRun};
+use omx_mfs::wire::image::{AreaKind, Compatibility, IMAGE_FORMAT, ImageHeader};
 
 use crate::image::SIGACTION_LEN;
 use crate::inject::{InjectError, Injector};
 use crate::maps::{self, PAGE_SIZE};
 use crate::sys::ptrace::{self, Regs};
+use crate::sys::uffd::{PageFiller, UFFD_USER_MODE_ONLY};
 
 const PR_SET_MM: u64 = 35;
 const PR_SET_MM_MAP: u64 = 14;
@@ -101,13 +102,67 @@ pub fn area_ranges(header: &ImageHeader) -> Vec<(u64, u64)> {
     header.areas.iter().map(|a| (a.start, a.end)).collect()
 }
 
+/// Where the image's pages go: through the target's userfaultfd when it
+/// has one (no zeroing, no faults), else through /proc/PID/mem.
+pub struct PageSink {
+    filler: Option<PageFiller>,
+    fillable: Vec<(u64, u64)>,
+}
+
+impl PageSink {
+    /// Writes page contents into the tracee at `address`.
+    pub fn write(
+        &self,
+        injector: &Injector,
+        address: u64,
+        bytes: &[u8],
+    ) -> Result<(), RestoreError> {
+        let end = address + bytes.len() as u64;
+        if let Some(filler) = &self.filler
+            && self
+                .fillable
+                .iter()
+                .any(|(s, e)| *s <= address && end <= *e)
+        {
+            return Ok(filler.copy(address, bytes)?);
+        }
+        Ok(injector.memory.write(address, bytes)?)
+    }
+}
+
+/// Gives the tracee a userfaultfd, registers the image's areas with it and
+/// returns a filler driving it; `None` if the kernel refuses (then pages
+/// are written the slow way).
+fn page_filler(injector: &Injector, header: &ImageHeader) -> Option<(PageFiller, Vec<(u64, u64)>)> {
+    let flags = libc::O_CLOEXEC as u64 | UFFD_USER_MODE_ONLY;
+    let fd = injector
+        .call(libc::SYS_userfaultfd, &[flags])
+        .ok()
+        .filter(|fd| *fd >= 0)?;
+    let duplicate = crate::sys::seccomp::pidfd_open(injector.pid()).and_then(|pidfd| {
+        crate::sys::seccomp::pidfd_getfd(std::os::fd::AsFd::as_fd(&pidfd), fd as i32)
+    });
+    let _ = injector.call(libc::SYS_close, &[fd as u64]);
+    let mut filler = PageFiller::new(duplicate.ok()?).ok()?;
+    let mut fillable = Vec::new();
+    for area in &header.areas {
+        if let AreaKind::Special { .. } = area.kind {
+            continue;
+        }
+        if filler.register(area.start, area.end - area.start).is_ok() {
+            fillable.push((area.start, area.end));
+        }
+    }
+    Some((filler, fillable))
+}
+
 /// Empties the tracee's address space (a fresh process) and maps the
 /// image's areas, ready for their pages.
 pub fn prepare(
     injector: &mut Injector,
     header: &ImageHeader,
     target: Target,
-) -> Result<(), RestoreError> {
+) -> Result<PageSink, RestoreError> {
     let pid = injector.pid();
     if target == Target::Fresh {
         let own_rseq = ptrace::rseq_configuration(pid)?;
@@ -190,7 +245,16 @@ pub fn prepare(
             )));
         }
     }
-    Ok(())
+    Ok(match page_filler(injector, header) {
+        Some((filler, fillable)) => PageSink {
+            filler: Some(filler),
+            fillable,
+        },
+        None => PageSink {
+            filler: None,
+            fillable: Vec::new(),
+        },
+    })
 }
 
 /// Moves the tracee's vDSO, vvar and vvar_vclock to where the image had
@@ -262,11 +326,6 @@ fn relocate_parasite(injector: &mut Injector, header: &ImageHeader) -> Result<()
     }
     *injector = fresh;
     Ok(())
-}
-
-/// Writes one run of pages into the tracee.
-pub fn write_run(injector: &Injector, run: &PageRun) -> Result<(), RestoreError> {
-    Ok(injector.memory.write(run.address, &run.bytes)?)
 }
 
 /// Restores everything but memory and leaves the tracee stopped with the

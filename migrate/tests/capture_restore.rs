@@ -25,10 +25,14 @@ fn transplant(from: i32, into: i32) -> usize {
     let captured = capture::capture(&mut source, regs).unwrap();
     restore::check_compatibility(&captured.header, &capture::local_compatibility().unwrap())
         .unwrap();
-    let pages: Vec<_> = captured
+    let pages: Vec<(u64, Vec<u8>)> = captured
         .runs
         .iter()
-        .map(|(address, len)| read_run(&source.memory, *address, *len).unwrap())
+        .map(|(address, len)| {
+            let mut bytes = vec![0u8; *len as usize];
+            read_run(&source.memory, *address, &mut bytes);
+            (*address, bytes)
+        })
         .collect();
     // SAFETY-free: kill takes two integers.
     nix::sys::signal::kill(
@@ -38,10 +42,11 @@ fn transplant(from: i32, into: i32) -> usize {
     .unwrap();
 
     let mut target = Injector::bootstrap(into, &restore::area_ranges(&captured.header)).unwrap();
-    restore::prepare(&mut target, &captured.header, Target::Fresh).unwrap();
-    for run in &pages {
-        restore::write_run(&target, run).unwrap();
+    let sink = restore::prepare(&mut target, &captured.header, Target::Fresh).unwrap();
+    for (address, bytes) in &pages {
+        sink.write(&target, *address, bytes).unwrap();
     }
+    drop(sink);
     restore::finish(&target, &captured.header, Target::Fresh).unwrap();
     restore::set_final_state(target, &captured.header).unwrap();
     ptrace::detach(into, 0).unwrap();

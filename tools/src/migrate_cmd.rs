@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::bail;
 use clap::Args;
+use omx_mfs::wire::link::MoveStats;
 use omx_mfs::wire::{ControlReply, ControlRequest, MigrateTarget};
 
 use crate::cli::ConfigArg;
@@ -36,11 +37,25 @@ pub fn migrate(args: MigrateArgs) -> anyhow::Result<ExitCode> {
         to,
         wait: !args.asynchronous,
     };
+    let cost = |stats: Option<MoveStats>| {
+        stats.map_or(String::new(), |s| {
+            format!(
+                " ({} MiB moved, frozen {:.1} ms)",
+                s.bytes >> 20,
+                s.frozen_us as f64 / 1000.0
+            )
+        })
+    };
     match control_client::request_patiently(&args.config.config, request)? {
-        ControlReply::Moved { node: Some(node) } => {
-            println!("process {} runs on node {node}", args.pid)
+        ControlReply::Moved {
+            node: Some(node),
+            stats,
+        } => {
+            println!("process {} runs on node {node}{}", args.pid, cost(stats))
         }
-        ControlReply::Moved { node: None } => println!("process {} runs at home", args.pid),
+        ControlReply::Moved { node: None, stats } => {
+            println!("process {} runs at home{}", args.pid, cost(stats))
+        }
         ControlReply::Accepted => println!("process {}: move requested", args.pid),
         ControlReply::Refused { reason } => bail!("process {} cannot move: {reason}", args.pid),
         other => bail!("unexpected answer from the daemon: {other:?}"),

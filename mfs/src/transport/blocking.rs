@@ -100,6 +100,63 @@ impl<S: Read + Write> BlockingChannel<S> {
         Ok(())
     }
 
+    /// Sends `bytes` raw, as part of the stream, without a frame: the
+    /// receiver knows from the previous message how many follow and takes
+    /// them with [`recv_stream`](Self::recv_stream).
+    pub fn send_stream(&mut self, bytes: &[u8]) -> Result<(), TransportError> {
+        self.out.clear();
+        self.sealer.seal(bytes, &mut self.out);
+        self.stream.write_all(&self.out)?;
+        Ok(())
+    }
+
+    /// Receives `len` raw bytes sent with [`send_stream`](Self::send_stream),
+    /// handing them to `sink` piece by piece as they are decrypted, with no
+    /// copy in between.
+    pub fn recv_stream<E: From<TransportError>>(
+        &mut self,
+        len: u64,
+        mut sink: impl FnMut(u64, &[u8]) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let mut done = 0u64;
+        let pending = self.opener.take_pending(len as usize);
+        if !pending.is_empty() {
+            sink(0, &pending)?;
+            done = pending.len() as u64;
+        }
+        while done < len {
+            let n = self.read_ciphertext()?.ok_or(TransportError::Truncated)?;
+            let plaintext = self.opener.open_raw(&self.ciphertext[..n])?;
+            let wanted = ((len - done) as usize).min(plaintext.len());
+            let (ours, rest) = plaintext.split_at(wanted);
+            // The tail of the last piece belongs to the next message.
+            let rest = rest.to_vec();
+            sink(done, ours)?;
+            done += wanted as u64;
+            if !rest.is_empty() {
+                self.opener.push_back(&rest);
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads one Noise message into the ciphertext buffer; returns its
+    /// length, or `None` if the peer closed cleanly between messages.
+    fn read_ciphertext(&mut self) -> Result<Option<usize>, TransportError> {
+        let mut len = [0u8; 2];
+        match read_exact(&mut self.stream, &mut len) {
+            Ok(()) => {}
+            Err(TransportError::Truncated) if self.opener.pending_len() == 0 => return Ok(None),
+            Err(e) => return Err(e),
+        }
+        let len = u16::from_be_bytes(len) as usize;
+        if self.ciphertext.is_empty() {
+            self.ciphertext = vec![0u8; NOISE_MAX_MESSAGE];
+        }
+        read_exact(&mut self.stream, &mut self.ciphertext[..len])?;
+        Ok(Some(len))
+    }
+
     /// The next message; `Ok(None)` when the peer closed cleanly.
     pub fn recv<T>(&mut self) -> Result<Option<T>, TransportError>
     where
@@ -111,19 +168,9 @@ impl<S: Read + Write> BlockingChannel<S> {
             if let Some(frame) = self.opener.next_frame()? {
                 return Ok(Some(decode::<T>(&frame)?));
             }
-            let mut len = [0u8; 2];
-            match read_exact(&mut self.stream, &mut len) {
-                Ok(()) => {}
-                Err(TransportError::Truncated) if self.opener.pending_len() == 0 => {
-                    return Ok(None);
-                }
-                Err(e) => return Err(e),
-            }
-            let len = u16::from_be_bytes(len) as usize;
-            if self.ciphertext.is_empty() {
-                self.ciphertext = vec![0u8; NOISE_MAX_MESSAGE];
-            }
-            read_exact(&mut self.stream, &mut self.ciphertext[..len])?;
+            let Some(len) = self.read_ciphertext()? else {
+                return Ok(None);
+            };
             self.opener.open(&self.ciphertext[..len])?;
         }
     }

@@ -229,6 +229,34 @@ impl Opener {
         Ok(self.decoder.next_frame()?)
     }
 
+    /// Decrypts one Noise message and hands its plaintext to the caller
+    /// instead of the frame decoder.
+    pub fn open_raw(&mut self, ciphertext: &[u8]) -> Result<&[u8], TransportError> {
+        if ciphertext.len() < TAG_LEN {
+            return Err(TransportError::Corrupt);
+        }
+        if self.plaintext.is_empty() {
+            self.plaintext = vec![0u8; NOISE_MAX_MESSAGE];
+        }
+        let len = self
+            .transport
+            .read_message(self.nonce, ciphertext, &mut self.plaintext)
+            .map_err(|_| TransportError::Corrupt)?;
+        self.nonce += 1;
+        Ok(&self.plaintext[..len])
+    }
+
+    /// Takes up to `max` bytes already decrypted but not yet part of a
+    /// returned frame (the start of raw bytes that follow a message).
+    pub fn take_pending(&mut self, max: usize) -> Vec<u8> {
+        self.decoder.take(max)
+    }
+
+    /// Gives back decrypted bytes that belong to what follows raw bytes.
+    pub fn push_back(&mut self, bytes: &[u8]) {
+        self.decoder.push(bytes);
+    }
+
     /// Bytes received but not yet a whole frame.
     pub fn pending_len(&self) -> usize {
         self.decoder.pending_len()

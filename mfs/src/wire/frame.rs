@@ -95,6 +95,16 @@ impl FrameDecoder {
         len > self.max_len || pending.len() >= HEADER_LEN + len
     }
 
+    /// Removes and returns up to `max` buffered bytes, frame or not (for a
+    /// stream that carries raw bytes between frames).
+    pub fn take(&mut self, max: usize) -> Vec<u8> {
+        let pending = self.buffer.as_slice();
+        let n = pending.len().min(max);
+        let taken = pending[..n].to_vec();
+        self.buffer.consume(n);
+        taken
+    }
+
     /// Bytes received but not yet returned as a frame.
     pub fn pending_len(&self) -> usize {
         self.buffer.as_slice().len()

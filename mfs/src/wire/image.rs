@@ -122,10 +122,3 @@ pub struct RobustList {
     pub head: u64,
     pub length: u64,
 }
-
-/// Contents of consecutive pages starting at `address`.
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
-pub struct PageRun {
-    pub address: u64,
-    pub bytes: Vec<u8>,
-}

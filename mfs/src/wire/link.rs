@@ -8,7 +8,7 @@
 
 use rkyv::{Archive, Deserialize, Serialize};
 
-use super::image::{ImageHeader, PageRun};
+use super::image::ImageHeader;
 
 /// Asks the accepting daemon to hand this connection to a keeper.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -39,9 +39,15 @@ pub enum LinkReply {
 /// What the two keepers of a migrated process say to each other.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub enum LinkMessage {
-    /// An image follows: this header, `Pages` until `ImageEnd`.
+    /// An image follows: this header, page runs, `ImageEnd`.
     Header(Box<ImageHeader>),
-    Pages(Vec<PageRun>),
+    /// The contents of `len` bytes of pages from `address` follow, raw in
+    /// the encrypted stream (not a message): they are decrypted straight
+    /// into the process, without intermediate copies.
+    PageRun {
+        address: u64,
+        len: u64,
+    },
     ImageEnd,
     /// The process runs on the node that received the image.
     Restored,
@@ -133,6 +139,16 @@ pub struct CallResult {
     pub outputs: Vec<Vec<u8>>,
 }
 
+/// What a move cost.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct MoveStats {
+    /// Bytes of pages sent.
+    pub bytes: u64,
+    /// How long the process ran nowhere (stopped at the source until
+    /// running at the target), in microseconds.
+    pub frozen_us: u64,
+}
+
 /// A daemon's instruction to one of its keepers.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub enum KeeperCommand {
@@ -151,9 +167,16 @@ pub enum KeeperCommand {
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub enum KeeperReport {
     /// The process runs on `node` now (its `moves`-th move).
-    RunsOn { node: u16, moves: u32 },
+    RunsOn {
+        node: u16,
+        moves: u32,
+        stats: Option<MoveStats>,
+    },
     /// The process runs at home again; the keeper is done.
-    Home { moves: u32 },
+    Home {
+        moves: u32,
+        stats: Option<MoveStats>,
+    },
     /// A move was refused; the process runs where it did.
     CannotMove { reason: String },
     /// The process ended (`code`, or killed by `signal`).

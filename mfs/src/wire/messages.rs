@@ -163,9 +163,11 @@ pub enum ControlReply {
     Refused {
         reason: String,
     },
-    /// The process runs on `node` now (`None`: at home).
+    /// The process runs on `node` now (`None`: at home), and what the move
+    /// cost if it was one.
     Moved {
         node: Option<u16>,
+        stats: Option<super::link::MoveStats>,
     },
     /// The request was taken (an asynchronous move, a registration).
     Accepted,

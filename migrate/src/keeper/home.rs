@@ -15,7 +15,7 @@ use std::os::unix::net::UnixStream;
 use omx_mfs::NodeId;
 use omx_mfs::transport::Identity;
 use omx_mfs::wire::link::{
-    CallResult, ForwardedCall, KeeperCommand, KeeperReport, LinkMessage, LinkRequest,
+    CallResult, ForwardedCall, KeeperCommand, KeeperReport, LinkMessage, LinkRequest, MoveStats,
 };
 use tracing::{info, warn};
 
@@ -45,6 +45,50 @@ pub struct HomeArgs {
     /// This (home) node.
     pub identity: Identity,
     pub destination: Destination,
+}
+
+/// Whether `pid`'s process group is orphaned: no member has a parent in
+/// another group of the same session (POSIX), read from /proc.
+fn orphaned_group(pid: i32) -> bool {
+    let ids = |pid: i32| -> Option<(i32, i32, i32)> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let fields: Vec<i32> = stat[stat.rfind(')')? + 1..]
+            .split_whitespace()
+            .skip(1)
+            .take(3)
+            .filter_map(|f| f.parse().ok())
+            .collect();
+        // ppid, pgrp, session
+        Some((*fields.first()?, *fields.get(1)?, *fields.get(2)?))
+    };
+    let Some((_, group, session)) = ids(pid) else {
+        return false;
+    };
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    for entry in entries.flatten() {
+        let Some(member) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Some((parent, member_group, _)) = ids(member) else {
+            continue;
+        };
+        if member_group != group {
+            continue;
+        }
+        if let Some((_, parent_group, parent_session)) = ids(parent)
+            && parent_group != group
+            && parent_session == session
+        {
+            return false;
+        }
+    }
+    true
 }
 
 /// Codes of system calls interrupted by a signal, to be restarted.
@@ -114,11 +158,17 @@ pub fn run(args: HomeArgs, daemon: UnixStream) -> i32 {
             daemon.report(&KeeperReport::CannotMove { reason });
             0
         }
-        Ok((injector, link, base)) => {
-            info!("process {pid} now runs on node {}", args.destination.node);
+        Ok((injector, link, base, stats)) => {
+            info!(
+                "process {pid} now runs on node {}: {} MiB sent, frozen {:.1} ms",
+                args.destination.node,
+                stats.bytes >> 20,
+                stats.frozen_us as f64 / 1000.0
+            );
             daemon.report(&KeeperReport::RunsOn {
                 node: args.destination.node.get(),
                 moves: 1,
+                stats: Some(stats),
             });
             let mut home = Home {
                 pid,
@@ -142,8 +192,9 @@ pub fn run(args: HomeArgs, daemon: UnixStream) -> i32 {
 
 /// Stops the process, sends its image and frees its memory; on any
 /// failure the process carries on at home as if nothing happened.
-fn leave(args: &HomeArgs) -> Result<(Injector, Link, Regs), String> {
+fn leave(args: &HomeArgs) -> Result<(Injector, Link, Regs, MoveStats), String> {
     let pid = args.pid;
+    let frozen = std::time::Instant::now();
     ptrace::seize(pid, ptrace::OPTION_EXITKILL)
         .map_err(|e| format!("cannot trace process {pid}: {e}"))?;
     let detach = |why: String| {
@@ -191,12 +242,14 @@ fn leave(args: &HomeArgs) -> Result<(Injector, Link, Regs), String> {
         Ok(captured) => captured,
         Err(e) => return Err(undo(injector, format!("capturing it failed: {e}"))),
     };
+    let mut phases = super::Phases::start();
     let destination = &args.destination;
     let request = LinkRequest::Immigrate {
         home_node: args.identity.node.get(),
         home_pid: pid as u32,
         session: args.session,
     };
+    phases.mark("capture");
     let mut link = match open_link(
         &args.identity,
         destination.node,
@@ -212,6 +265,7 @@ fn leave(args: &HomeArgs) -> Result<(Injector, Link, Regs), String> {
             ));
         }
     };
+    phases.mark("link");
     if let Err(e) = send_image(&mut link, &captured, &injector) {
         return Err(undo(
             injector,
@@ -234,6 +288,12 @@ fn leave(args: &HomeArgs) -> Result<(Injector, Link, Regs), String> {
             ));
         }
     }
+    phases.mark("image and restore");
+    tracing::debug!("process {pid} left: {}", phases.summary());
+    let stats = MoveStats {
+        bytes: captured.header.page_bytes,
+        frozen_us: frozen.elapsed().as_micros() as u64,
+    };
     // The process runs over there now: free its memory here, and let every
     // signal reach us (the remote applies its own mask).
     let released = restore::release_memory(&injector, &captured.header)
@@ -252,7 +312,7 @@ fn leave(args: &HomeArgs) -> Result<(Injector, Link, Regs), String> {
         ));
     }
     let base = ptrace::get_regs(pid).map_err(|e| e.to_string())?;
-    Ok((injector, link, base))
+    Ok((injector, link, base, stats))
 }
 
 impl Home {
@@ -322,6 +382,10 @@ impl Home {
     fn start_idle(&mut self) -> Result<(), KeeperError> {
         self.injector.start(libc::SYS_pause, &[], &self.base)?;
         self.deputy = Deputy::Idle;
+        if let Some(signal) = self.mirrored_stop {
+            // A stop to mirror that waited for a call to finish.
+            crate::sys::kill_raw(self.pid, signal)?;
+        }
         Ok(())
     }
 
@@ -399,6 +463,12 @@ impl Home {
 
     fn on_signal(&mut self, signal: i32) -> Result<(), KeeperError> {
         let pid = self.pid;
+        if matches!(signal, libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU) && orphaned_group(pid) {
+            // The kernel discards terminal stop signals sent to orphaned
+            // process groups: so do we, whatever the remote would do.
+            // Suppressed; an interrupted call restarts by itself.
+            return Ok(ptrace::cont(pid, 0)?);
+        }
         match std::mem::replace(&mut self.deputy, Deputy::Idle) {
             Deputy::Calling(staged) => {
                 let regs = ptrace::get_regs(pid)?;
@@ -525,8 +595,12 @@ impl Home {
             }
             LinkMessage::AbandonCall => self.abandon_call()?,
             LinkMessage::Stopped { signal } => {
+                // The deputy stops too, so the parent sees the stop; if it is
+                // busy with a call, once the call is over.
                 self.mirrored_stop = Some(signal);
-                crate::sys::kill_raw(self.pid, signal)?;
+                if let Deputy::Idle = self.deputy {
+                    crate::sys::kill_raw(self.pid, signal)?;
+                }
             }
             LinkMessage::Continued => {}
             LinkMessage::Exited { code } => {
@@ -618,6 +692,7 @@ impl Home {
                 }
             }
         }
+        let frozen = std::time::Instant::now();
         let header = receive_header(&mut self.link)?;
         receive_image_into(&mut self.link, &mut self.injector, &header, Target::Deputy)?;
         let placeholder = Injector::adopt(pid, self.injector.parasite)?;
@@ -628,16 +703,37 @@ impl Home {
         for signal in held {
             let _ = crate::sys::kill_raw(pid, signal);
         }
-        info!("process {pid} is home again ({reason})");
+        // The remote stopped the process just before it sent the header.
+        let stats = MoveStats {
+            bytes: header.page_bytes,
+            frozen_us: frozen.elapsed().as_micros() as u64,
+        };
+        info!(
+            "process {pid} is home again ({reason}): {} MiB received in {:.1} ms",
+            stats.bytes >> 20,
+            stats.frozen_us as f64 / 1000.0
+        );
         self.daemon.report(&KeeperReport::Home {
             moves: self.moves + 1,
+            stats: Some(stats),
         });
         Ok(0)
     }
 
     fn on_daemon(&mut self) -> Result<Option<i32>, KeeperError> {
-        let Some(command) = self.daemon.receive()? else {
-            return Ok(None);
+        let command = match self.daemon.receive() {
+            Ok(Some(command)) => command,
+            Ok(None) => return Ok(None),
+            Err(e) => {
+                // Without its daemon the keeper still serves the process
+                // (if the daemon died, so do we, by PDEATHSIG).
+                warn!(
+                    "process {}: the daemon channel failed ({e}); serving on without it",
+                    self.pid
+                );
+                self.daemon.close();
+                return Ok(None);
+            }
         };
         match command {
             KeeperCommand::MoveTo {
@@ -673,6 +769,7 @@ impl Home {
                 self.daemon.report(&KeeperReport::RunsOn {
                     node: node.get(),
                     moves: self.moves,
+                    stats: None,
                 });
             }
         }

@@ -37,8 +37,6 @@ pub type Link = BlockingChannel<TcpStream>;
 const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a keeper waits for the next part of an image.
 const IMAGE_TIMEOUT: Duration = Duration::from_secs(60);
-/// Pages per `Pages` message.
-const PAGES_PER_MESSAGE: u64 = 4 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeeperError {
@@ -67,18 +65,40 @@ pub enum KeeperError {
 pub struct DaemonChannel {
     framed: BlockingFramed<UnixStream>,
     received_fds: Vec<OwnedFd>,
+    /// Set once the channel failed: never polled again.
+    closed: bool,
+    /// A pipe nobody writes to (its write end is held open too), polled
+    /// in place of a closed channel.
+    never: (OwnedFd, OwnedFd),
 }
 
 impl DaemonChannel {
     pub fn new(stream: UnixStream) -> DaemonChannel {
+        let (reader, writer) = std::io::pipe().expect("a pipe");
         DaemonChannel {
             framed: BlockingFramed::new(stream),
             received_fds: Vec::new(),
+            closed: false,
+            never: (reader.into(), writer.into()),
         }
     }
 
     pub fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
-        self.framed.get_ref().as_fd()
+        if self.closed {
+            self.never.0.as_fd()
+        } else {
+            self.framed.get_ref().as_fd()
+        }
+    }
+
+    /// A descriptor that never becomes readable, to poll in place of one
+    /// not to be read now.
+    pub fn idle_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.never.0.as_fd()
+    }
+
+    pub fn close(&mut self) {
+        self.closed = true;
     }
 
     pub fn report(&mut self, report: &KeeperReport) {
@@ -191,25 +211,23 @@ pub fn accept_link(
     Ok(link)
 }
 
-/// Sends a captured image: header, pages, end.
+/// Sends a captured image: header, page runs (each a `PageRun` message
+/// and its raw frames), end. One buffer serves every run.
 pub fn send_image(
     link: &mut Link,
     captured: &Capture,
     source: &Injector,
 ) -> Result<(), KeeperError> {
     link.send(&LinkMessage::Header(Box::new(captured.header.clone())))?;
-    let mut batch = Vec::new();
-    let mut batch_bytes = 0;
+    let mut buffer = vec![0u8; capture::RUN_BYTES as usize];
     for (address, len) in &captured.runs {
-        batch.push(capture::read_run(&source.memory, *address, *len)?);
-        batch_bytes += len;
-        if batch_bytes >= PAGES_PER_MESSAGE {
-            link.send(&LinkMessage::Pages(std::mem::take(&mut batch)))?;
-            batch_bytes = 0;
-        }
-    }
-    if !batch.is_empty() {
-        link.send(&LinkMessage::Pages(batch))?;
+        let run = &mut buffer[..*len as usize];
+        capture::read_run(&source.memory, *address, run);
+        link.send(&LinkMessage::PageRun {
+            address: *address,
+            len: *len,
+        })?;
+        link.send_stream(run)?;
     }
     link.send(&LinkMessage::ImageEnd)?;
     Ok(())
@@ -240,13 +258,46 @@ pub fn receive_image_into(
     header: &ImageHeader,
     target: Target,
 ) -> Result<(), KeeperError> {
+    let mut phases = Phases::start();
     restore::check_compatibility(header, &capture::local_compatibility()?)?;
-    restore::prepare(injector, header, target)?;
+    let sink = restore::prepare(injector, header, target)?;
+    phases.mark("areas");
     loop {
         match receive(link)? {
-            LinkMessage::Pages(runs) => {
-                for run in &runs {
-                    restore::write_run(injector, run)?;
+            LinkMessage::PageRun { address, len } => {
+                if len > capture::RUN_BYTES || address % crate::maps::PAGE_SIZE != 0 {
+                    return Err(KeeperError::Protocol(format!(
+                        "a page run of {len} bytes at {address:#x}"
+                    )));
+                }
+                // Pieces arrive as they are decrypted; UFFDIO_COPY takes whole
+                // pages, so gather partial pages first.
+                let mut partial: Vec<u8> = Vec::new();
+                link.recv_stream(len, |offset, bytes| -> Result<(), KeeperError> {
+                    let mut bytes = bytes;
+                    let mut at = address + offset - partial.len() as u64;
+                    if !partial.is_empty() {
+                        let need = crate::maps::PAGE_SIZE as usize - partial.len();
+                        let take = need.min(bytes.len());
+                        partial.extend_from_slice(&bytes[..take]);
+                        bytes = &bytes[take..];
+                        if partial.len() == crate::maps::PAGE_SIZE as usize {
+                            sink.write(injector, at, &partial)?;
+                            at += crate::maps::PAGE_SIZE;
+                            partial.clear();
+                        }
+                    }
+                    let whole = bytes.len() - bytes.len() % crate::maps::PAGE_SIZE as usize;
+                    if whole > 0 {
+                        sink.write(injector, at, &bytes[..whole])?;
+                    }
+                    partial.extend_from_slice(&bytes[whole..]);
+                    Ok(())
+                })?;
+                if !partial.is_empty() {
+                    return Err(KeeperError::Protocol(
+                        "a page run that is not whole pages".into(),
+                    ));
                 }
             }
             LinkMessage::ImageEnd => break,
@@ -259,7 +310,11 @@ pub fn receive_image_into(
         }
     }
     link.get_ref().set_read_timeout(None)?;
+    drop(sink);
+    phases.mark("pages");
     restore::finish(injector, header, target)?;
+    phases.mark("state");
+    tracing::debug!("pid {}: restored: {}", injector.pid(), phases.summary());
     Ok(())
 }
 
@@ -267,7 +322,12 @@ pub fn receive_image_into(
 pub fn discard_image(link: &mut Link) -> Result<(), KeeperError> {
     loop {
         match receive(link)? {
-            LinkMessage::Pages(_) => {}
+            LinkMessage::PageRun { len, .. } => {
+                link.recv_stream(
+                    len.min(capture::RUN_BYTES),
+                    |_, _| Ok::<(), KeeperError>(()),
+                )?;
+            }
             LinkMessage::ImageEnd => return Ok(()),
             other => {
                 return Err(KeeperError::Protocol(format!(
@@ -283,7 +343,7 @@ pub fn discard_image(link: &mut Link) -> Result<(), KeeperError> {
 pub fn name_of(message: &LinkMessage) -> &'static str {
     match message {
         LinkMessage::Header(_) => "Header",
-        LinkMessage::Pages(_) => "Pages",
+        LinkMessage::PageRun { .. } => "PageRun",
         LinkMessage::ImageEnd => "ImageEnd",
         LinkMessage::Restored => "Restored",
         LinkMessage::RestoreFailed { .. } => "RestoreFailed",
@@ -302,6 +362,35 @@ pub fn name_of(message: &LinkMessage) -> &'static str {
         LinkMessage::MoveFailed { .. } => "MoveFailed",
         LinkMessage::ComingHome { .. } => "ComingHome",
         LinkMessage::Released => "Released",
+    }
+}
+
+/// Times the phases of a move, for the debug log.
+pub struct Phases {
+    last: std::time::Instant,
+    marks: Vec<(&'static str, Duration)>,
+}
+
+impl Phases {
+    pub fn start() -> Phases {
+        Phases {
+            last: std::time::Instant::now(),
+            marks: Vec::new(),
+        }
+    }
+
+    pub fn mark(&mut self, phase: &'static str) {
+        let now = std::time::Instant::now();
+        self.marks.push((phase, now - self.last));
+        self.last = now;
+    }
+
+    pub fn summary(&self) -> String {
+        self.marks
+            .iter()
+            .map(|(phase, took)| format!("{phase} {:.1} ms", took.as_secs_f64() * 1000.0))
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }
 

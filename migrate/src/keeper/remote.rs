@@ -63,6 +63,8 @@ struct Remote {
     waiter: Waiter,
     /// The notification being served at home, and how to apply its result.
     pending: Option<(u64, Prepared)>,
+    /// The terminal stop signal a SIGSTOP stands for (see `deliver`).
+    stopped_for: Option<i32>,
 }
 
 /// Runs a remote keeper to the end.
@@ -148,6 +150,7 @@ pub fn run(args: RemoteArgs, link: TcpStream, daemon: UnixStream) -> i32 {
         daemon,
         waiter,
         pending: None,
+        stopped_for: None,
     };
     remote.serve()
 }
@@ -155,8 +158,12 @@ pub fn run(args: RemoteArgs, link: TcpStream, daemon: UnixStream) -> i32 {
 /// Receives the image and rebuilds the process in a fresh child; returns
 /// the child (running) and its seccomp listener.
 fn arrive(args: &RemoteArgs, link: &mut Link) -> Result<(i32, OwnedFd), KeeperError> {
+    let mut phases = super::Phases::start();
     let header = receive_header(link)?;
+    phases.mark("header");
     let child = sys::fork_stopped_child()?;
+    phases.mark("fork");
+    tracing::debug!("arrival: {}", phases.summary());
     let rebuilt = rebuild(args, link, child, &header);
     if rebuilt.is_err() {
         let _ = nix::sys::signal::kill(
@@ -174,11 +181,17 @@ fn rebuild(
     child: i32,
     header: &ImageHeader,
 ) -> Result<OwnedFd, KeeperError> {
+    let started = std::time::Instant::now();
     let mut injector = Injector::bootstrap(child, &restore::area_ranges(header))?;
     receive_image_into(link, &mut injector, header, Target::Fresh)?;
     let listener = confine(&injector, args)?;
     restore::set_final_state(injector, header)?;
     ptrace::detach(child, 0)?;
+    tracing::debug!(
+        "local pid {child}: running after {:?} (confined in {:?})",
+        started.elapsed(),
+        started.elapsed()
+    );
     Ok(listener)
 }
 
@@ -241,11 +254,14 @@ impl Remote {
             let outcome = if self.link.has_buffered_message() {
                 self.on_link()
             } else {
-                let fds = [
-                    self.link.get_ref().as_fd(),
-                    self.listener.as_fd(),
-                    self.daemon.fd(),
-                ];
+                // While a call is served at home, the listener is not read:
+                // a new notification then can only be the same call again.
+                let listener = if self.pending.is_some() {
+                    self.daemon.idle_fd()
+                } else {
+                    self.listener.as_fd()
+                };
+                let fds = [self.link.get_ref().as_fd(), listener, self.daemon.fd()];
                 match self.waiter.wait(&fds, None) {
                     Err(e) => Err(KeeperError::Io(e)),
                     Ok((child, ready)) => {
@@ -320,7 +336,11 @@ impl Remote {
                     return Ok(Some(0));
                 }
                 Stop::Signal(signal) | Stop::Group(signal) => {
-                    self.link.send(&LinkMessage::Stopped { signal })?
+                    let signal = match (signal, self.stopped_for.take()) {
+                        (libc::SIGSTOP, Some(original)) => original,
+                        _ => signal,
+                    };
+                    self.link.send(&LinkMessage::Stopped { signal })?;
                 }
                 Stop::Continued => self.link.send(&LinkMessage::Continued)?,
                 Stop::Interrupt | Stop::Event(_) => {}
@@ -428,7 +448,25 @@ impl Remote {
         );
         let interrupts =
             blocked & bit == 0 && ignored & bit == 0 && (caught & bit != 0 || !ignored_by_default);
-        sys::kill_raw(self.child, signal)?;
+        // Here the process is in its keeper's process group, which the
+        // kernel deems orphaned and so discards terminal stop signals;
+        // at home (which decided the signal counts) it would stop.
+        let terminal_stop = matches!(signal, libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU);
+        let stops_by_default =
+            terminal_stop && caught & bit == 0 && ignored & bit == 0 && blocked & bit == 0;
+        if interrupts && !during_call && self.pending.is_some() {
+            // The signal would interrupt a call home may be running or have
+            // run: settle it first, so that it never runs twice.
+            for early in self.settle_pending_call()? {
+                self.deliver(early, false)?;
+            }
+        }
+        if stops_by_default {
+            self.stopped_for = Some(signal);
+            sys::kill_raw(self.child, libc::SIGSTOP)?;
+        } else {
+            sys::kill_raw(self.child, signal)?;
+        }
         if during_call {
             self.link.send(&LinkMessage::SignalVerdict {
                 interrupts_call: interrupts,
@@ -442,30 +480,44 @@ impl Remote {
         Ok(())
     }
 
+    /// Ends the forwarded call home is running for us, if any: home either
+    /// finishes it (its result is applied: the process returns from the
+    /// call) or abandons it before it ran. Afterwards the process may be
+    /// interrupted without the call running twice. Signals that arrive
+    /// meanwhile are returned, to deliver after.
+    fn settle_pending_call(&mut self) -> Result<Vec<i32>, KeeperError> {
+        let mut held = Vec::new();
+        if self.pending.is_none() {
+            return Ok(held);
+        }
+        self.link.send(&LinkMessage::AbandonCall)?;
+        loop {
+            match super::receive(&mut self.link)? {
+                LinkMessage::CallResult(result) => {
+                    self.complete(&result)?;
+                    // An abandon that crossed a result is acknowledged too.
+                }
+                LinkMessage::CallAbandoned => {
+                    self.pending = None;
+                    return Ok(held);
+                }
+                LinkMessage::Signal { signal, .. } => held.push(signal),
+                other => {
+                    return Err(KeeperError::Protocol(format!(
+                        "unexpected {} while settling a call",
+                        name_of(&other)
+                    )));
+                }
+            }
+        }
+    }
+
     /// Stops the process for a move: ends any forwarded call first, then
     /// freezes and captures it.
     fn freeze(&mut self) -> Result<(Injector, capture::Capture, ptrace::Regs), KeeperError> {
-        if self.pending.is_some() {
-            self.link.send(&LinkMessage::AbandonCall)?;
-            loop {
-                match super::receive(&mut self.link)? {
-                    LinkMessage::CallResult(result) => {
-                        self.complete(&result)?;
-                        break;
-                    }
-                    LinkMessage::CallAbandoned => {
-                        self.pending = None;
-                        break;
-                    }
-                    LinkMessage::Signal { signal, .. } => self.deliver(signal, false)?,
-                    other => {
-                        return Err(KeeperError::Protocol(format!(
-                            "unexpected {}",
-                            name_of(&other)
-                        )));
-                    }
-                }
-            }
+        let held = self.settle_pending_call()?;
+        for signal in held {
+            self.deliver(signal, false)?;
         }
         let child = self.child;
         ptrace::seize(child, 0)?;

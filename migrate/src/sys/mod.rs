@@ -5,6 +5,7 @@
 pub mod memory;
 pub mod ptrace;
 pub mod seccomp;
+pub mod uffd;
 
 /// The calling thread's errno as an I/O error.
 pub(crate) fn last_error() -> std::io::Error {

@@ -140,10 +140,16 @@ impl Migrations {
                         reason: format!("process {pid} is moving already"),
                     };
                 }
-                (Location::Home, None) => return ControlReply::Moved { node: None },
+                (Location::Home, None) => {
+                    return ControlReply::Moved {
+                        node: None,
+                        stats: None,
+                    };
+                }
                 (Location::Away(node), Some(target)) if node == target => {
                     return ControlReply::Moved {
                         node: Some(node.get()),
+                        stats: None,
                     };
                 }
                 (Location::Home, Some(target)) => {
@@ -380,20 +386,23 @@ impl Migrations {
             return;
         };
         match report {
-            KeeperReport::RunsOn { node, moves } => {
-                let node = NodeId::new(node).expect("a keeper reports real nodes");
+            KeeperReport::RunsOn { node, moves, stats } => {
+                let Some(node) = NodeId::new(node) else {
+                    return;
+                };
                 managed.location = Location::Away(node);
                 managed.moves = moves;
                 managed.last_failure = None;
                 managed.answer_all(ControlReply::Moved {
                     node: Some(node.get()),
+                    stats,
                 });
             }
-            KeeperReport::Home { moves } => {
+            KeeperReport::Home { moves, stats } => {
                 managed.location = Location::Home;
                 managed.moves = moves;
                 managed.keeper = None;
-                managed.answer_all(ControlReply::Moved { node: None });
+                managed.answer_all(ControlReply::Moved { node: None, stats });
             }
             KeeperReport::CannotMove { reason } => {
                 managed.location = managed.before_move;

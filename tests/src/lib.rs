@@ -5,7 +5,7 @@
 //! skip, without it.
 
 use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -184,6 +184,49 @@ impl Lab {
 
     pub fn key_path(&self) -> PathBuf {
         self.dir().join("cluster.key")
+    }
+
+    /// Starts `command` inside `node` as a child of the test. The child's
+    /// pid is the program's pid (`lab exec` and `mosrun` exec into it).
+    pub fn spawn(&self, node: u16, command: &[&str], stdin: Stdio, stdout: Stdio) -> Child {
+        let node = node.to_string();
+        let mut args = vec!["lab", "exec", "--name", &self.name, &node, "--"];
+        args.extend_from_slice(command);
+        Command::new(omx_bin())
+            .args(&args)
+            .stdin(stdin)
+            .stdout(stdout)
+            .spawn()
+            .expect("spawn in the lab")
+    }
+
+    /// `omx migrate PID TO` run on `home`: `Ok(output)` or `Err(error)`.
+    pub fn migrate(&self, home: u16, pid: u32, to: &str) -> Result<String, String> {
+        let output = self.omx(home, &["migrate", &pid.to_string(), to]);
+        if output.status.success() {
+            Ok(stdout(&output))
+        } else {
+            Err(stderr(&output))
+        }
+    }
+
+    /// `omx where PID --json` on `home`.
+    pub fn where_is(&self, home: u16, pid: u32) -> Value {
+        let output = self.omx(home, &["where", &pid.to_string(), "--json"]);
+        assert!(output.status.success(), "where: {}", stderr(&output));
+        serde_json::from_slice(&output.stdout).expect("where --json is JSON")
+    }
+
+    /// Moves `pid` (of node `home`) along `path`, waiting `pause` before
+    /// each move; panics if a move fails or the process ended too early.
+    pub fn bounce(&self, home: u16, pid: u32, path: &[&str], pause: Duration) {
+        for to in path {
+            std::thread::sleep(pause);
+            match self.migrate(home, pid, to) {
+                Ok(said) => eprintln!("{said}"),
+                Err(e) => panic!("moving process {pid} to {to} failed: {e}"),
+            }
+        }
     }
 
     pub fn stop(&self, node: u16, kill: bool) {

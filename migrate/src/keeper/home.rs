@@ -113,6 +113,19 @@ enum Deputy {
     Ending,
 }
 
+impl Deputy {
+    fn name(&self) -> &'static str {
+        match self {
+            Deputy::Idle => "idle",
+            Deputy::Interrupting(_) => "interrupting",
+            Deputy::Calling(_) => "calling",
+            Deputy::AwaitingVerdict(_) => "awaiting a verdict",
+            Deputy::Stopped => "stopped",
+            Deputy::Ending => "ending",
+        }
+    }
+}
+
 enum Pending {
     Nothing,
     Call(ForwardedCall),
@@ -410,6 +423,7 @@ impl Home {
 
     fn on_stop(&mut self, stop: Stop) -> Result<Option<i32>, KeeperError> {
         let pid = self.pid;
+        tracing::trace!("process {pid}: {stop:?} while {}", self.deputy.name());
         match stop {
             Stop::Exited(code) => {
                 if !matches!(self.deputy, Deputy::Ending) {
@@ -456,7 +470,9 @@ impl Home {
                     ptrace::cont(pid, 0)?;
                 }
             },
-            Stop::Event(_) | Stop::Continued => ptrace::cont(pid, 0)?,
+            // A continue is a notification, not a stop: nothing to resume.
+            Stop::Continued => {}
+            Stop::Event(_) => ptrace::cont(pid, 0)?,
         }
         Ok(None)
     }

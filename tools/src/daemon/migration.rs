@@ -37,6 +37,9 @@ enum Location {
 
 /// One of this node's processes that migrated or was registered.
 struct Managed {
+    /// When the process started (clock ticks since boot): a pid reused by
+    /// another process does not inherit this entry.
+    start_time: u64,
     session: u64,
     keeper: Option<mpsc::UnboundedSender<(KeeperCommand, Option<OwnedFd>)>>,
     location: Location,
@@ -49,8 +52,9 @@ struct Managed {
 }
 
 impl Managed {
-    fn new() -> Managed {
+    fn new(start_time: u64) -> Managed {
         Managed {
+            start_time,
             session: rand::rng().random(),
             keeper: None,
             location: Location::Home,
@@ -88,7 +92,40 @@ pub struct Migrations {
     spawning: Mutex<()>,
 }
 
+/// Field 22 of /proc/PID/stat: when the process started.
+fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 1..]
+        .split_whitespace()
+        .nth(19)?
+        .parse()
+        .ok()
+}
+
 impl Migrations {
+    /// The entry of `pid`, made if missing; an entry left by an earlier
+    /// process with the same pid is dropped first.
+    fn entry<'a>(processes: &'a mut HashMap<u32, Managed>, pid: u32) -> &'a mut Managed {
+        let started = start_time(pid).unwrap_or(0);
+        if processes.get(&pid).is_some_and(|m| m.start_time != started) {
+            processes.remove(&pid);
+        }
+        processes
+            .entry(pid)
+            .or_insert_with(|| Managed::new(started))
+    }
+
+    /// Drops the entry of `pid` if that process is gone (or was replaced).
+    fn forget_if_gone(processes: &mut HashMap<u32, Managed>, pid: u32) {
+        let started = start_time(pid);
+        if processes
+            .get(&pid)
+            .is_some_and(|m| Some(m.start_time) != started && m.keeper.is_none())
+        {
+            processes.remove(&pid);
+        }
+    }
+
     pub fn new(
         me: NodeId,
         config: NodeConfig,
@@ -133,7 +170,7 @@ impl Migrations {
         let (reply_tx, reply_rx) = oneshot::channel();
         {
             let mut processes = self.processes.lock().expect("process table");
-            let managed = processes.entry(pid).or_insert_with(Managed::new);
+            let managed = Self::entry(&mut processes, pid);
             match (managed.location, target) {
                 (Location::Migrating, _) => {
                     return ControlReply::Refused {
@@ -204,7 +241,8 @@ impl Migrations {
 
     /// Where `pid` runs and whether it can move.
     pub fn location(&self, pid: u32, cannot_move: Option<String>) -> ControlReply {
-        let processes = self.processes.lock().expect("process table");
+        let mut processes = self.processes.lock().expect("process table");
+        Self::forget_if_gone(&mut processes, pid);
         let (node, migrating, moves, locked, last_failure) = match processes.get(&pid) {
             Some(m) => (
                 match m.location {
@@ -251,12 +289,7 @@ impl Migrations {
             return ControlReply::Refused { reason };
         }
         let send_to = options.send_to.clone();
-        self.processes
-            .lock()
-            .expect("process table")
-            .entry(pid)
-            .or_insert_with(Managed::new)
-            .options = options;
+        Self::entry(&mut self.processes.lock().expect("process table"), pid).options = options;
         if let Some(first) = self.pick(&send_to) {
             let me = self.clone();
             tokio::spawn(async move {

@@ -1,0 +1,437 @@
+//! Process migration, end to end: our own small programs moved home -> 2
+//! -> 3 -> home while they run, in a real lab.
+
+use std::io::{Read, Write};
+use std::os::unix::process::ExitStatusExt;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use omx_tests::{Lab, wait_for};
+
+const CPU: &str = env!("CARGO_BIN_EXE_omx-test-cpu");
+const MEMORY: &str = env!("CARGO_BIN_EXE_omx-test-memory");
+const SEQUENCE: &str = env!("CARGO_BIN_EXE_omx-test-sequence");
+const ECHO: &str = env!("CARGO_BIN_EXE_omx-test-echo");
+const SIGNALS: &str = env!("CARGO_BIN_EXE_omx-test-signals");
+const EXIT: &str = env!("CARGO_BIN_EXE_omx-test-exit");
+const THREADS: &str = env!("CARGO_BIN_EXE_omx-test-threads");
+const SHM: &str = env!("CARGO_BIN_EXE_omx-test-shm");
+
+const ROUND_TRIP: [&str; 3] = ["2", "3", "home"];
+
+fn lab(name: &str, net: u8) -> Lab {
+    let lab = Lab::up(name, net, 3, &["--cpus", "0.5"]);
+    wait_for(Duration::from_secs(15), "all nodes up", || {
+        lab.all_see_all("up")
+    });
+    lab
+}
+
+fn native(program: &str, args: &[&str]) -> String {
+    let output = std::process::Command::new(program)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    String::from_utf8(output.stdout).unwrap()
+}
+
+#[test]
+fn a_cpu_loop_moved_around_prints_the_same_checksum() {
+    let lab = lab("mcpu", 21);
+    let iterations = "3000000000";
+    let mut child = lab.spawn(1, &[CPU, iterations], Stdio::null(), Stdio::piped());
+    lab.bounce(1, child.id(), &ROUND_TRIP, Duration::from_millis(700));
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    assert_eq!(out, native(CPU, &[iterations]));
+    assert_eq!(
+        lab.where_is(1, child.id())["moves"],
+        0,
+        "a finished process is forgotten"
+    );
+}
+
+#[test]
+fn half_a_gigabyte_of_memory_survives_every_move() {
+    let lab = lab("mmem", 22);
+    let mut child = lab.spawn(1, &[MEMORY, "512", "60"], Stdio::null(), Stdio::piped());
+    std::thread::sleep(Duration::from_secs(2));
+    lab.bounce(1, child.id(), &ROUND_TRIP, Duration::from_millis(1500));
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    assert!(child.wait().unwrap().success(), "{out}");
+    assert!(out.starts_with("verified 512 MiB over 60 rounds"), "{out}");
+}
+
+#[test]
+fn a_writer_of_numbers_writes_each_once_in_order() {
+    let lab = lab("mseq", 23);
+    let mut child = lab.spawn(1, &[SEQUENCE, "300", "10"], Stdio::null(), Stdio::piped());
+    lab.bounce(1, child.id(), &ROUND_TRIP, Duration::from_millis(600));
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    let expected: String = (1..=300).map(|i| format!("{i}\n")).collect();
+    assert_eq!(out, expected);
+}
+
+#[test]
+fn an_echo_through_pipes_keeps_echoing_while_it_moves() {
+    let lab = lab("mecho", 24);
+    let mut child = lab.spawn(1, &[ECHO], Stdio::piped(), Stdio::piped());
+    let pid = child.id();
+    let mut input = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || {
+        for i in 0..60 {
+            writeln!(input, "line {i}").unwrap();
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    });
+    // Moves happen while the echo waits in a forwarded read.
+    lab.bounce(1, pid, &ROUND_TRIP, Duration::from_millis(600));
+    writer.join().unwrap();
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    let expected: String = (0..60).map(|i| format!("line {i}\n")).collect();
+    assert_eq!(out, expected);
+}
+
+#[test]
+fn signals_to_the_home_pid_reach_the_handler_wherever_it_runs() {
+    let lab = lab("msig", 25);
+    let mut child = lab.spawn(1, &[SIGNALS, "6", "60"], Stdio::null(), Stdio::piped());
+    let pid = child.id() as i32;
+    let signal = |_: ()| {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGUSR1,
+        )
+        .unwrap()
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    for to in ROUND_TRIP {
+        assert!(lab.migrate(1, pid as u32, to).is_ok());
+        signal(());
+        std::thread::sleep(Duration::from_millis(200));
+        signal(());
+    }
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    assert!(child.wait().unwrap().success(), "{out}");
+    assert!(out.contains("received 6"), "{out}");
+}
+
+/// Runs `program` migrated to node 2 and returns its exit status.
+fn ends_away(lab: &Lab, program: &[&str]) -> std::process::ExitStatus {
+    let mut child = lab.spawn(1, program, Stdio::null(), Stdio::null());
+    std::thread::sleep(Duration::from_millis(300));
+    lab.migrate(1, child.id(), "2").expect("moved");
+    child.wait().unwrap()
+}
+
+#[test]
+fn exit_codes_and_deaths_by_signal_reach_the_parent_unchanged() {
+    let lab = lab("mexit", 26);
+    assert_eq!(ends_away(&lab, &[EXIT, "37", "2"]).code(), Some(37));
+    assert_eq!(
+        ends_away(&lab, &[EXIT, "segv", "2"]).signal(),
+        Some(libc::SIGSEGV)
+    );
+    assert_eq!(
+        ends_away(&lab, &[EXIT, "abort", "2"]).signal(),
+        Some(libc::SIGABRT)
+    );
+
+    // Default SIGTERM: 143 as a shell reports it.
+    let script = format!("{CPU} 100000000000 & p=$!; echo $p; wait $p; echo status=$?");
+    let mut shell = lab.spawn(1, &["sh", "-c", &script], Stdio::null(), Stdio::piped());
+    let mut out = shell.stdout.take().unwrap();
+    let mut first = [0u8; 16];
+    let n = out.read(&mut first).unwrap();
+    let pid: u32 = std::str::from_utf8(&first[..n])
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    lab.migrate(1, pid, "3").expect("moved");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let mut rest = String::new();
+    out.read_to_string(&mut rest).unwrap();
+    shell.wait().unwrap();
+    assert_eq!(rest.trim(), "status=143");
+}
+
+#[test]
+fn a_stop_and_a_continue_reach_the_remote_and_the_parent_sees_them() {
+    use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+    let lab = lab("mstop", 27);
+    let mut child = lab.spawn(1, &[SEQUENCE, "100", "20"], Stdio::null(), Stdio::piped());
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    std::thread::sleep(Duration::from_millis(300));
+    lab.migrate(1, child.id(), "2").expect("moved");
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTSTP).unwrap();
+    let stopped = waitpid(pid, Some(WaitPidFlag::WUNTRACED)).unwrap();
+    assert_eq!(
+        stopped,
+        WaitStatus::Stopped(pid, nix::sys::signal::Signal::SIGTSTP)
+    );
+    // Stopped over there too: no output while stopped.
+    let mut out = child.stdout.take().unwrap();
+    let mut seen = vec![0u8; 4096];
+    let before = read_available(&mut out, &mut seen);
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(
+        read_available(&mut out, &mut seen),
+        0,
+        "output while stopped ({before} bytes before)"
+    );
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGWINCH).unwrap();
+    let mut rest = String::new();
+    out.read_to_string(&mut rest).unwrap();
+    assert_eq!(waitpid(pid, None).unwrap(), WaitStatus::Exited(pid, 0));
+    assert!(rest.ends_with("100\n"), "{rest}");
+}
+
+/// Reads what is there without blocking.
+fn read_available(pipe: &mut std::process::ChildStdout, buffer: &mut [u8]) -> usize {
+    use std::os::fd::AsFd;
+    let mut total = 0;
+    loop {
+        let ready = {
+            let mut fds = [nix::poll::PollFd::new(
+                pipe.as_fd(),
+                nix::poll::PollFlags::POLLIN,
+            )];
+            nix::poll::poll(&mut fds, nix::poll::PollTimeout::ZERO).unwrap() > 0
+        };
+        if !ready {
+            break;
+        }
+        let n = pipe.read(buffer).unwrap();
+        if n == 0 {
+            break;
+        }
+        total += n;
+    }
+    total
+}
+
+#[test]
+fn threads_and_shared_memory_keep_a_process_home_with_the_reason() {
+    let lab = lab("mstay", 28);
+    for (program, reason) in [(THREADS, "2 threads"), (SHM, "SysV shared memory")] {
+        let mut child = lab.spawn(1, &[program, "10"], Stdio::null(), Stdio::null());
+        std::thread::sleep(Duration::from_millis(300));
+        let refused = lab.migrate(1, child.id(), "2").unwrap_err();
+        assert!(refused.contains(reason), "{refused}");
+        let location = lab.where_is(1, child.id());
+        assert_eq!(location["node"], serde_json::Value::Null);
+        assert!(
+            location["cannot_move"].as_str().unwrap().contains(reason),
+            "{location}"
+        );
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+}
+
+#[test]
+fn a_call_that_needs_home_brings_the_process_home_and_it_carries_on() {
+    let lab = lab("mhome", 29);
+    // The shell forks for /bin/echo: fork must happen at home.
+    let script =
+        "i=0; while [ $i -lt 600000 ]; do i=$((i+1)); done; /bin/echo forked; echo after; exit 5";
+    let mut child = lab.spawn(1, &["sh", "-c", script], Stdio::null(), Stdio::piped());
+    std::thread::sleep(Duration::from_millis(200));
+    lab.migrate(1, child.id(), "2").expect("moved");
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(5));
+    assert_eq!(out, "forked\nafter\n");
+    let log = lab.log(1);
+    assert!(
+        log.contains(&format!("process {} is home again (it called", child.id())),
+        "{log}"
+    );
+}
+
+#[test]
+fn killing_the_daemon_of_the_hosting_node_ends_the_home_pid_promptly() {
+    let lab = lab("mkill", 30);
+    let mut child = lab.spawn(1, &[CPU, "100000000000"], Stdio::null(), Stdio::null());
+    std::thread::sleep(Duration::from_millis(300));
+    lab.migrate(1, child.id(), "3").expect("moved");
+    let killed = Instant::now();
+    lab.stop(3, true);
+    let status = child.wait().unwrap();
+    assert!(
+        killed.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        killed.elapsed()
+    );
+    assert_eq!(
+        status.signal(),
+        Some(libc::SIGKILL),
+        "the documented status: killed"
+    );
+    wait_for(Duration::from_secs(3), "the log line", || {
+        lab.log(1)
+            .contains(&format!("process {}: lost its link to node 3", child.id()))
+    });
+}
+
+#[test]
+fn the_remote_runs_unprivileged_and_confined() {
+    let lab = lab("mconf", 31);
+    let mut child = lab.spawn(1, &[CPU, "100000000000"], Stdio::null(), Stdio::null());
+    std::thread::sleep(Duration::from_millis(300));
+    lab.migrate(1, child.id(), "2").expect("moved");
+    // The remote is the only process of the guest uid on node 2.
+    let status_of =
+        |pid: &str| std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let remote = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| n.chars().all(|c| c.is_ascii_digit()))
+        .find(|pid| {
+            status_of(pid)
+                .lines()
+                .any(|l| l.starts_with("Uid:") && l.contains("2000000000"))
+        })
+        .expect("a process of the guest uid");
+    let status = status_of(&remote);
+    assert!(status.contains("NoNewPrivs:\t1"), "{status}");
+    assert!(status.contains("Seccomp:\t2"), "{status}");
+    assert_eq!(
+        std::fs::read_link(format!("/proc/{remote}/root")).unwrap(),
+        std::path::Path::new("/run/omx/empty")
+    );
+    // A local user of node 2 can neither signal nor trace it.
+    let output = lab.exec(
+        2,
+        &[
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "kill",
+            "-0",
+            &remote,
+        ],
+    );
+    assert!(
+        !output.status.success(),
+        "a local user could signal the guest"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+#[test]
+fn mosrun_starts_a_program_as_the_callers_child_and_sends_it_away() {
+    let lab = lab("mrun", 32);
+    let omx = omx_tests::omx_bin();
+    let mut child = lab.spawn(
+        1,
+        &[
+            omx.to_str().unwrap(),
+            "mosrun",
+            "-2",
+            "-L",
+            CPU,
+            "4000000000",
+        ],
+        Stdio::null(),
+        Stdio::piped(),
+    );
+    wait_for(Duration::from_secs(10), "the program on node 2", || {
+        lab.where_is(1, child.id())["node"] == 2
+    });
+    let location = lab.where_is(1, child.id());
+    assert_eq!(location["locked"], true);
+    assert_eq!(location["moves"], 1);
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    assert_eq!(out, native(CPU, &["4000000000"]));
+}
+
+#[test]
+fn migrate_refuses_unknown_nodes_and_other_peoples_processes() {
+    let lab = lab("mperm", 33);
+    let mut child = lab.spawn(1, &[CPU, "100000000000"], Stdio::null(), Stdio::null());
+    let pid = child.id().to_string();
+    std::thread::sleep(Duration::from_millis(200));
+    let refused = lab.migrate(1, child.id(), "9").unwrap_err();
+    assert!(
+        refused.contains("node 9 is not in the cluster map"),
+        "{refused}"
+    );
+    let omx = omx_tests::omx_bin();
+    let output = lab.exec(
+        1,
+        &[
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            omx.to_str().unwrap(),
+            "migrate",
+            &pid,
+            "2",
+        ],
+    );
+    assert!(!output.status.success());
+    assert!(
+        omx_tests::stderr(&output).contains("you may move only processes you could kill"),
+        "{}",
+        omx_tests::stderr(&output)
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+}

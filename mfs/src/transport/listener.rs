@@ -25,8 +25,9 @@ use crate::wire::link::LinkRequest;
 const MAX_CONCURRENT_HANDSHAKES: usize = 64;
 /// Inbound connections open at once, in any state.
 const MAX_CONNECTIONS: usize = 1024;
-/// Authenticated connections one node may hold open to us at once.
-const MAX_CONNECTIONS_PER_NODE: usize = 4;
+/// Authenticated connections one node may hold open to us at once (each
+/// process it sends here opens one while it is handed over).
+const MAX_CONNECTIONS_PER_NODE: usize = 64;
 /// Daemons exchange small messages: a larger frame is an attack or a bug.
 pub const MAX_PEER_FRAME: usize = 1 << 20;
 

@@ -91,6 +91,12 @@ fn orphaned_group(pid: i32) -> bool {
     true
 }
 
+/// The state letter of /proc/PID/stat.
+fn process_state(pid: i32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 1..].split_whitespace().next()?.chars().next()
+}
+
 /// Codes of system calls interrupted by a signal, to be restarted.
 fn interrupted(ret: i64) -> bool {
     matches!(ret, -512 | -513 | -514 | -516)
@@ -208,8 +214,12 @@ pub fn run(args: HomeArgs, daemon: UnixStream) -> i32 {
 fn leave(args: &HomeArgs) -> Result<(Injector, Link, Regs, MoveStats), String> {
     let pid = args.pid;
     let frozen = std::time::Instant::now();
-    ptrace::seize(pid, ptrace::OPTION_EXITKILL)
-        .map_err(|e| format!("cannot trace process {pid}: {e}"))?;
+    if let Some(state) = process_state(pid)
+        && matches!(state, 'Z' | 'X')
+    {
+        return Err("it has ended".into());
+    }
+    ptrace::seize(pid, ptrace::OPTION_EXITKILL).map_err(|e| format!("cannot trace process {pid}: {e}"))?;
     let detach = |why: String| {
         let _ = ptrace::detach(pid, 0);
         why

@@ -71,7 +71,13 @@ pub struct NodeConfig {
     pub guest_gid: u32,
     /// An empty, root-owned directory guest processes are confined to.
     pub guest_root: PathBuf,
+    /// How long a keeper busy-waits for the next message of a forwarded
+    /// call before sleeping (zero: never).
+    pub forward_spin: Duration,
 }
+
+/// Long enough to catch a forwarded call's answer on a local network.
+pub const DEFAULT_FORWARD_SPIN_US: u64 = 200;
 
 /// The default guest uid and gid: far above any ordinary account.
 pub const DEFAULT_GUEST_ID: u32 = 2_000_000_000;
@@ -112,6 +118,7 @@ struct RawConfig {
     guest_uid: Option<u32>,
     guest_gid: Option<u32>,
     guest_root: Option<PathBuf>,
+    forward_spin_us: Option<Spanned<u64>>,
     #[serde(default)]
     gossip: RawGossip,
     #[serde(default)]
@@ -274,6 +281,14 @@ impl NodeConfig {
                 ));
             }
         };
+        let forward_spin_us = match &raw.forward_spin_us {
+            None => DEFAULT_FORWARD_SPIN_US,
+            Some(v) => check(
+                v,
+                *v.get_ref() <= 10_000,
+                "forward_spin_us must be 0..10000",
+            )?,
+        };
         let sample_ms = match &raw.load.sample_ms {
             None => 250,
             Some(v) => check(
@@ -303,6 +318,7 @@ impl NodeConfig {
             guest_uid: raw.guest_uid.unwrap_or(DEFAULT_GUEST_ID),
             guest_gid: raw.guest_gid.unwrap_or(DEFAULT_GUEST_ID),
             guest_root: resolve(raw.guest_root, "/run/omx/empty"),
+            forward_spin: Duration::from_micros(forward_spin_us),
         })
     }
 
@@ -437,6 +453,9 @@ sample_ms = 100
             3
         );
         assert_eq!(invalid("[load]\nsource = \"gpu\"").0, 2);
+        let (line, reason) = invalid("forward_spin_us = 20000");
+        assert_eq!(line, 1);
+        assert!(reason.contains("forward_spin_us"), "{reason}");
         assert_eq!(invalid("[load]\nsource = \"cgroup\"").0, 2);
         assert_eq!(invalid("speed = 0").0, 1);
     }

@@ -108,7 +108,62 @@ pub fn capture(injector: &mut Injector, regs: Regs) -> Result<Capture, CaptureEr
     }
     let page_bytes = runs.iter().map(|(_, len)| len).sum();
 
-    let signals = signal_state(injector)?;
+    // Everything the process must tell us itself, in one go.
+    let mut batch = injector.batch();
+    let mut action_at = Vec::new();
+    for signal in 1..=64u64 {
+        if signal == libc::SIGKILL as u64 || signal == libc::SIGSTOP as u64 {
+            action_at.push(None);
+            continue;
+        }
+        let at = batch.room(SIGACTION_LEN);
+        batch.call("rt_sigaction", libc::SYS_rt_sigaction, &[signal, 0, at, 8]);
+        action_at.push(Some(at));
+    }
+    let stack_at = batch.room(24);
+    batch.call("sigaltstack", libc::SYS_sigaltstack, &[0, stack_at]);
+    let tid_at = batch.room(8);
+    batch.call("prctl", libc::SYS_prctl, &[PR_GET_TID_ADDRESS, tid_at]);
+    // Asked by the process itself: reading another uid's limits would
+    // need CAP_SYS_RESOURCE.
+    let rlimit_at: Vec<u64> = (0..u64::from(RLIMIT_COUNT))
+        .map(|resource| {
+            let at = batch.room(16);
+            batch.call("prlimit64", libc::SYS_prlimit64, &[0, resource, 0, at]);
+            at
+        })
+        .collect();
+    batch.call("brk", libc::SYS_brk, &[0]);
+    let results = injector.run_batch_checked(&batch)?;
+    let brk = *results.last().expect("the batch ran") as u64;
+    let told = batch.read_back(injector)?;
+
+    let actions = action_at
+        .iter()
+        .map(|at| match at {
+            Some(at) => told.at(*at, SIGACTION_LEN).to_vec(),
+            None => vec![0u8; SIGACTION_LEN],
+        })
+        .collect();
+    let stack = told.at(stack_at, 24);
+    let altstack = AltStack {
+        sp: u64::from_ne_bytes(stack[0..8].try_into().expect("8 bytes")),
+        flags: i32::from_ne_bytes(stack[8..12].try_into().expect("4 bytes")),
+        size: u64::from_ne_bytes(stack[16..24].try_into().expect("8 bytes")),
+    };
+    let as_vecs = |infos: Vec<[u8; SIGINFO_LEN]>| infos.into_iter().map(|i| i.to_vec()).collect();
+    let signals = SignalState {
+        mask: ptrace::get_sigmask(pid)?,
+        actions,
+        pending_thread: as_vecs(ptrace::pending_siginfos(pid, false)?),
+        pending_process: as_vecs(ptrace::pending_siginfos(pid, true)?),
+        altstack,
+    };
+    let clear_child_tid = told.u64_at(tid_at);
+    let rlimits = rlimit_at
+        .iter()
+        .map(|at| (told.u64_at(*at), told.u64_at(*at + 8)))
+        .collect();
     let rseq = match ptrace::rseq_configuration(pid)? {
         c if c.rseq_abi_pointer == 0 => None,
         c => Some(Rseq {
@@ -118,24 +173,6 @@ pub fn capture(injector: &mut Injector, regs: Regs) -> Result<Capture, CaptureEr
         }),
     };
     let (head, length) = sys::get_robust_list(pid)?;
-    let clear_child_tid = {
-        let at = injector.parasite.scratch;
-        injector.call_checked("prctl", libc::SYS_prctl, &[PR_GET_TID_ADDRESS, at])?;
-        injector.memory.read_u64(at)?
-    };
-    let brk = injector.call_checked("brk", libc::SYS_brk, &[0])? as u64;
-    // Asked by the process itself: reading another uid's limits would
-    // need CAP_SYS_RESOURCE.
-    let mut rlimits = Vec::new();
-    for resource in 0..u64::from(RLIMIT_COUNT) {
-        let at = injector.parasite.scratch;
-        injector.call_checked("prlimit64", libc::SYS_prlimit64, &[0, resource, 0, at])?;
-        let limit = injector.get(0, 16)?;
-        rlimits.push((
-            u64::from_ne_bytes(limit[..8].try_into().expect("8 bytes")),
-            u64::from_ne_bytes(limit[8..].try_into().expect("8 bytes")),
-        ));
-    }
     let personality = read_proc(pid, "personality")?;
     let personality =
         u32::from_str_radix(personality.trim(), 16).map_err(|_| CaptureError::Proc {
@@ -216,35 +253,6 @@ pub fn read_run(memory: &ProcessMemory, address: u64, buffer: &mut [u8]) {
             }
         }
     }
-}
-
-fn signal_state(injector: &Injector) -> Result<SignalState, CaptureError> {
-    let pid = injector.pid();
-    let at = injector.parasite.scratch;
-    let mut actions = Vec::new();
-    for signal in 1..=64u64 {
-        if signal == libc::SIGKILL as u64 || signal == libc::SIGSTOP as u64 {
-            actions.push(vec![0u8; SIGACTION_LEN]);
-            continue;
-        }
-        injector.call_checked("rt_sigaction", libc::SYS_rt_sigaction, &[signal, 0, at, 8])?;
-        actions.push(injector.get(0, SIGACTION_LEN)?);
-    }
-    injector.call_checked("sigaltstack", libc::SYS_sigaltstack, &[0, at])?;
-    let stack = injector.get(0, 24)?;
-    let altstack = AltStack {
-        sp: u64::from_ne_bytes(stack[0..8].try_into().expect("8 bytes")),
-        flags: i32::from_ne_bytes(stack[8..12].try_into().expect("4 bytes")),
-        size: u64::from_ne_bytes(stack[16..24].try_into().expect("8 bytes")),
-    };
-    let as_vecs = |infos: Vec<[u8; SIGINFO_LEN]>| infos.into_iter().map(|i| i.to_vec()).collect();
-    Ok(SignalState {
-        mask: ptrace::get_sigmask(pid)?,
-        actions,
-        pending_thread: as_vecs(ptrace::pending_siginfos(pid, false)?),
-        pending_process: as_vecs(ptrace::pending_siginfos(pid, true)?),
-        altstack,
-    })
 }
 
 fn read_proc(pid: i32, file: &'static str) -> io::Result<String> {

@@ -5,6 +5,11 @@
 //! it run until the int3 traps, read the result. Each process we work on
 //! gets a *parasite*: a code page holding that sequence and a scratch area
 //! for the calls' memory arguments, mapped where the process has nothing.
+//!
+//! Each stop and resume of the tracee costs tens of microseconds, so work
+//! of many calls (restoring an image: hundreds) goes as one [`Batch`]: a
+//! table of calls in the scratch area, run by a small loop in the code page
+//! in a single resume.
 
 use std::io;
 
@@ -16,6 +21,41 @@ use crate::sys::ptrace::{self, Regs, Stop};
 
 /// `syscall` followed by `int3`.
 const SYSCALL_TRAP: [u8; 3] = [0x0f, 0x05, 0xcc];
+/// `syscall` is two bytes: after it, `rip` points at the trap.
+const SYSCALL_INSTRUCTION_LEN: u64 = 2;
+/// Where the batch loop starts in the code page.
+const BATCH_OFFSET: u64 = 16;
+/// Runs a table of calls: `rbx` points at entries of eight words (number,
+/// six arguments, result), ended by a number of -1. The loop stops after
+/// the first call that fails (a result in -4095..-1), then traps.
+///
+/// ```text
+///  0: mov rax, [rbx]        ; 48 8b 03
+///  3: cmp rax, -1           ; 48 83 f8 ff
+///  7: je  53                ; 74 2c
+///  9: mov rdi, [rbx+8]      ; 48 8b 7b 08
+/// 13: mov rsi, [rbx+16]     ; 48 8b 73 10
+/// 17: mov rdx, [rbx+24]     ; 48 8b 53 18
+/// 21: mov r10, [rbx+32]     ; 4c 8b 53 20
+/// 25: mov r8,  [rbx+40]     ; 4c 8b 43 28
+/// 29: mov r9,  [rbx+48]     ; 4c 8b 4b 30
+/// 33: syscall               ; 0f 05
+/// 35: mov [rbx+56], rax     ; 48 89 43 38
+/// 39: cmp rax, -4095        ; 48 3d 01 f0 ff ff
+/// 45: jae 53                ; 73 06
+/// 47: add rbx, 64           ; 48 83 c3 40
+/// 51: jmp 0                 ; eb cb
+/// 53: int3                  ; cc
+/// ```
+const BATCH_LOOP: [u8; 54] = [
+    0x48, 0x8b, 0x03, 0x48, 0x83, 0xf8, 0xff, 0x74, 0x2c, 0x48, 0x8b, 0x7b, 0x08, 0x48, 0x8b, 0x73,
+    0x10, 0x48, 0x8b, 0x53, 0x18, 0x4c, 0x8b, 0x53, 0x20, 0x4c, 0x8b, 0x43, 0x28, 0x4c, 0x8b, 0x4b,
+    0x30, 0x0f, 0x05, 0x48, 0x89, 0x43, 0x38, 0x48, 0x3d, 0x01, 0xf0, 0xff, 0xff, 0x73, 0x06, 0x48,
+    0x83, 0xc3, 0x40, 0xeb, 0xcb, 0xcc,
+];
+/// Bytes per entry of a batch's table.
+const BATCH_ENTRY: usize = 64;
+
 /// Where parasites go if nothing forces another place: below the usual
 /// mmap area of x86_64 processes.
 const PARASITE_CEILING: u64 = 0x6f00_0000_0000;
@@ -77,6 +117,72 @@ impl Parasite {
     }
 }
 
+/// Calls to run in one go, with the memory their arguments point to.
+pub struct Batch {
+    scratch: u64,
+    data: Vec<u8>,
+    calls: Vec<(&'static str, i64, [u64; 6])>,
+}
+
+impl Batch {
+    /// Stages `bytes` for a call to read or overwrite; returns their
+    /// address in the tracee (valid once the batch runs).
+    pub fn stage(&mut self, bytes: &[u8]) -> u64 {
+        let address = self.scratch + self.data.len() as u64;
+        self.data.extend_from_slice(bytes);
+        self.data.resize(self.data.len().next_multiple_of(16), 0);
+        address
+    }
+
+    /// Room for a call to write `len` bytes; returns its address.
+    pub fn room(&mut self, len: usize) -> u64 {
+        self.stage(&vec![0; len])
+    }
+
+    /// Adds call `nr` (named `name` in errors) with `args`.
+    pub fn call(&mut self, name: &'static str, nr: i64, args: &[u64]) {
+        let mut all = [0u64; 6];
+        all[..args.len()].copy_from_slice(args);
+        self.calls.push((name, nr, all));
+    }
+
+    pub fn len(&self) -> usize {
+        self.calls.len()
+    }
+
+    /// The staged data as the calls left it, read back from `injector`'s
+    /// tracee in one go.
+    pub fn read_back(&self, injector: &Injector) -> Result<Staged, InjectError> {
+        Ok(Staged {
+            base: self.scratch,
+            bytes: injector.memory.read_vec(self.scratch, self.data.len())?,
+        })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.calls.is_empty()
+    }
+}
+
+/// A batch's data after it ran.
+pub struct Staged {
+    base: u64,
+    bytes: Vec<u8>,
+}
+
+impl Staged {
+    /// The `len` bytes at `address` (an address [`Batch::stage`] or
+    /// [`Batch::room`] gave).
+    pub fn at(&self, address: u64, len: usize) -> &[u8] {
+        let offset = (address - self.base) as usize;
+        &self.bytes[offset..offset + len]
+    }
+
+    pub fn u64_at(&self, address: u64) -> u64 {
+        u64::from_ne_bytes(self.at(address, 8).try_into().expect("8 bytes"))
+    }
+}
+
 /// Runs system calls in one stopped tracee.
 pub struct Injector {
     pid: i32,
@@ -124,6 +230,7 @@ impl Injector {
         temporary.memory.write(borrowed, &original)?;
         let (code, scratch) = mapped?;
         temporary.memory.write(code, &SYSCALL_TRAP)?;
+        temporary.memory.write(code + BATCH_OFFSET, &BATCH_LOOP)?;
         trace!("pid {pid}: parasite code at {code:#x}, scratch at {scratch:#x}");
         Ok(Injector {
             pid,
@@ -269,6 +376,21 @@ impl Injector {
         }
     }
 
+    /// At a stop that is not the call's trap (a ptrace interrupt or a
+    /// signal), whether the injected call had already completed: its
+    /// result is then in `rax`, and dropping it would lose what the call
+    /// did (the bytes a read consumed, say). `None` when it had not run yet
+    /// or was interrupted before doing anything.
+    pub fn completed_result(&self) -> Result<Option<i64>, InjectError> {
+        let regs = ptrace::get_regs(self.pid)?;
+        let after_syscall = self.parasite.code + SYSCALL_INSTRUCTION_LEN;
+        let ret = regs.rax as i64;
+        // -ERESTARTSYS, -ERESTARTNOINTR, -ERESTARTNOHAND,
+        // -ERESTART_RESTARTBLOCK: interrupted, to be restarted.
+        let restarting = matches!(ret, -512 | -513 | -514 | -516);
+        Ok((regs.rip == after_syscall && !restarting).then_some(ret))
+    }
+
     /// Waits for the injected call to trap.
     pub fn finish(&self) -> Result<Outcome, InjectError> {
         loop {
@@ -307,6 +429,10 @@ impl Injector {
         let mut regs = ptrace::get_regs(self.pid)?;
         // orig_rax = -1: no system call in progress, so no restart.
         regs.orig_rax = u64::MAX;
+        if regs.rip == self.parasite.code {
+            // Stopped before the call ran: skip it, straight to the trap.
+            regs.rip += SYSCALL_INSTRUCTION_LEN;
+        }
         regs.rax = result as u64;
         ptrace::set_regs(self.pid, &regs)?;
         match self.resume_interrupted()? {
@@ -315,6 +441,115 @@ impl Injector {
                 stop: Stop::Signal(signal),
                 rip: regs.rip,
             }),
+        }
+    }
+
+    /// An empty batch of calls for this tracee.
+    pub fn batch(&self) -> Batch {
+        Batch {
+            scratch: self.parasite.scratch,
+            data: Vec::new(),
+            calls: Vec::new(),
+        }
+    }
+
+    /// Runs `batch`'s calls in order, with every signal blocked, stopping
+    /// at the first that fails. Returns the result of each call that ran
+    /// (the last one negative if it failed). The data the calls wrote is
+    /// in the scratch area, at the addresses [`Batch::stage`] gave.
+    pub fn run_batch(&self, batch: &Batch) -> Result<Vec<i64>, InjectError> {
+        let data_len = batch.data.len() as u64;
+        let table_room = self.parasite.scratch_len.saturating_sub(data_len) as usize;
+        // One entry of each table is the terminator.
+        let per_table = (table_room / BATCH_ENTRY).saturating_sub(1);
+        if per_table == 0 && !batch.calls.is_empty() {
+            return Err(InjectError::NoRoom(data_len + 2 * BATCH_ENTRY as u64));
+        }
+        if !batch.data.is_empty() {
+            self.memory.write(self.parasite.scratch, &batch.data)?;
+        }
+        let table = self.parasite.scratch + data_len;
+        let saved_regs = ptrace::get_regs(self.pid)?;
+        let saved_mask = ptrace::get_sigmask(self.pid)?;
+        ptrace::set_sigmask(self.pid, u64::MAX)?;
+        let mut results = Vec::with_capacity(batch.calls.len());
+        let ran = (|| {
+            for chunk in batch.calls.chunks(per_table.max(1)) {
+                let mut entries = Vec::with_capacity((chunk.len() + 1) * BATCH_ENTRY);
+                for (_, nr, args) in chunk {
+                    entries.extend_from_slice(&nr.to_ne_bytes());
+                    for arg in args {
+                        entries.extend_from_slice(&arg.to_ne_bytes());
+                    }
+                    entries.extend_from_slice(&0u64.to_ne_bytes());
+                }
+                entries.extend_from_slice(&u64::MAX.to_ne_bytes());
+                entries.resize((chunk.len() + 1) * BATCH_ENTRY, 0);
+                self.memory.write(table, &entries)?;
+                let mut regs = saved_regs;
+                regs.rbx = table;
+                regs.rip = self.parasite.code + BATCH_OFFSET;
+                regs.orig_rax = u64::MAX;
+                ptrace::set_regs(self.pid, &regs)?;
+                ptrace::cont(self.pid, 0)?;
+                self.await_trap(self.parasite.code + BATCH_OFFSET + BATCH_LOOP.len() as u64)?;
+                let written = self.memory.read_vec(table, chunk.len() * BATCH_ENTRY)?;
+                for entry in written.chunks(BATCH_ENTRY) {
+                    let result = i64::from_ne_bytes(entry[56..64].try_into().expect("8 bytes"));
+                    results.push(result);
+                    if (-4095..0).contains(&result) {
+                        return Ok(());
+                    }
+                }
+            }
+            Ok::<_, InjectError>(())
+        })();
+        ptrace::set_regs(self.pid, &saved_regs)?;
+        ptrace::set_sigmask(self.pid, saved_mask)?;
+        ran?;
+        Ok(results)
+    }
+
+    /// [`run_batch`](Self::run_batch), turning a failed call into an error
+    /// naming it.
+    pub fn run_batch_checked(&self, batch: &Batch) -> Result<Vec<i64>, InjectError> {
+        let results = self.run_batch(batch)?;
+        if let Some(&last) = results.last()
+            && (-4095..0).contains(&last)
+        {
+            return Err(InjectError::CallFailed {
+                name: batch.calls[results.len() - 1].0,
+                error: io::Error::from_raw_os_error(-last as i32),
+            });
+        }
+        Ok(results)
+    }
+
+    /// Waits for the tracee to trap at `at`, letting job-control stops
+    /// and interrupts pass.
+    fn await_trap(&self, at: u64) -> Result<(), InjectError> {
+        loop {
+            let stop = ptrace::wait(self.pid)?;
+            match stop {
+                Stop::Signal(libc::SIGTRAP) => {
+                    let regs = ptrace::get_regs(self.pid)?;
+                    if regs.rip == at {
+                        return Ok(());
+                    }
+                    return Err(InjectError::Unexpected {
+                        stop,
+                        rip: regs.rip,
+                    });
+                }
+                Stop::Signal(_) => {
+                    let rip = ptrace::get_regs(self.pid)?.rip;
+                    return Err(InjectError::Unexpected { stop, rip });
+                }
+                Stop::Group(_) | Stop::Interrupt | Stop::Event(_) | Stop::Continued => {
+                    ptrace::cont(self.pid, 0)?
+                }
+                Stop::Exited(_) | Stop::Killed { .. } => return Err(InjectError::Gone(stop)),
+            }
         }
     }
 

@@ -11,7 +11,7 @@ use std::io;
 use omx_mfs::wire::image::{AreaKind, Compatibility, IMAGE_FORMAT, ImageHeader};
 
 use crate::image::SIGACTION_LEN;
-use crate::inject::{InjectError, Injector};
+use crate::inject::{Batch, InjectError, Injector};
 use crate::maps::{self, PAGE_SIZE};
 use crate::sys::ptrace::{self, Regs};
 use crate::sys::uffd::{PageFiller, UFFD_USER_MODE_ONLY};
@@ -24,6 +24,8 @@ const MAP_FIXED_NOREPLACE: u64 = 0x100000;
 const MREMAP_MAYMOVE: u64 = 1;
 const MREMAP_FIXED: u64 = 2;
 const SS_DISABLE: i32 = 2;
+/// Pending signals requeued per batch (128 bytes of siginfo each).
+const SIGNALS_PER_BATCH: usize = 128;
 
 /// Which kind of process receives the image.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -156,6 +158,30 @@ fn page_filler(injector: &Injector, header: &ImageHeader) -> Option<(PageFiller,
     Some((filler, fillable))
 }
 
+/// Calls whose results must be exact (addresses of mappings), checked
+/// after their batch ran.
+#[derive(Default)]
+struct Expected(Vec<(usize, u64, String)>);
+
+impl Expected {
+    /// The call just added to `batch` must return `value`.
+    fn last_returns(&mut self, batch: &Batch, value: u64, what: String) {
+        self.0.push((batch.len() - 1, value, what));
+    }
+
+    fn check(&self, results: &[i64]) -> Result<(), RestoreError> {
+        for (index, value, what) in &self.0 {
+            let got = results[*index] as u64;
+            if got != *value {
+                return Err(RestoreError::Malformed(format!(
+                    "{what} went to {got:#x} instead of {value:#x}"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Empties the tracee's address space (a fresh process) and maps the
 /// image's areas, ready for their pages.
 pub fn prepare(
@@ -164,10 +190,20 @@ pub fn prepare(
     target: Target,
 ) -> Result<PageSink, RestoreError> {
     let pid = injector.pid();
+    if target == Target::Deputy
+        && header
+            .areas
+            .iter()
+            .any(|a| injector.parasite.overlaps(a.start, a.end))
+    {
+        relocate_parasite(injector, header)?;
+    }
+    let mut batch = injector.batch();
+    let mut expected = Expected::default();
     if target == Target::Fresh {
         let own_rseq = ptrace::rseq_configuration(pid)?;
         if own_rseq.rseq_abi_pointer != 0 {
-            injector.call_checked(
+            batch.call(
                 "rseq",
                 libc::SYS_rseq,
                 &[
@@ -176,24 +212,19 @@ pub fn prepare(
                     RSEQ_FLAG_UNREGISTER,
                     u64::from(own_rseq.signature),
                 ],
-            )?;
+            );
         }
-        for area in maps::read_maps(pid)? {
+        let own = maps::read_maps(pid)?;
+        for area in &own {
             if area.is_vsyscall()
                 || area.is_vdso_family()
                 || injector.parasite.overlaps(area.start, area.end)
             {
                 continue;
             }
-            injector.call_checked("munmap", libc::SYS_munmap, &[area.start, area.len()])?;
+            batch.call("munmap", libc::SYS_munmap, &[area.start, area.len()]);
         }
-        move_specials(injector, header)?;
-    } else if header
-        .areas
-        .iter()
-        .any(|a| injector.parasite.overlaps(a.start, a.end))
-    {
-        relocate_parasite(injector, header)?;
+        move_specials(&own, header, &mut batch, &mut expected)?;
     }
 
     for area in &header.areas {
@@ -224,9 +255,9 @@ pub fn prepare(
             // A process cannot set its own mm layout without
             // CAP_SYS_RESOURCE; but its start_brk never changed, and
             // brk() moves the end to where the remote had it.
-            injector.call_checked("brk", libc::SYS_brk, &[header.layout.brk])?;
+            batch.call("brk", libc::SYS_brk, &[header.layout.brk]);
         }
-        let got = injector.call_checked(
+        batch.call(
             "mmap",
             libc::SYS_mmap,
             &[
@@ -237,14 +268,11 @@ pub fn prepare(
                 u64::MAX,
                 0,
             ],
-        )? as u64;
-        if got != area.start {
-            return Err(RestoreError::Malformed(format!(
-                "memory area {:#x} was placed at {got:#x}",
-                area.start
-            )));
-        }
+        );
+        expected.last_returns(&batch, area.start, format!("memory area {:#x}", area.start));
     }
+    let results = injector.run_batch_checked(&batch)?;
+    expected.check(&results)?;
     Ok(match page_filler(injector, header) {
         Some((filler, fillable)) => PageSink {
             filler: Some(filler),
@@ -257,14 +285,15 @@ pub fn prepare(
     })
 }
 
-/// Moves the tracee's vDSO, vvar and vvar_vclock to where the image had
-/// them, through a free range first in case the two layouts overlap.
-fn move_specials(injector: &Injector, header: &ImageHeader) -> Result<(), RestoreError> {
-    let pid = injector.pid();
-    let own: Vec<_> = maps::read_maps(pid)?
-        .into_iter()
-        .filter(|a| a.is_vdso_family())
-        .collect();
+/// Moves the tracee's vDSO, vvar and vvar_vclock (among its areas `own`)
+/// to where the image had them, through a free range first in case the
+/// two layouts overlap.
+fn move_specials(
+    own: &[maps::MapEntry],
+    header: &ImageHeader,
+    batch: &mut Batch,
+    expected: &mut Expected,
+) -> Result<(), RestoreError> {
     let wanted: Vec<_> = header
         .areas
         .iter()
@@ -273,16 +302,16 @@ fn move_specials(injector: &Injector, header: &ImageHeader) -> Result<(), Restor
             _ => None,
         })
         .collect();
-    let mut taken: Vec<(u64, u64)> = maps::read_maps(pid)?
-        .iter()
-        .map(|a| (a.start, a.end))
-        .collect();
+    let mut taken: Vec<(u64, u64)> = own.iter().map(|a| (a.start, a.end)).collect();
     taken.extend(area_ranges(header));
     let mut staged = Vec::new();
     for (name, start, end) in &wanted {
-        let mine = own.iter().find(|a| &a.path == name).ok_or_else(|| {
-            RestoreError::Incompatible(format!("this kernel has no {name} mapping"))
-        })?;
+        let mine = own
+            .iter()
+            .find(|a| a.is_vdso_family() && &a.path == name)
+            .ok_or_else(|| {
+                RestoreError::Incompatible(format!("this kernel has no {name} mapping"))
+            })?;
         if mine.len() != end - start {
             return Err(RestoreError::Incompatible(format!(
                 "{name} is {} bytes here and {} bytes in the image",
@@ -293,27 +322,22 @@ fn move_specials(injector: &Injector, header: &ImageHeader) -> Result<(), Restor
         let hole = maps::find_hole(&taken, mine.len(), 0x6e00_0000_0000)
             .ok_or(InjectError::NoRoom(mine.len()))?;
         taken.push((hole, hole + mine.len()));
-        remap(injector, mine.start, mine.len(), hole)?;
+        remap(batch, expected, mine.start, mine.len(), hole);
         staged.push((hole, mine.len(), *start));
     }
     for (from, len, to) in staged {
-        remap(injector, from, len, to)?;
+        remap(batch, expected, from, len, to);
     }
     Ok(())
 }
 
-fn remap(injector: &Injector, from: u64, len: u64, to: u64) -> Result<(), RestoreError> {
-    let got = injector.call_checked(
+fn remap(batch: &mut Batch, expected: &mut Expected, from: u64, len: u64, to: u64) {
+    batch.call(
         "mremap",
         libc::SYS_mremap,
         &[from, len, len, MREMAP_MAYMOVE | MREMAP_FIXED, to],
-    )? as u64;
-    if got != to {
-        return Err(RestoreError::Malformed(format!(
-            "mremap to {to:#x} went to {got:#x}"
-        )));
-    }
-    Ok(())
+    );
+    expected.last_returns(batch, to, format!("mremap of {from:#x}"));
 }
 
 /// Gives the deputy a new parasite away from the image's areas and drops
@@ -336,21 +360,17 @@ pub fn finish(
     target: Target,
 ) -> Result<(), RestoreError> {
     let pid = injector.pid();
+    let mut batch = injector.batch();
     if target == Target::Fresh {
-        set_memory_layout(injector, header)?;
+        set_memory_layout(header, &mut batch);
     }
-    let scratch = injector.parasite.scratch;
     for (index, action) in header.signals.actions.iter().enumerate() {
         let signal = index as u64 + 1;
         if signal == libc::SIGKILL as u64 || signal == libc::SIGSTOP as u64 {
             continue;
         }
-        injector.put(0, action)?;
-        injector.call_checked(
-            "rt_sigaction",
-            libc::SYS_rt_sigaction,
-            &[signal, scratch, 0, 8],
-        )?;
+        let at = batch.stage(action);
+        batch.call("rt_sigaction", libc::SYS_rt_sigaction, &[signal, at, 0, 8]);
     }
     let altstack = header.signals.altstack;
     let mut stack = vec![0u8; 24];
@@ -363,32 +383,33 @@ pub fn finish(
     };
     stack[8..12].copy_from_slice(&flags.to_ne_bytes());
     stack[16..24].copy_from_slice(&altstack.size.to_ne_bytes());
-    injector.put(0, &stack)?;
-    injector.call_checked("sigaltstack", libc::SYS_sigaltstack, &[scratch, 0])?;
+    let at = batch.stage(&stack);
+    batch.call("sigaltstack", libc::SYS_sigaltstack, &[at, 0]);
 
     let robust = header.robust_list;
     if robust.head != 0 {
-        injector.call_checked(
+        batch.call(
             "set_robust_list",
             libc::SYS_set_robust_list,
             &[robust.head, robust.length],
-        )?;
+        );
     }
-    injector.call(libc::SYS_set_tid_address, &[header.clear_child_tid])?;
-    injector.call_checked(
+    batch.call(
+        "set_tid_address",
+        libc::SYS_set_tid_address,
+        &[header.clear_child_tid],
+    );
+    batch.call(
         "personality",
         libc::SYS_personality,
         &[u64::from(header.personality)],
-    )?;
+    );
     let mut name = header.command.as_bytes()[..header.command.len().min(15)].to_vec();
     name.push(0);
-    injector.put(0, &name)?;
-    injector.call_checked("prctl", libc::SYS_prctl, &[PR_SET_NAME, scratch])?;
-    for (resource, (soft, hard)) in header.rlimits.iter().enumerate() {
-        set_rlimit(injector, resource as u64, *soft, *hard)?;
-    }
+    let at = batch.stage(&name);
+    batch.call("prctl", libc::SYS_prctl, &[PR_SET_NAME, at]);
     if let Some(rseq) = header.rseq {
-        injector.call_checked(
+        batch.call(
             "rseq",
             libc::SYS_rseq,
             &[
@@ -397,43 +418,78 @@ pub fn finish(
                 0,
                 u64::from(rseq.signature),
             ],
-        )?;
+        );
     }
-    for info in &header.signals.pending_thread {
-        requeue_signal(injector, info, true)?;
+    injector.run_batch_checked(&batch)?;
+    // Pending signals can be many (queued real-time ones): a batch of them
+    // at a time, so their data fits the scratch area.
+    let pending = (header.signals.pending_thread.iter().map(|i| (i, true)))
+        .chain(header.signals.pending_process.iter().map(|i| (i, false)))
+        .collect::<Vec<_>>();
+    for group in pending.chunks(SIGNALS_PER_BATCH) {
+        let mut batch = injector.batch();
+        for (info, thread) in group {
+            requeue_signal(pid, info, *thread, &mut batch)?;
+        }
+        injector.run_batch_checked(&batch)?;
     }
-    for info in &header.signals.pending_process {
-        requeue_signal(injector, info, false)?;
-    }
+    set_rlimits(injector, &header.rlimits)?;
     ptrace::set_xstate(pid, &header.xstate)?;
     Ok(())
 }
 
-/// Sets a resource limit from inside the process. Raising a hard limit
-/// needs CAP_SYS_RESOURCE; without it, the limit is kept as close as the
-/// process's current hard limit allows.
-fn set_rlimit(
-    injector: &Injector,
-    resource: u64,
-    soft: u64,
-    hard: u64,
-) -> Result<(), RestoreError> {
-    let scratch = injector.parasite.scratch;
-    let mut limit = soft.to_ne_bytes().to_vec();
-    limit.extend_from_slice(&hard.to_ne_bytes());
-    injector.put(0, &limit)?;
-    if injector.call(libc::SYS_prlimit64, &[0, resource, scratch, 0])? == -(libc::EPERM as i64) {
-        injector.call_checked(
-            "prlimit64",
-            libc::SYS_prlimit64,
-            &[0, resource, 0, scratch + 16],
-        )?;
-        let current_hard = u64::from_ne_bytes(injector.get(24, 8)?.try_into().expect("8 bytes"));
-        let mut limit = soft.min(current_hard).to_ne_bytes().to_vec();
-        limit.extend_from_slice(&current_hard.to_ne_bytes());
-        injector.put(0, &limit)?;
-        injector.call_checked("prlimit64", libc::SYS_prlimit64, &[0, resource, scratch, 0])?;
+/// Sets resource limits from inside the process, in one batch unless one
+/// is refused: raising a hard limit needs CAP_SYS_RESOURCE, and without
+/// it that limit is kept as close as the process's hard limit allows.
+fn set_rlimits(injector: &Injector, rlimits: &[(u64, u64)]) -> Result<(), RestoreError> {
+    let mut next = 0;
+    while next < rlimits.len() {
+        let mut batch = injector.batch();
+        for (resource, (soft, hard)) in rlimits.iter().enumerate().skip(next) {
+            let mut limit = soft.to_ne_bytes().to_vec();
+            limit.extend_from_slice(&hard.to_ne_bytes());
+            let at = batch.stage(&limit);
+            batch.call(
+                "prlimit64",
+                libc::SYS_prlimit64,
+                &[0, resource as u64, at, 0],
+            );
+        }
+        let results = injector.run_batch(&batch)?;
+        let ran = results.len();
+        match results.last() {
+            Some(&e) if e == -(libc::EPERM as i64) => {
+                let resource = next + ran - 1;
+                let (soft, _) = rlimits[resource];
+                lower_to_hard_limit(injector, resource as u64, soft)?;
+            }
+            Some(&e) if (-4095..0).contains(&e) => {
+                return Err(RestoreError::Inject(InjectError::CallFailed {
+                    name: "prlimit64",
+                    error: io::Error::from_raw_os_error(-e as i32),
+                }));
+            }
+            _ => {}
+        }
+        next += ran.max(1);
     }
+    Ok(())
+}
+
+/// Sets the soft limit of `resource` to `soft`, or to the process's hard
+/// limit if that is lower.
+fn lower_to_hard_limit(injector: &Injector, resource: u64, soft: u64) -> Result<(), RestoreError> {
+    let scratch = injector.parasite.scratch;
+    injector.call_checked(
+        "prlimit64",
+        libc::SYS_prlimit64,
+        &[0, resource, 0, scratch + 16],
+    )?;
+    let current_hard = u64::from_ne_bytes(injector.get(24, 8)?.try_into().expect("8 bytes"));
+    let mut limit = soft.min(current_hard).to_ne_bytes().to_vec();
+    limit.extend_from_slice(&current_hard.to_ne_bytes());
+    injector.put(0, &limit)?;
+    injector.call_checked("prlimit64", libc::SYS_prlimit64, &[0, resource, scratch, 0])?;
     Ok(())
 }
 
@@ -480,36 +536,41 @@ fn outside_rseq_critical_section(
     Ok(regs)
 }
 
-fn requeue_signal(injector: &Injector, info: &[u8], thread: bool) -> Result<(), RestoreError> {
+fn requeue_signal(
+    pid: i32,
+    info: &[u8],
+    thread: bool,
+    batch: &mut Batch,
+) -> Result<(), RestoreError> {
     if info.len() != 128 {
         return Err(RestoreError::Malformed(
             "a pending signal of the wrong size".into(),
         ));
     }
     let signal = u64::from(u32::from_ne_bytes(info[0..4].try_into().expect("4 bytes")));
-    let pid = injector.pid() as u64;
-    let at = injector.put(0, info)?;
+    let pid = pid as u64;
+    let at = batch.stage(info);
     // The process queues it to itself, which may use any si_code.
     if thread {
-        injector.call_checked(
+        batch.call(
             "rt_tgsigqueueinfo",
             libc::SYS_rt_tgsigqueueinfo,
             &[pid, pid, signal, at],
-        )?;
+        );
     } else {
-        injector.call_checked(
+        batch.call(
             "rt_sigqueueinfo",
             libc::SYS_rt_sigqueueinfo,
             &[pid, signal, at],
-        )?;
+        );
     }
     Ok(())
 }
 
-fn set_memory_layout(injector: &Injector, header: &ImageHeader) -> Result<(), RestoreError> {
+fn set_memory_layout(header: &ImageHeader, batch: &mut Batch) {
     let layout = &header.layout;
     let auxv: Vec<u8> = layout.auxv.iter().flat_map(|v| v.to_ne_bytes()).collect();
-    let auxv_at = injector.put(128, &auxv)?;
+    let auxv_at = batch.stage(&auxv);
     let mut map = Vec::with_capacity(104);
     for value in [
         layout.start_code,
@@ -530,23 +591,23 @@ fn set_memory_layout(injector: &Injector, header: &ImageHeader) -> Result<(), Re
     map.extend_from_slice(&(auxv.len() as u32).to_ne_bytes());
     // exe_fd = -1: leave /proc/PID/exe alone.
     map.extend_from_slice(&u32::MAX.to_ne_bytes());
-    let at = injector.put(0, &map)?;
-    injector.call_checked(
+    let at = batch.stage(&map);
+    batch.call(
         "prctl",
         libc::SYS_prctl,
         &[PR_SET_MM, PR_SET_MM_MAP, at, map.len() as u64, 0],
-    )?;
-    Ok(())
+    );
 }
 
 /// Frees the deputy's user memory once its process runs elsewhere: only
 /// the parasite and the kernel's special mappings stay.
 pub fn release_memory(injector: &Injector, header: &ImageHeader) -> Result<(), RestoreError> {
     let pid = injector.pid();
+    let mut batch = injector.batch();
     if let Some(rseq) = header.rseq {
         // The kernel writes to a registered rseq area on every preemption:
         // unregister it before its memory goes.
-        injector.call_checked(
+        batch.call(
             "rseq",
             libc::SYS_rseq,
             &[
@@ -555,7 +616,7 @@ pub fn release_memory(injector: &Injector, header: &ImageHeader) -> Result<(), R
                 RSEQ_FLAG_UNREGISTER,
                 u64::from(rseq.signature),
             ],
-        )?;
+        );
     }
     for area in maps::read_maps(pid)? {
         if area.is_vsyscall()
@@ -564,7 +625,8 @@ pub fn release_memory(injector: &Injector, header: &ImageHeader) -> Result<(), R
         {
             continue;
         }
-        injector.call_checked("munmap", libc::SYS_munmap, &[area.start, area.len()])?;
+        batch.call("munmap", libc::SYS_munmap, &[area.start, area.len()]);
     }
+    injector.run_batch_checked(&batch)?;
     Ok(())
 }

@@ -11,23 +11,34 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 /// The `omx` binary under test: `$OMX_BIN`, or the one built beside the
-/// test executable (`cargo build -p omx-tools` first).
+/// running executable (a test in `target/PROFILE/deps/`, or a benchmark in
+/// `target/PROFILE/`; `cargo build -p omx-tools` first).
 pub fn omx_bin() -> PathBuf {
     if let Some(path) = std::env::var_os("OMX_BIN") {
         return PathBuf::from(path);
     }
-    let exe = std::env::current_exe().expect("test executable path");
-    let profile_dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target/PROFILE/deps/TEST");
-    let omx = profile_dir.join("omx");
-    assert!(
-        omx.exists(),
-        "{} does not exist: build it first with `cargo build -p omx-tools` (same profile as the tests)",
-        omx.display()
-    );
-    omx
+    sibling_binary("omx")
+}
+
+/// A binary of this workspace built with the same profile as the running
+/// executable.
+pub fn sibling_binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("executable path");
+    let dir = exe.parent().expect("executable directory");
+    let candidates = [
+        dir.join(name),
+        dir.parent().map_or(dir.join(name), |p| p.join(name)),
+    ];
+    candidates
+        .iter()
+        .find(|c| c.exists())
+        .cloned()
+        .unwrap_or_else(|| {
+            panic!(
+                "{name} is not built beside {}: build it first with the same profile",
+                exe.display()
+            )
+        })
 }
 
 pub fn require_root() {
@@ -254,7 +265,13 @@ impl Lab {
 }
 
 impl Drop for Lab {
+    /// Removes the lab, unless `OMX_KEEP_LAB` is set (to read its logs
+    /// after a failure; `omx lab down --name NAME` removes it then).
     fn drop(&mut self) {
+        if std::env::var_os("OMX_KEEP_LAB").is_some() {
+            eprintln!("keeping lab {} (OMX_KEEP_LAB is set)", self.name);
+            return;
+        }
         let output = omx(&["lab", "down", "--name", &self.name]);
         if !output.status.success() && !std::thread::panicking() {
             panic!("lab down failed: {}", stderr(&output));

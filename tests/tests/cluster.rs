@@ -403,3 +403,23 @@ fn lab_down_cleans_up_after_an_up_that_was_killed_half_way() {
             .contains("omx-lab/thalf")
     );
 }
+
+#[test]
+fn the_demo_spreads_jobs_over_the_lab_and_gets_the_same_results() {
+    omx_tests::require_root();
+    // Short jobs: the tests' omx is a debug build.
+    let output = omx(&["demo", "--nodes", "3", "--job-rounds", "100"]);
+    let text = stdout(&output);
+    assert!(
+        output.status.success(),
+        "the demo failed: {text}\n{}",
+        stderr(&output)
+    );
+    assert!(text.contains("all 3 nodes see all 2 others up"), "{text}");
+    assert!(text.contains("node 2 hosts: pid"), "{text}");
+    assert!(text.contains("node 3 hosts: pid"), "{text}");
+    assert!(text.contains("== same results;"), "{text}");
+    // Nothing of it is left behind.
+    let status = omx(&["lab", "status", "--name", "demo"]);
+    assert!(!stdout(&status).contains("node 1"), "{}", stdout(&status));
+}

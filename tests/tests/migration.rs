@@ -195,6 +195,8 @@ fn exit_codes_and_deaths_by_signal_reach_the_parent_unchanged() {
 }
 
 #[test]
+// The child is reaped by waitpid, which also sees its stop.
+#[allow(clippy::zombie_processes)]
 fn a_stop_and_a_continue_reach_the_remote_and_the_parent_sees_them() {
     use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
     let lab = lab("mstop", 27);
@@ -432,6 +434,69 @@ fn migrate_refuses_unknown_nodes_and_other_peoples_processes() {
         "{}",
         omx_tests::stderr(&output)
     );
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+#[test]
+fn every_move_reports_its_cost_and_status_shows_who_is_where() {
+    let lab = lab("mwhere", 34);
+    let mut child = lab.spawn(1, &[CPU, "100000000000"], Stdio::null(), Stdio::null());
+    let pid = child.id();
+    std::thread::sleep(Duration::from_millis(300));
+    let affinity = || {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap()
+            .lines()
+            .find(|l| l.starts_with("Cpus_allowed_list:"))
+            .unwrap()
+            .to_string()
+    };
+    let before = affinity();
+    let status = |node: u16| lab.status(node).expect("the daemon answers");
+    let pids = |view: &serde_json::Value, list: &str, field: &str| -> Vec<u64> {
+        view[list]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p[field].as_u64().unwrap())
+            .collect()
+    };
+    for (to, node) in [("2", Some(2u16)), ("3", Some(3)), ("home", None)] {
+        let output = lab.omx(1, &["migrate", "--json", &pid.to_string(), to]);
+        assert!(output.status.success(), "{}", omx_tests::stderr(&output));
+        let moved: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        assert_eq!(moved["node"].as_u64(), node.map(u64::from), "{moved}");
+        // Home to 2, 2 to 3 directly, 3 to home: each says what it cost.
+        let stats = &moved["stats"];
+        let (bytes, frozen, total) = (
+            stats["bytes"].as_u64().unwrap(),
+            stats["frozen_us"].as_u64().unwrap(),
+            stats["total_us"].as_u64().unwrap(),
+        );
+        assert!(bytes > 0 && frozen > 0, "{moved}");
+        assert!(total >= frozen / 2 && total > 0, "{moved}");
+        let home_view = status(1);
+        match node {
+            Some(n) => {
+                assert_eq!(pids(&home_view, "away", "pid"), vec![u64::from(pid)]);
+                assert_eq!(pids(&home_view, "away", "node"), vec![u64::from(n)]);
+                let host = status(n);
+                assert_eq!(pids(&host, "guests", "home_pid"), vec![u64::from(pid)]);
+                assert_eq!(pids(&host, "guests", "home_node"), vec![1]);
+            }
+            None => {
+                assert!(pids(&home_view, "away", "pid").is_empty(), "{home_view}");
+                wait_for(Duration::from_secs(5), "guests to leave", || {
+                    pids(&status(3), "guests", "home_pid").is_empty()
+                        && pids(&status(2), "guests", "home_pid").is_empty()
+                });
+            }
+        }
+    }
+    // The deputy was pinned beside its keeper while away; home, it has
+    // its own affinity back.
+    assert_eq!(affinity(), before);
     child.kill().unwrap();
     child.wait().unwrap();
 }

@@ -17,7 +17,11 @@ fn input() -> PathBuf {
         return path;
     }
     // Tests may make it at the same time: each writes its own copy, then renames.
-    let partial = path.with_extension(format!("partial-{}-{:?}", std::process::id(), std::thread::current().id()));
+    let partial = path.with_extension(format!(
+        "partial-{}-{:?}",
+        std::process::id(),
+        std::thread::current().id()
+    ));
     let mut out = std::io::BufWriter::new(std::fs::File::create(&partial).unwrap());
     let mut written = 0u64;
     let mut x: u64 = 42;
@@ -26,7 +30,11 @@ fn input() -> PathBuf {
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
-        let text = format!("record {line:09} value {} tag {}\n", x % 100_000, ["alpha", "beta", "gamma", "delta"][(x % 4) as usize]);
+        let text = format!(
+            "record {line:09} value {} tag {}\n",
+            x % 100_000,
+            ["alpha", "beta", "gamma", "delta"][(x % 4) as usize]
+        );
         let take = text.len().min((INPUT_BYTES - written) as usize);
         out.write_all(&text.as_bytes()[..take]).unwrap();
         written += take as u64;
@@ -67,9 +75,17 @@ fn same_result(lab: &Lab, command: &[&str], input: &Path, path: &[&str], pause: 
     lab.bounce(1, moved.id(), path, pause);
     assert!(moved.wait().unwrap().success(), "{name} (moved) failed");
     assert!(native.wait().unwrap().success(), "{name} (native) failed");
-    let (a, b) = (std::fs::read(&native_out).unwrap(), std::fs::read(&moved_out).unwrap());
+    let (a, b) = (
+        std::fs::read(&native_out).unwrap(),
+        std::fs::read(&moved_out).unwrap(),
+    );
     assert!(!a.is_empty(), "{name}: no output");
-    assert!(a == b, "{name}: the moved run's output differs ({} vs {} bytes)", a.len(), b.len());
+    assert!(
+        a == b,
+        "{name}: the moved run's output differs ({} vs {} bytes)",
+        a.len(),
+        b.len()
+    );
     let _ = std::fs::remove_file(native_out);
     let _ = std::fs::remove_file(moved_out);
 }
@@ -86,7 +102,9 @@ fn compressors_and_interpreters_moved_three_times_match_native_runs() {
         "use strict; use Digest::MD5 qw(md5_hex);\nmy $x = 1; my $acc = '';\nfor my $i (0 .. 60_000_000) { $x = ($x * 1103515245 + 12345) % 2147483648; $acc = md5_hex($acc . $x) if $i % 50 == 0; }\nprint \"$acc $x\\n\";\n",
     );
     let lab = Lab::up("mreal", 40, 4, &["--cpus", "1"]);
-    wait_for(Duration::from_secs(15), "all nodes up", || lab.all_see_all("up"));
+    wait_for(Duration::from_secs(15), "all nodes up", || {
+        lab.all_see_all("up")
+    });
     let moves = ["2", "3", "4", "home"];
     let pause = Duration::from_millis(1500);
     let jobs: Vec<Vec<String>> = vec![
@@ -112,6 +130,14 @@ fn sha256sum_on_slow_nodes_moved_three_times_matches_a_native_run() {
     let input = input();
     // sha256sum is fast: on nodes of 1/20 CPU it runs long enough to move.
     let lab = Lab::up("msha", 41, 4, &["--cpus", "0.05"]);
-    wait_for(Duration::from_secs(20), "all nodes up", || lab.all_see_all("up"));
-    same_result(&lab, &["sha256sum"], &input, &["2", "3", "4", "home"], Duration::from_millis(1000));
+    wait_for(Duration::from_secs(20), "all nodes up", || {
+        lab.all_see_all("up")
+    });
+    same_result(
+        &lab,
+        &["sha256sum"],
+        &input,
+        &["2", "3", "4", "home"],
+        Duration::from_millis(1000),
+    );
 }

@@ -6,6 +6,7 @@ use std::net::{IpAddr, TcpStream};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
@@ -33,6 +34,8 @@ pub struct HomeKeeperArgs {
     address: IpAddr,
     #[arg(long)]
     port: u16,
+    #[arg(long, default_value_t = 0)]
+    spin_us: u64,
     #[arg(long)]
     daemon_fd: i32,
 }
@@ -61,6 +64,8 @@ pub struct RemoteKeeperArgs {
     guest_gid: u32,
     #[arg(long)]
     guest_root: PathBuf,
+    #[arg(long, default_value_t = 0)]
+    spin_us: u64,
     #[arg(long)]
     daemon_fd: i32,
     #[arg(long)]
@@ -86,6 +91,7 @@ pub fn run_home(args: HomeKeeperArgs) -> anyhow::Result<ExitCode> {
                 address: args.address,
                 port: args.port,
             },
+            spin: Duration::from_micros(args.spin_us),
         },
         daemon,
     );
@@ -107,6 +113,7 @@ pub fn run_remote(args: RemoteKeeperArgs) -> anyhow::Result<ExitCode> {
             guest_uid: args.guest_uid,
             guest_gid: args.guest_gid,
             empty_root: args.guest_root,
+            spin: Duration::from_micros(args.spin_us),
         },
         link,
         daemon,

@@ -20,6 +20,10 @@ pub struct MigrateArgs {
     /// Return at once instead of waiting for the move.
     #[arg(long = "async")]
     pub asynchronous: bool,
+    /// Print the outcome as JSON (`{"pid", "node", "stats"}`; `node` null
+    /// means home).
+    #[arg(long)]
+    pub json: bool,
     #[command(flatten)]
     pub config: ConfigArg,
 }
@@ -40,13 +44,22 @@ pub fn migrate(args: MigrateArgs) -> anyhow::Result<ExitCode> {
     let cost = |stats: Option<MoveStats>| {
         stats.map_or(String::new(), |s| {
             format!(
-                " ({} MiB moved, frozen {:.1} ms)",
+                " ({} MiB moved, frozen {:.1} ms, {:.1} ms in all)",
                 s.bytes >> 20,
-                s.frozen_us as f64 / 1000.0
+                s.frozen_us as f64 / 1000.0,
+                s.total_us as f64 / 1000.0
             )
         })
     };
-    match control_client::request_patiently(&args.config.config, request)? {
+    let reply = control_client::request_patiently(&args.config.config, request)?;
+    if args.json
+        && let ControlReply::Moved { node, stats } = &reply
+    {
+        let outcome = serde_json::json!({ "pid": args.pid, "node": node, "stats": stats });
+        println!("{outcome}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    match reply {
         ControlReply::Moved {
             node: Some(node),
             stats,

@@ -7,7 +7,7 @@
 
 use std::ffi::OsString;
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::bail;
@@ -66,7 +66,7 @@ fn parse_nodes(list: &str) -> anyhow::Result<Vec<u16>> {
         .collect()
 }
 
-pub fn run(args: &[OsString], config: &PathBuf) -> anyhow::Result<ExitCode> {
+pub fn run(args: &[OsString], config: &Path) -> anyhow::Result<ExitCode> {
     let (options, command) = parse(args)?;
     let pid = std::process::id();
     match control_client::request(config, ControlRequest::Register { pid, options }) {

@@ -63,6 +63,22 @@ pub fn render(view: &ClusterView) -> String {
             node.node, node.address, state, figures, age
         );
     }
+    if !view.away.is_empty() {
+        let away: Vec<String> = view
+            .away
+            .iter()
+            .map(|p| format!("{} on node {}", p.pid, p.node))
+            .collect();
+        out += &format!("processes away: {}\n", away.join(", "));
+    }
+    if !view.guests.is_empty() {
+        let guests: Vec<String> = view
+            .guests
+            .iter()
+            .map(|g| format!("{} of node {}", g.home_pid, g.home_node))
+            .collect();
+        out += &format!("guests: {}\n", guests.join(", "));
+    }
     out
 }
 
@@ -84,7 +100,7 @@ fn human_bytes(bytes: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use omx_mfs::wire::{LoadReport, NodeView};
+    use omx_mfs::wire::{AwayProcess, GuestProcess, LoadReport, NodeView};
 
     #[test]
     fn renders_every_node_with_its_state() {
@@ -116,6 +132,11 @@ mod tests {
                     load: None,
                 },
             ],
+            away: vec![AwayProcess { pid: 4242, node: 2 }],
+            guests: vec![GuestProcess {
+                home_node: 2,
+                home_pid: 77,
+            }],
         };
         let text = render(&view);
         assert!(text.contains("node 1's view"), "{text}");
@@ -124,6 +145,8 @@ mod tests {
         assert!(text.contains("42%"), "{text}");
         assert!(text.lines().nth(3).unwrap().contains("DOWN"), "{text}");
         assert!(text.contains("12.3s"), "{text}");
+        assert!(text.contains("away: 4242 on node 2"), "{text}");
+        assert!(text.contains("guests: 77 of node 2"), "{text}");
     }
 
     #[test]

@@ -111,6 +111,10 @@ pub enum LinkMessage {
     },
     /// Home to the remote that moved away: the new remote has taken over.
     Released,
+    /// Remote to home, once the process it sent away (home, or on to
+    /// another node) runs there: what the move cost, measured where the
+    /// process was frozen.
+    MoveDone(MoveStats),
 }
 
 /// A forwarded system call: its number, its arguments (pointers as the
@@ -145,8 +149,12 @@ pub struct MoveStats {
     /// Bytes of pages sent.
     pub bytes: u64,
     /// How long the process ran nowhere (stopped at the source until
-    /// running at the target), in microseconds.
+    /// running at the target), in microseconds, as the source measured it.
     pub frozen_us: u64,
+    /// From the move request reaching the home daemon until the process
+    /// ran at the target, in microseconds. Keepers leave it 0; the home
+    /// daemon, which received the request, fills it in.
+    pub total_us: u64,
 }
 
 /// A daemon's instruction to one of its keepers.

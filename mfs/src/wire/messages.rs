@@ -181,6 +181,25 @@ pub struct ClusterView {
     pub gossip_interval_ms: u32,
     pub down_after_ms: u64,
     pub nodes: Vec<NodeView>,
+    /// Processes of this node that run elsewhere.
+    pub away: Vec<AwayProcess>,
+    /// Processes of other nodes that run here.
+    pub guests: Vec<GuestProcess>,
+}
+
+/// A process of the viewing node that runs on `node`.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct AwayProcess {
+    pub pid: u32,
+    pub node: u16,
+}
+
+/// A process of `home_node` (its pid there: `home_pid`) that runs on the
+/// viewing node.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct GuestProcess {
+    pub home_node: u16,
+    pub home_pid: u32,
 }
 
 /// What the viewing node knows of one node.

@@ -88,31 +88,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> PlainFramed<S> {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::wire::{ControlReply, ControlRequest};
-
-    #[tokio::test]
-    async fn request_and_reply_cross_a_stream() {
-        let (a, b) = tokio::io::duplex(64);
-        let (mut client, mut server) = (PlainFramed::new(a), PlainFramed::new(b));
-        client.send(&ControlRequest::GetMap).await.unwrap();
-        assert_eq!(
-            server.recv::<ControlRequest>().await.unwrap(),
-            Some(ControlRequest::GetMap)
-        );
-        let reply = ControlReply::Map {
-            text: "1 10.0.0.1 2\n".repeat(100),
-        };
-        let (sent, received) = tokio::join!(server.send(&reply), client.recv::<ControlReply>());
-        sent.unwrap();
-        assert_eq!(received.unwrap(), Some(reply));
-        drop(server);
-        assert!(client.recv::<ControlReply>().await.unwrap().is_none());
-    }
-}
-
 /// Frames over a blocking local stream (keepers talking to their daemon).
 pub struct BlockingFramed<S> {
     stream: S,
@@ -180,5 +155,30 @@ impl<S: std::io::Read + std::io::Write> BlockingFramed<S> {
             }
             self.decoder.push(&buf[..n]);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::{ControlReply, ControlRequest};
+
+    #[tokio::test]
+    async fn request_and_reply_cross_a_stream() {
+        let (a, b) = tokio::io::duplex(64);
+        let (mut client, mut server) = (PlainFramed::new(a), PlainFramed::new(b));
+        client.send(&ControlRequest::GetMap).await.unwrap();
+        assert_eq!(
+            server.recv::<ControlRequest>().await.unwrap(),
+            Some(ControlRequest::GetMap)
+        );
+        let reply = ControlReply::Map {
+            text: "1 10.0.0.1 2\n".repeat(100),
+        };
+        let (sent, received) = tokio::join!(server.send(&reply), client.recv::<ControlReply>());
+        sent.unwrap();
+        assert_eq!(received.unwrap(), Some(reply));
+        drop(server);
+        assert!(client.recv::<ControlReply>().await.unwrap().is_none());
     }
 }

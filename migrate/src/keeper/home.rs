@@ -19,6 +19,7 @@ use omx_mfs::wire::link::{
 };
 use tracing::{info, warn};
 
+use super::spin::Spinner;
 use super::{
     DaemonChannel, KeeperError, Link, Waiter, accept_link, name_of, open_link, receive_header,
     receive_image_into, send_image,
@@ -45,6 +46,9 @@ pub struct HomeArgs {
     /// This (home) node.
     pub identity: Identity,
     pub destination: Destination,
+    /// How long to busy-wait for the next forwarded call after answering
+    /// one, before sleeping (see [`super::spin`]).
+    pub spin: std::time::Duration,
 }
 
 /// Whether `pid`'s process group is orphaned: no member has a parent in
@@ -94,12 +98,11 @@ fn orphaned_group(pid: i32) -> bool {
 /// The state letter of /proc/PID/stat.
 fn process_state(pid: i32) -> Option<char> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat[stat.rfind(')')? + 1..].split_whitespace().next()?.chars().next()
-}
-
-/// Codes of system calls interrupted by a signal, to be restarted.
-fn interrupted(ret: i64) -> bool {
-    matches!(ret, -512 | -513 | -514 | -516)
+    stat[stat.rfind(')')? + 1..]
+        .split_whitespace()
+        .next()?
+        .chars()
+        .next()
 }
 
 /// What the deputy is doing.
@@ -156,6 +159,15 @@ struct Home {
     fatal: Option<i32>,
     /// The remote reported its end: the link closing is expected now.
     remote_ended: bool,
+    /// What the remote's move to its successor cost, until the successor
+    /// takes over.
+    move_stats: Option<MoveStats>,
+    /// The deputy's CPU affinity before we pinned it, to give back when
+    /// the process comes home.
+    affinity: Option<nix::sched::CpuSet>,
+    spinner: Spinner,
+    /// A call was just answered: the next may follow at once.
+    answered_call: bool,
 }
 
 /// Runs a home keeper to the end; returns the process's exit code.
@@ -189,7 +201,11 @@ pub fn run(args: HomeArgs, daemon: UnixStream) -> i32 {
                 moves: 1,
                 stats: Some(stats),
             });
+            let affinity = share_a_cpu(pid);
             let mut home = Home {
+                affinity,
+                spinner: Spinner::new(args.spin),
+                answered_call: false,
                 pid,
                 identity: args.identity,
                 injector,
@@ -203,10 +219,28 @@ pub fn run(args: HomeArgs, daemon: UnixStream) -> i32 {
                 mirrored_stop: None,
                 fatal: None,
                 remote_ended: false,
+                move_stats: None,
             };
             home.serve()
         }
     }
+}
+
+/// Pins the keeper and the deputy to the CPU the keeper runs on, so the
+/// deputy's stops and resumes (two per forwarded call) hand over between
+/// two tasks of one CPU instead of waking another CPU each time. Returns
+/// the deputy's own affinity, to give back when it comes home; `None` if
+/// the system does not let us pin (calls are then slower, not wrong).
+fn share_a_cpu(pid: i32) -> Option<nix::sched::CpuSet> {
+    use nix::sched::{CpuSet, sched_getaffinity, sched_getcpu, sched_setaffinity};
+    let deputy = nix::unistd::Pid::from_raw(pid);
+    let original = sched_getaffinity(deputy).ok()?;
+    let cpu = sched_getcpu().ok()?;
+    let mut one = CpuSet::new();
+    one.set(cpu).ok()?;
+    sched_setaffinity(nix::unistd::Pid::from_raw(0), &one).ok()?;
+    sched_setaffinity(deputy, &one).ok()?;
+    Some(original)
 }
 
 /// Stops the process, sends its image and frees its memory; on any
@@ -214,12 +248,14 @@ pub fn run(args: HomeArgs, daemon: UnixStream) -> i32 {
 fn leave(args: &HomeArgs) -> Result<(Injector, Link, Regs, MoveStats), String> {
     let pid = args.pid;
     let frozen = std::time::Instant::now();
+    let mut phases = super::Phases::start();
     if let Some(state) = process_state(pid)
         && matches!(state, 'Z' | 'X')
     {
         return Err("it has ended".into());
     }
-    ptrace::seize(pid, ptrace::OPTION_EXITKILL).map_err(|e| format!("cannot trace process {pid}: {e}"))?;
+    ptrace::seize(pid, ptrace::OPTION_EXITKILL)
+        .map_err(|e| format!("cannot trace process {pid}: {e}"))?;
     let detach = |why: String| {
         let _ = ptrace::detach(pid, 0);
         why
@@ -265,14 +301,13 @@ fn leave(args: &HomeArgs) -> Result<(Injector, Link, Regs, MoveStats), String> {
         Ok(captured) => captured,
         Err(e) => return Err(undo(injector, format!("capturing it failed: {e}"))),
     };
-    let mut phases = super::Phases::start();
     let destination = &args.destination;
     let request = LinkRequest::Immigrate {
         home_node: args.identity.node.get(),
         home_pid: pid as u32,
         session: args.session,
     };
-    phases.mark("capture");
+    phases.mark("stop and capture");
     let mut link = match open_link(
         &args.identity,
         destination.node,
@@ -316,6 +351,7 @@ fn leave(args: &HomeArgs) -> Result<(Injector, Link, Regs, MoveStats), String> {
     let stats = MoveStats {
         bytes: captured.header.page_bytes,
         frozen_us: frozen.elapsed().as_micros() as u64,
+        total_us: 0,
     };
     // The process runs over there now: free its memory here, and let every
     // signal reach us (the remote applies its own mask).
@@ -344,6 +380,13 @@ impl Home {
             return self.lose(format!("the deputy could not wait: {e}"));
         }
         loop {
+            if std::mem::take(&mut self.answered_call)
+                && matches!(self.deputy, Deputy::Idle)
+                && !self.link.has_buffered_message()
+            {
+                // A process that just made a call often makes another.
+                self.spinner.spin(self.link.get_ref().as_fd());
+            }
             let outcome = if !self.remote_ended && self.link.has_buffered_message() {
                 self.on_link_readable()
             } else {
@@ -497,15 +540,18 @@ impl Home {
         }
         match std::mem::replace(&mut self.deputy, Deputy::Idle) {
             Deputy::Calling(staged) => {
-                let regs = ptrace::get_regs(pid)?;
+                let completed = self.injector.completed_result()?;
                 match self.injector.outcome(Stop::Signal(signal))? {
                     Some(Outcome::Returned(ret)) => {
                         // The trap after the call: it is done.
                         let result = marshal::collect(&staged, ret, &self.injector.memory)?;
                         self.send(&LinkMessage::CallResult(result))?;
                         self.start_idle()?;
+                        self.answered_call = true;
                     }
-                    _ if interrupted(regs.rax as i64) => {
+                    _ if completed.is_none() => {
+                        // Interrupted, or stopped before it ran: the remote
+                        // decides whether the signal ends the call.
                         self.send(&LinkMessage::Signal {
                             signal,
                             during_call: true,
@@ -515,8 +561,8 @@ impl Home {
                     _ => {
                         // The call finished and raised a signal (SIGPIPE):
                         // result first, then the signal, as the kernel would.
-                        let result =
-                            marshal::collect(&staged, regs.rax as i64, &self.injector.memory)?;
+                        let ret = completed.unwrap_or_default();
+                        let result = marshal::collect(&staged, ret, &self.injector.memory)?;
                         self.send(&LinkMessage::CallResult(result))?;
                         self.send(&LinkMessage::Signal {
                             signal,
@@ -642,6 +688,9 @@ impl Home {
                 self.daemon.report(&KeeperReport::CannotMove { reason });
             }
             LinkMessage::ComingHome { reason } => return self.come_home(&reason).map(Some),
+            // The remote moved the process on; its successor's link is on
+            // its way to us through the daemon.
+            LinkMessage::MoveDone(stats) => self.move_stats = Some(stats),
             other => {
                 return Err(KeeperError::Protocol(format!(
                     "unexpected {}",
@@ -656,33 +705,48 @@ impl Home {
     /// it had already ended.
     fn abandon_call(&mut self) -> Result<(), KeeperError> {
         match std::mem::replace(&mut self.deputy, Deputy::Idle) {
-            Deputy::Calling(staged) | Deputy::AwaitingVerdict(staged) => {
+            Deputy::Calling(staged) => {
                 ptrace::interrupt(self.pid)?;
                 loop {
                     let stop = ptrace::wait(self.pid)?;
-                    match self.injector.outcome(stop)? {
-                        Some(Outcome::Returned(ret)) => {
-                            let result = marshal::collect(&staged, ret, &self.injector.memory)?;
-                            self.send(&LinkMessage::CallResult(result))?;
-                            break;
-                        }
-                        Some(Outcome::Signal(signal)) => {
-                            self.injector.abandon_interrupted(-(libc::EINTR as i64))?;
-                            self.send(&LinkMessage::CallAbandoned)?;
-                            self.send(&LinkMessage::Signal {
-                                signal,
-                                during_call: false,
-                            })?;
-                            break;
-                        }
-                        None if stop == Stop::Interrupt => {
-                            self.injector.abandon_interrupted(-(libc::EINTR as i64))?;
-                            self.send(&LinkMessage::CallAbandoned)?;
-                            break;
-                        }
-                        None => ptrace::cont(self.pid, 0)?,
+                    let outcome = self.injector.outcome(stop)?;
+                    if let Some(Outcome::Returned(ret)) = outcome {
+                        self.answer(&staged, ret)?;
+                        break;
                     }
+                    let signal = match outcome {
+                        Some(Outcome::Signal(signal)) => Some(signal),
+                        None if stop == Stop::Interrupt => None,
+                        _ => {
+                            ptrace::cont(self.pid, 0)?;
+                            continue;
+                        }
+                    };
+                    // The stop may come after the call did its work but
+                    // before its trap: then its result stands.
+                    match self.injector.completed_result()? {
+                        Some(ret) => self.answer(&staged, ret)?,
+                        None => {
+                            self.injector.abandon_interrupted(-(libc::EINTR as i64))?;
+                            self.send(&LinkMessage::CallAbandoned)?;
+                        }
+                    }
+                    if let Some(signal) = signal {
+                        self.send(&LinkMessage::Signal {
+                            signal,
+                            during_call: false,
+                        })?;
+                    }
+                    break;
                 }
+                self.start_idle()?;
+            }
+            Deputy::AwaitingVerdict(staged) => {
+                // Stopped at the signal that interrupted the call (already
+                // sent to the remote): the call did nothing, end it.
+                drop(staged);
+                self.injector.abandon_interrupted(-(libc::EINTR as i64))?;
+                self.send(&LinkMessage::CallAbandoned)?;
                 self.start_idle()?;
             }
             Deputy::Interrupting(Pending::Call(_)) => {
@@ -694,6 +758,15 @@ impl Home {
                 self.send(&LinkMessage::CallAbandoned)?;
             }
         }
+        Ok(())
+    }
+
+    /// Sends the result of a finished call; the remote acknowledges an
+    /// abandon that crossed it, so an abandon is answered too.
+    fn answer(&mut self, staged: &Staged, ret: i64) -> Result<(), KeeperError> {
+        let result = marshal::collect(staged, ret, &self.injector.memory)?;
+        self.send(&LinkMessage::CallResult(result))?;
+        self.send(&LinkMessage::CallAbandoned)?;
         Ok(())
     }
 
@@ -725,18 +798,25 @@ impl Home {
         let injector = std::mem::replace(&mut self.injector, placeholder);
         restore::set_final_state(injector, &header)?;
         self.send(&LinkMessage::Restored)?;
+        if let Some(affinity) = self.affinity.take() {
+            let _ = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(pid), &affinity);
+        }
         ptrace::detach(pid, 0)?;
         for signal in held {
             let _ = crate::sys::kill_raw(pid, signal);
         }
-        // The remote stopped the process just before it sent the header.
-        let stats = MoveStats {
+        // The remote, which froze the process, knows how long it was
+        // frozen; failing that, we know a lower bound.
+        let received_in = frozen.elapsed().as_micros() as u64;
+        let stats = super::await_move_done(&mut self.link).unwrap_or(MoveStats {
             bytes: header.page_bytes,
-            frozen_us: frozen.elapsed().as_micros() as u64,
-        };
+            frozen_us: received_in,
+            total_us: 0,
+        });
         info!(
-            "process {pid} is home again ({reason}): {} MiB received in {:.1} ms",
+            "process {pid} is home again ({reason}): {} MiB received in {:.1} ms, frozen {:.1} ms",
             stats.bytes >> 20,
+            received_in as f64 / 1000.0,
             stats.frozen_us as f64 / 1000.0
         );
         self.daemon.report(&KeeperReport::Home {
@@ -789,13 +869,17 @@ impl Home {
                 let link = accept_link(TcpStream::from(fd), &self.identity, node)?;
                 let mut old = std::mem::replace(&mut self.link, link);
                 let _ = old.send(&LinkMessage::Released);
+                let stats = self
+                    .move_stats
+                    .take()
+                    .or_else(|| super::await_move_done(&mut old));
                 self.node = node;
                 self.moves += 1;
                 info!("process {} now runs on node {node}", self.pid);
                 self.daemon.report(&KeeperReport::RunsOn {
                     node: node.get(),
                     moves: self.moves,
-                    stats: None,
+                    stats,
                 });
             }
         }

@@ -10,10 +10,11 @@
 
 pub mod home;
 pub mod remote;
+pub mod spin;
 mod waiter;
 
 use std::net::{IpAddr, SocketAddr, TcpStream};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
@@ -22,7 +23,9 @@ use omx_mfs::transport::blocking::{self, BlockingChannel};
 use omx_mfs::transport::{Identity, TransportError};
 use omx_mfs::wire::PeerMessage;
 use omx_mfs::wire::image::ImageHeader;
-use omx_mfs::wire::link::{KeeperCommand, KeeperReport, LinkMessage, LinkReply, LinkRequest};
+use omx_mfs::wire::link::{
+    KeeperCommand, KeeperReport, LinkMessage, LinkReply, LinkRequest, MoveStats,
+};
 use omx_mfs::wire::plain::{BlockingFramed, PlainError};
 
 use crate::capture::{self, Capture};
@@ -117,7 +120,7 @@ impl DaemonChannel {
             return Ok(Some(command));
         }
         let mut buffer = [0u8; 4096];
-        let (read, fds) = receive_with_fds(self.framed.get_ref(), &mut buffer)?;
+        let (read, fds) = crate::sys::receive_with_fds(self.framed.get_ref(), &mut buffer)?;
         if read == 0 {
             return Err(KeeperError::Refused("the daemon closed its channel".into()));
         }
@@ -134,33 +137,6 @@ impl DaemonChannel {
             Some(self.received_fds.remove(0))
         }
     }
-}
-
-fn receive_with_fds(
-    stream: &UnixStream,
-    buffer: &mut [u8],
-) -> std::io::Result<(usize, Vec<OwnedFd>)> {
-    use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
-    let mut control = nix::cmsg_space!([std::os::fd::RawFd; 4]);
-    let mut iov = [std::io::IoSliceMut::new(buffer)];
-    let message = recvmsg::<()>(
-        stream.as_raw_fd(),
-        &mut iov,
-        Some(&mut control),
-        MsgFlags::MSG_CMSG_CLOEXEC,
-    )
-    .map_err(std::io::Error::from)?;
-    let mut fds = Vec::new();
-    for cmsg in message.cmsgs().map_err(std::io::Error::from)? {
-        if let ControlMessageOwned::ScmRights(raw) = cmsg {
-            for fd in raw {
-                // SAFETY: the kernel just installed this descriptor in our
-                // table for us; nothing else owns it.
-                fds.push(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) });
-            }
-        }
-    }
-    Ok((message.bytes, fds))
 }
 
 /// Connects to `node`'s daemon, asks it to hand the connection to a keeper
@@ -236,6 +212,25 @@ pub fn send_image(
 /// Receives the next message, treating a closed link as an error.
 pub fn receive(link: &mut Link) -> Result<LinkMessage, KeeperError> {
     link.recv::<LinkMessage>()?.ok_or(KeeperError::LinkClosed)
+}
+
+/// How long home waits for the cost of a move the remote made.
+const MOVE_DONE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Waits (briefly) for the `MoveDone` a remote sends once the process it
+/// sent on runs at its next place; other messages on that finished link
+/// are ignored. `None` if the remote did not say.
+pub fn await_move_done(link: &mut Link) -> Option<MoveStats> {
+    link.get_ref()
+        .set_read_timeout(Some(MOVE_DONE_TIMEOUT))
+        .ok()?;
+    loop {
+        match receive(link) {
+            Ok(LinkMessage::MoveDone(stats)) => return Some(stats),
+            Ok(_) => {}
+            Err(_) => return None,
+        }
+    }
 }
 
 /// Receives an image's header (the first message of an image).
@@ -362,6 +357,7 @@ pub fn name_of(message: &LinkMessage) -> &'static str {
         LinkMessage::MoveFailed { .. } => "MoveFailed",
         LinkMessage::ComingHome { .. } => "ComingHome",
         LinkMessage::Released => "Released",
+        LinkMessage::MoveDone(_) => "MoveDone",
     }
 }
 

@@ -15,9 +15,10 @@ use std::path::PathBuf;
 use omx_mfs::NodeId;
 use omx_mfs::transport::Identity;
 use omx_mfs::wire::image::ImageHeader;
-use omx_mfs::wire::link::{CallResult, KeeperReport, LinkMessage, LinkRequest};
+use omx_mfs::wire::link::{CallResult, KeeperReport, LinkMessage, LinkRequest, MoveStats};
 use tracing::{info, warn};
 
+use super::spin::Spinner;
 use super::{
     DaemonChannel, KeeperError, Link, Waiter, accept_link, name_of, open_link, receive_header,
     receive_image_into, send_image,
@@ -33,6 +34,14 @@ use crate::syscalls::{
     self,
     marshal::{self, Prepared, Route},
 };
+
+/// A process stopped for a move, with its image captured.
+struct Frozen {
+    injector: Injector,
+    captured: capture::Capture,
+    regs: ptrace::Regs,
+    since: std::time::Instant,
+}
 
 const PR_SET_NO_NEW_PRIVS: u64 = 38;
 const PR_SET_DUMPABLE: u64 = 4;
@@ -51,6 +60,9 @@ pub struct RemoteArgs {
     pub guest_gid: u32,
     /// An empty directory the process is confined to.
     pub empty_root: PathBuf,
+    /// How long to busy-wait for the answer to a forwarded call before
+    /// sleeping (see [`super::spin`]).
+    pub spin: std::time::Duration,
 }
 
 struct Remote {
@@ -65,6 +77,7 @@ struct Remote {
     pending: Option<(u64, Prepared)>,
     /// The terminal stop signal a SIGSTOP stands for (see `deliver`).
     stopped_for: Option<i32>,
+    spinner: Spinner,
 }
 
 /// Runs a remote keeper to the end.
@@ -141,6 +154,7 @@ pub fn run(args: RemoteArgs, link: TcpStream, daemon: UnixStream) -> i32 {
             return 1;
         }
     };
+    let spinner = Spinner::new(args.spin);
     let mut remote = Remote {
         args,
         child,
@@ -151,6 +165,7 @@ pub fn run(args: RemoteArgs, link: TcpStream, daemon: UnixStream) -> i32 {
         waiter,
         pending: None,
         stopped_for: None,
+        spinner,
     };
     remote.serve()
 }
@@ -199,35 +214,42 @@ fn rebuild(
 /// filter's listener.
 fn confine(injector: &Injector, args: &RemoteArgs) -> Result<OwnedFd, KeeperError> {
     let child = injector.pid();
-    let scratch = injector.parasite.scratch;
     std::fs::create_dir_all(&args.empty_root)?;
     let mut root = args.empty_root.as_os_str().as_encoded_bytes().to_vec();
     root.push(0);
-    injector.put(0, &root)?;
-    injector.call_checked("chroot", libc::SYS_chroot, &[scratch])?;
-    injector.put(0, b"/\0")?;
-    injector.call_checked("chdir", libc::SYS_chdir, &[scratch])?;
-    injector.call_checked("setgroups", libc::SYS_setgroups, &[0, 0])?;
+    let mut batch = injector.batch();
+    let root = batch.stage(&root);
+    batch.call("chroot", libc::SYS_chroot, &[root]);
+    let slash = batch.stage(b"/\0");
+    batch.call("chdir", libc::SYS_chdir, &[slash]);
+    batch.call("setgroups", libc::SYS_setgroups, &[0, 0]);
     let (uid, gid) = (u64::from(args.guest_uid), u64::from(args.guest_gid));
-    injector.call_checked("setresgid", libc::SYS_setresgid, &[gid, gid, gid])?;
-    injector.call_checked("setresuid", libc::SYS_setresuid, &[uid, uid, uid])?;
-    injector.call_checked("prctl", libc::SYS_prctl, &[PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0])?;
-    injector.call_checked("prctl", libc::SYS_prctl, &[PR_SET_DUMPABLE, 0, 0, 0, 0])?;
-
+    batch.call("setresgid", libc::SYS_setresgid, &[gid, gid, gid]);
+    batch.call("setresuid", libc::SYS_setresuid, &[uid, uid, uid]);
+    batch.call("prctl", libc::SYS_prctl, &[PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0]);
+    batch.call("prctl", libc::SYS_prctl, &[PR_SET_DUMPABLE, 0, 0, 0, 0]);
     let program = seccomp::notify_filter(&syscalls::local_numbers(), &syscalls::local_conditions());
-    let instructions = injector.put(64, &seccomp::program_bytes(&program))?;
-    injector.put(0, &seccomp::fprog_bytes(program.len(), instructions))?;
-    let fd = injector.call_checked(
+    let instructions = batch.stage(&seccomp::program_bytes(&program));
+    let fprog = batch.stage(&seccomp::fprog_bytes(program.len(), instructions));
+    batch.call(
         "seccomp",
         libc::SYS_seccomp,
         &[
             seccomp::SECCOMP_SET_MODE_FILTER,
             seccomp::SECCOMP_FILTER_FLAG_NEW_LISTENER,
-            scratch,
+            fprog,
         ],
-    )?;
+    );
+    let fd = *injector
+        .run_batch_checked(&batch)?
+        .last()
+        .expect("the batch ran");
     let pidfd = seccomp::pidfd_open(child)?;
     let listener = seccomp::pidfd_getfd(pidfd.as_fd(), fd as i32)?;
+    if let Err(e) = seccomp::set_sync_wakeup(listener.as_fd()) {
+        // Older kernels: calls are slower, not wrong.
+        tracing::debug!("no synchronous seccomp wake-ups: {e}");
+    }
     // The process's own copy of the listener must go; its close is now
     // a filtered call, which we let run.
     let base = ptrace::get_regs(child)?;
@@ -251,6 +273,10 @@ fn confine(injector: &Injector, args: &RemoteArgs) -> Result<OwnedFd, KeeperErro
 impl Remote {
     fn serve(&mut self) -> i32 {
         loop {
+            if self.pending.is_some() && !self.link.has_buffered_message() {
+                // The answer comes soon, most likely.
+                self.spinner.spin(self.link.get_ref().as_fd());
+            }
             let outcome = if self.link.has_buffered_message() {
                 self.on_link()
             } else {
@@ -514,12 +540,13 @@ impl Remote {
 
     /// Stops the process for a move: ends any forwarded call first, then
     /// freezes and captures it.
-    fn freeze(&mut self) -> Result<(Injector, capture::Capture, ptrace::Regs), KeeperError> {
+    fn freeze(&mut self) -> Result<Frozen, KeeperError> {
         let held = self.settle_pending_call()?;
         for signal in held {
             self.deliver(signal, false)?;
         }
         let child = self.child;
+        let since = std::time::Instant::now();
         ptrace::seize(child, 0)?;
         ptrace::interrupt(child)?;
         loop {
@@ -537,7 +564,23 @@ impl Remote {
         let regs = ptrace::get_regs(child)?;
         let mut injector = Injector::bootstrap(child, &[])?;
         let captured = capture::capture(&mut injector, regs)?;
-        Ok((injector, captured, regs))
+        Ok(Frozen {
+            injector,
+            captured,
+            regs,
+            since,
+        })
+    }
+
+    /// Tells home what the move of a [`Frozen`] process cost, now that it
+    /// runs at its next place.
+    fn report_move(&mut self, frozen: &Frozen) -> Result<(), KeeperError> {
+        self.link.send(&LinkMessage::MoveDone(MoveStats {
+            bytes: frozen.captured.header.page_bytes,
+            frozen_us: frozen.since.elapsed().as_micros() as u64,
+            total_us: 0,
+        }))?;
+        Ok(())
     }
 
     /// Undoes [`freeze`](Self::freeze): the process runs on here.
@@ -554,11 +597,11 @@ impl Remote {
             "process {} of node {} goes home: {reason}",
             self.args.home_pid, self.args.home_node
         );
-        let (injector, captured, _) = self.freeze()?;
+        let frozen = self.freeze()?;
         self.link.send(&LinkMessage::ComingHome {
             reason: reason.to_string(),
         })?;
-        send_image(&mut self.link, &captured, &injector)?;
+        send_image(&mut self.link, &frozen.captured, &frozen.injector)?;
         match super::receive(&mut self.link)? {
             LinkMessage::Restored => {}
             other => {
@@ -569,6 +612,9 @@ impl Remote {
             }
         }
         self.kill_child();
+        // Home is waiting for this; a failure to tell it is not worth more
+        // than its log line there.
+        let _ = self.report_move(&frozen);
         Ok(0)
     }
 
@@ -582,7 +628,7 @@ impl Remote {
         let address: IpAddr = address
             .parse()
             .map_err(|_| KeeperError::Protocol(format!("bad address {address}")))?;
-        let (injector, captured, regs) = self.freeze()?;
+        let frozen = self.freeze()?;
         let request = LinkRequest::Immigrate {
             home_node: self.args.home_node.get(),
             home_pid: self.args.home_pid as u32,
@@ -590,7 +636,7 @@ impl Remote {
         };
         let moved = open_link(&self.args.identity, destination, address, port, request).and_then(
             |mut next| {
-                send_image(&mut next, &captured, &injector)?;
+                send_image(&mut next, &frozen.captured, &frozen.injector)?;
                 match super::receive(&mut next)? {
                     LinkMessage::Restored => Ok(()),
                     LinkMessage::RestoreFailed { reason } => Err(KeeperError::Refused(reason)),
@@ -605,6 +651,7 @@ impl Remote {
             Ok(()) => {
                 // The process runs on the next node; ours never runs again.
                 self.kill_child();
+                self.report_move(&frozen)?;
                 info!(
                     "process {} of node {} moved on to node {node}",
                     self.args.home_pid, self.args.home_node
@@ -621,7 +668,7 @@ impl Remote {
                 }
             }
             Err(e) => {
-                self.thaw(injector, regs)?;
+                self.thaw(frozen.injector, frozen.regs)?;
                 self.link.send(&LinkMessage::MoveFailed {
                     reason: format!("node {node} cannot take it: {e}"),
                 })?;

@@ -117,3 +117,33 @@ pub fn inherited_fd(fd: i32) -> std::io::Result<std::os::fd::OwnedFd> {
     // process to own; the caller takes it exactly once.
     Ok(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
 }
+
+/// Receives bytes and any descriptors passed with them (SCM_RIGHTS).
+pub fn receive_with_fds(
+    stream: &std::os::unix::net::UnixStream,
+    buffer: &mut [u8],
+) -> std::io::Result<(usize, Vec<std::os::fd::OwnedFd>)> {
+    use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
+    let mut control = nix::cmsg_space!([std::os::fd::RawFd; 4]);
+    let mut iov = [std::io::IoSliceMut::new(buffer)];
+    let message = recvmsg::<()>(
+        std::os::fd::AsRawFd::as_raw_fd(stream),
+        &mut iov,
+        Some(&mut control),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )
+    .map_err(std::io::Error::from)?;
+    let mut fds = Vec::new();
+    for cmsg in message.cmsgs().map_err(std::io::Error::from)? {
+        if let ControlMessageOwned::ScmRights(raw) = cmsg {
+            for fd in raw {
+                // SAFETY: the kernel just installed this descriptor in our
+                // table for us; nothing else owns it.
+                fds.push(unsafe {
+                    <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd)
+                });
+            }
+        }
+    }
+    Ok((message.bytes, fds))
+}

@@ -65,10 +65,8 @@ impl PageFiller {
             ioctls: 0,
         };
         // SAFETY: UFFDIO_API reads and writes one uffdio_api struct we own.
-        check(
-            unsafe { libc::ioctl(fd.as_raw_fd(), UFFDIO_API, &mut api as *mut Api) }
-                as libc::c_long,
-        )?;
+        let result = unsafe { libc::ioctl(fd.as_raw_fd(), UFFDIO_API, &mut api as *mut Api) };
+        check(result as libc::c_long)?;
         Ok(PageFiller {
             fd,
             registered: Vec::new(),

@@ -134,7 +134,12 @@ async fn handle(
             migrations.location(pid, reason)
         }
         ControlRequest::Register { pid, options } => migrations.register(pid, options, uid),
-        ControlRequest::Status => ControlReply::Status(node.view()),
+        ControlRequest::Status => {
+            let mut view = node.view();
+            view.away = migrations.away();
+            view.guests = migrations.guests();
+            ControlReply::Status(view)
+        }
         ControlRequest::GetMap => ControlReply::Map {
             text: node.map().to_string(),
         },

@@ -6,15 +6,17 @@ use std::collections::HashMap;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use omx_mfs::NodeId;
 use omx_mfs::cluster_map::ClusterMap;
 use omx_mfs::config::NodeConfig;
 use omx_mfs::transport::listener::IncomingLink;
-use omx_mfs::wire::link::{KeeperCommand, KeeperReport, LinkReply, LinkRequest};
+use omx_mfs::wire::link::{KeeperCommand, KeeperReport, LinkReply, LinkRequest, MoveStats};
 use omx_mfs::wire::plain::PlainFramed;
-use omx_mfs::wire::{ControlReply, MigrateTarget, ProcessLocation, RunOptions};
+use omx_mfs::wire::{
+    AwayProcess, ControlReply, GuestProcess, MigrateTarget, ProcessLocation, RunOptions,
+};
 use rand::RngExt;
 use tokio::io::Interest;
 use tokio::net::UnixStream;
@@ -48,6 +50,8 @@ struct Managed {
     moves: u32,
     options: RunOptions,
     last_failure: Option<String>,
+    /// When the move in progress was requested.
+    move_requested: Option<Instant>,
     waiters: Vec<oneshot::Sender<ControlReply>>,
 }
 
@@ -62,8 +66,19 @@ impl Managed {
             moves: 0,
             options: RunOptions::default(),
             last_failure: None,
+            move_requested: None,
             waiters: Vec::new(),
         }
+    }
+
+    /// A keeper's figures for the move that just ended, with its total
+    /// time as seen from the request.
+    fn with_total(&mut self, stats: Option<MoveStats>) -> Option<MoveStats> {
+        let requested = self.move_requested.take();
+        stats.map(|stats| MoveStats {
+            total_us: requested.map_or(0, |at| at.elapsed().as_micros() as u64),
+            ..stats
+        })
     }
 
     fn answer_all(&mut self, reply: ControlReply) {
@@ -105,7 +120,7 @@ fn start_time(pid: u32) -> Option<u64> {
 impl Migrations {
     /// The entry of `pid`, made if missing; an entry left by an earlier
     /// process with the same pid is dropped first.
-    fn entry<'a>(processes: &'a mut HashMap<u32, Managed>, pid: u32) -> &'a mut Managed {
+    fn entry(processes: &mut HashMap<u32, Managed>, pid: u32) -> &mut Managed {
         let started = start_time(pid).unwrap_or(0);
         if processes.get(&pid).is_some_and(|m| m.start_time != started) {
             processes.remove(&pid);
@@ -224,6 +239,7 @@ impl Migrations {
             }
             managed.before_move = managed.location;
             managed.location = Location::Migrating;
+            managed.move_requested = Some(Instant::now());
             if wait {
                 managed.waiters.push(reply_tx);
             }
@@ -268,11 +284,12 @@ impl Migrations {
             migrating,
             moves,
             locked,
-            cannot_move: if locked {
-                Some("it is locked (mosrun -L)".into())
-            } else {
-                cannot_move
-            },
+            // A constraint is the stronger reason: even `migrate` cannot
+            // override it.
+            cannot_move: cannot_move.or_else(|| {
+                locked
+                    .then(|| "it is locked (mosrun -L): only an explicit `migrate` moves it".into())
+            }),
             last_failure,
         })
     }
@@ -334,6 +351,7 @@ impl Migrations {
             format!("--to={to}"),
             format!("--address={address}"),
             format!("--port={}", self.config.port),
+            format!("--spin-us={}", self.config.forward_spin.as_micros()),
             format!("--daemon-fd={}", theirs.as_raw_fd()),
         ];
         let child = self.spawn_keeper(&args, &[theirs.into()])?;
@@ -426,6 +444,7 @@ impl Migrations {
                 managed.location = Location::Away(node);
                 managed.moves = moves;
                 managed.last_failure = None;
+                let stats = managed.with_total(stats);
                 managed.answer_all(ControlReply::Moved {
                     node: Some(node.get()),
                     stats,
@@ -435,6 +454,7 @@ impl Migrations {
                 managed.location = Location::Home;
                 managed.moves = moves;
                 managed.keeper = None;
+                let stats = managed.with_total(stats);
                 managed.answer_all(ControlReply::Moved { node: None, stats });
             }
             KeeperReport::CannotMove { reason } => {
@@ -536,6 +556,7 @@ impl Migrations {
                 format!("--guest-uid={}", me.config.guest_uid),
                 format!("--guest-gid={}", me.config.guest_gid),
                 format!("--guest-root={}", me.config.guest_root.display()),
+                format!("--spin-us={}", me.config.forward_spin.as_micros()),
                 format!("--daemon-fd={}", theirs.as_raw_fd()),
                 format!("--link-fd={}", link.as_raw_fd()),
             ];
@@ -586,13 +607,39 @@ impl Migrations {
         }))
     }
 
-    pub fn guests(&self) -> Vec<Guest> {
-        self.guests
+    /// Processes of other nodes running here, by home node and pid.
+    pub fn guests(&self) -> Vec<GuestProcess> {
+        let mut guests: Vec<GuestProcess> = self
+            .guests
             .lock()
             .expect("guests")
             .values()
-            .cloned()
-            .collect()
+            .map(|g| GuestProcess {
+                home_node: g.home_node.get(),
+                home_pid: g.home_pid,
+            })
+            .collect();
+        guests.sort_by_key(|g| (g.home_node, g.home_pid));
+        guests
+    }
+
+    /// Processes of this node running elsewhere, by pid.
+    pub fn away(&self) -> Vec<AwayProcess> {
+        let mut away: Vec<AwayProcess> = self
+            .processes
+            .lock()
+            .expect("process table")
+            .iter()
+            .filter_map(|(pid, m)| match m.location {
+                Location::Away(node) => Some(AwayProcess {
+                    pid: *pid,
+                    node: node.get(),
+                }),
+                _ => None,
+            })
+            .collect();
+        away.sort_by_key(|p| p.pid);
+        away
     }
 }
 

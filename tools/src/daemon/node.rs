@@ -207,6 +207,8 @@ impl Node {
             gossip_interval_ms: self.config.gossip.interval.as_millis() as u32,
             down_after_ms: gossip.params().down_after,
             nodes,
+            away: Vec::new(),
+            guests: Vec::new(),
         }
     }
 

@@ -74,10 +74,34 @@ pub struct NodeConfig {
     /// How long a keeper busy-waits for the next message of a forwarded
     /// call before sleeping (zero: never).
     pub forward_spin: Duration,
+    pub mfs: MfsConfig,
+}
+
+/// The `[mfs]` section: the cluster file system.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MfsConfig {
+    /// Where `/mfs` is mounted; `None` (`mount = ""`) mounts nothing, but
+    /// this node still serves its files to the others.
+    pub mount: Option<PathBuf>,
+    /// The tree this node exports as `/mfs/<this node>/`.
+    pub export: PathBuf,
+    /// How long an operation waits for an owner that does not answer.
+    pub timeout: Duration,
+    /// Root of other nodes acts as `squash_uid`/`squash_gid` here.
+    pub root_squash: bool,
+    pub squash_uid: u32,
+    pub squash_gid: u32,
+    /// Refuse other nodes' access to this node's files.
+    pub nomfs: bool,
+    /// Threads serving the kernel's requests.
+    pub threads: usize,
 }
 
 /// Long enough to catch a forwarded call's answer on a local network.
 pub const DEFAULT_FORWARD_SPIN_US: u64 = 200;
+
+/// `nobody`: what root of another node is through MFS by default.
+pub const DEFAULT_SQUASH_ID: u32 = 65534;
 
 /// The default guest uid and gid: far above any ordinary account.
 pub const DEFAULT_GUEST_ID: u32 = 2_000_000_000;
@@ -123,6 +147,21 @@ struct RawConfig {
     gossip: RawGossip,
     #[serde(default)]
     load: RawLoad,
+    #[serde(default)]
+    mfs: RawMfs,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawMfs {
+    mount: Option<PathBuf>,
+    export: Option<PathBuf>,
+    timeout_ms: Option<Spanned<u64>>,
+    root_squash: Option<bool>,
+    squash_uid: Option<u32>,
+    squash_gid: Option<u32>,
+    nomfs: Option<bool>,
+    threads: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -298,6 +337,36 @@ impl NodeConfig {
             )?,
         };
 
+        let mfs_timeout_ms = match &raw.mfs.timeout_ms {
+            None => 5000,
+            Some(v) => check(
+                v,
+                (100..=600_000).contains(v.get_ref()),
+                "mfs.timeout_ms must be 100..600000",
+            )?,
+        };
+        let mfs_threads = match &raw.mfs.threads {
+            None => 16,
+            Some(v) => check(
+                v,
+                (1..=256).contains(v.get_ref()),
+                "mfs.threads must be 1..256",
+            )?,
+        };
+        let mfs = MfsConfig {
+            mount: match raw.mfs.mount {
+                Some(p) if p.as_os_str().is_empty() => None,
+                other => Some(resolve(other, "/mfs")),
+            },
+            export: resolve(raw.mfs.export, "/"),
+            timeout: Duration::from_millis(mfs_timeout_ms),
+            root_squash: raw.mfs.root_squash.unwrap_or(true),
+            squash_uid: raw.mfs.squash_uid.unwrap_or(DEFAULT_SQUASH_ID),
+            squash_gid: raw.mfs.squash_gid.unwrap_or(DEFAULT_SQUASH_ID),
+            nomfs: raw.mfs.nomfs.unwrap_or(false),
+            threads: mfs_threads as usize,
+        };
+
         Ok(NodeConfig {
             path: path.to_path_buf(),
             node,
@@ -319,6 +388,7 @@ impl NodeConfig {
             guest_gid: raw.guest_gid.unwrap_or(DEFAULT_GUEST_ID),
             guest_root: resolve(raw.guest_root, "/run/omx/empty"),
             forward_spin: Duration::from_micros(forward_spin_us),
+            mfs,
         })
     }
 
@@ -458,6 +528,28 @@ sample_ms = 100
         assert!(reason.contains("forward_spin_us"), "{reason}");
         assert_eq!(invalid("[load]\nsource = \"cgroup\"").0, 2);
         assert_eq!(invalid("speed = 0").0, 1);
+        let (line, reason) = invalid("[mfs]\nexport = \"/srv\"\ntimeout_ms = 5");
+        assert_eq!(line, 3);
+        assert!(reason.contains("mfs.timeout_ms"), "{reason}");
+        assert_eq!(invalid("[mfs]\nthreads = 0").0, 2);
+        assert_eq!(invalid("[mfs]\nmountpoint = \"/x\"").0, 2);
+    }
+
+    #[test]
+    fn mfs_settings_default_to_a_squashing_mount_at_slash_mfs() {
+        let c = NodeConfig::parse("", Path::new("/etc/omx/omx.toml")).unwrap();
+        assert_eq!(c.mfs.mount, Some(PathBuf::from("/mfs")));
+        assert_eq!(c.mfs.export, PathBuf::from("/"));
+        assert!(c.mfs.root_squash && !c.mfs.nomfs);
+        assert_eq!((c.mfs.squash_uid, c.mfs.squash_gid), (65534, 65534));
+        let c = NodeConfig::parse(
+            "[mfs]\nmount = \"\"\nexport = \"disk\"\nroot_squash = false",
+            Path::new("/lab/node-1/omx.toml"),
+        )
+        .unwrap();
+        assert_eq!(c.mfs.mount, None);
+        assert_eq!(c.mfs.export, PathBuf::from("/lab/node-1/disk"));
+        assert!(!c.mfs.root_squash);
     }
 
     #[test]

@@ -45,6 +45,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         port: omx_mfs::config::DEFAULT_PORT,
         gossip_ms: 1000,
         window: 16,
+        mfs_root_squash: true,
     };
     println!(
         "== bringing up a lab of {} nodes on this machine",

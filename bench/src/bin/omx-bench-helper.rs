@@ -1,7 +1,8 @@
 //! The programs the lab benchmarks run inside nodes: a process holding
 //! memory to migrate, both ends of a plain TCP transfer (the physical
-//! limit a migration is compared with), a timer of forwarded calls, and
-//! CPU- and syscall-bound workloads.
+//! limit a migration is compared with), a timer of forwarded calls,
+//! CPU- and syscall-bound workloads, file system metadata rates, and a
+//! free port finder.
 //!
 //! ```text
 //! omx-bench-helper hold MIB          fill MIB MiB, print "ready", sleep;
@@ -11,10 +12,14 @@
 //! omx-bench-helper calls N           per stdin line: time N getppid and
 //!                                    N 1-byte pipe writes
 //! omx-bench-helper work cpu|syscalls N
+//! omx-bench-helper meta DIR COUNT     create, stat and unlink COUNT files
+//!                                    in a new directory DIR; prints JSON
+//! omx-bench-helper free-port ADDRESS  print a TCP port free on ADDRESS
 //! ```
 
 use std::io::{BufRead, Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -28,13 +33,15 @@ fn main() {
         "tcp-push" => tcp_push(arg(1), number(2)),
         "calls" => calls(number(1) as usize),
         "work" => work(arg(1), number(2)),
+        "meta" => meta(Path::new(arg(1)), number(2)),
+        "free-port" => free_port(arg(1)),
         _ => usage(),
     }
 }
 
 fn usage() -> ! {
     eprintln!(
-        "usage: omx-bench-helper hold MIB | tcp-sink PORT [fresh] | tcp-push ADDRESS:PORT MIB | calls N | work cpu|syscalls N"
+        "usage: omx-bench-helper hold MIB | tcp-sink PORT [fresh] | tcp-push ADDRESS:PORT MIB | calls N | work cpu|syscalls N | meta DIR COUNT | free-port ADDRESS"
     );
     std::process::exit(2)
 }
@@ -207,4 +214,66 @@ fn work(kind: &str, n: u64) {
         }
         _ => usage(),
     }
+}
+
+/// Creates `count` files of 1 KiB in a new directory `dir`, stats them,
+/// then unlinks them (and `dir`); prints the three rates, in files per
+/// second, as JSON. The kernel's caches are dropped before the stat pass
+/// (as root; skipped otherwise), so that it asks the file system rather
+/// than the kernel's dentry and inode caches.
+fn meta(dir: &Path, count: u64) {
+    std::fs::create_dir(dir).unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
+    let files: Vec<PathBuf> = (0..count).map(|i| dir.join(format!("f{i:06}"))).collect();
+    let content = [b'x'; 1024];
+    let per_second = |started: Instant| count as f64 / started.elapsed().as_secs_f64();
+
+    let started = Instant::now();
+    for file in &files {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(file)
+            .and_then(|mut f| f.write_all(&content))
+            .unwrap_or_else(|e| panic!("cannot create {}: {e}", file.display()));
+    }
+    let create = per_second(started);
+
+    nix::unistd::sync();
+    let dropped = std::fs::write("/proc/sys/vm/drop_caches", "3").is_ok();
+    let started = Instant::now();
+    for file in &files {
+        let metadata = std::fs::metadata(file)
+            .unwrap_or_else(|e| panic!("cannot stat {}: {e}", file.display()));
+        assert_eq!(
+            metadata.len(),
+            1024,
+            "{} has the wrong size",
+            file.display()
+        );
+    }
+    let stat = per_second(started);
+
+    let started = Instant::now();
+    for file in &files {
+        std::fs::remove_file(file)
+            .unwrap_or_else(|e| panic!("cannot unlink {}: {e}", file.display()));
+    }
+    let unlink = per_second(started);
+    std::fs::remove_dir(dir).unwrap_or_else(|e| panic!("cannot remove {}: {e}", dir.display()));
+    println!(
+        "{}",
+        serde_json::json!({
+            "create_per_s": create,
+            "stat_per_s": stat,
+            "unlink_per_s": unlink,
+            "caches_dropped": dropped,
+        })
+    );
+}
+
+/// Prints a TCP port that is free on `address` now (the kernel picks it).
+fn free_port(address: &str) {
+    let listener =
+        TcpListener::bind((address, 0)).unwrap_or_else(|e| panic!("cannot bind to {address}: {e}"));
+    println!("{}", listener.local_addr().expect("local address").port());
 }

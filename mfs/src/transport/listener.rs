@@ -47,6 +47,19 @@ pub struct IncomingLink {
     pub channel: SecureChannel<TcpStream>,
 }
 
+/// A connection a peer made for MFS requests (`PeerMessage::OpenFs`).
+pub struct IncomingFs {
+    pub from: NodeId,
+    pub peer: SocketAddr,
+    pub channel: SecureChannel<TcpStream>,
+}
+
+/// What a connection turned into.
+enum Handover {
+    Link(LinkRequest),
+    Fs,
+}
+
 /// What the listener needs to decide who may connect.
 pub struct ListenerSettings {
     pub identity: Identity,
@@ -57,6 +70,8 @@ pub struct ListenerSettings {
     pub idle_timeout: Duration,
     /// Where connections asking for a keeper go.
     pub links: mpsc::Sender<IncomingLink>,
+    /// Where MFS connections go.
+    pub fs: mpsc::Sender<IncomingFs>,
 }
 
 /// Limits on what connecting peers may hold.
@@ -147,16 +162,29 @@ async fn serve_connection(
     };
     debug!("node {node} connected from {peer}");
     channel.limit_frames(MAX_PEER_FRAME);
-    if let Some(request) = receive_messages(node, peer, &mut channel, settings, inbound).await {
-        let link = IncomingLink {
-            from: node,
-            peer,
-            request,
-            channel,
-        };
-        if settings.links.send(link).await.is_err() {
-            warn!("dropping a link request from node {node}: nobody takes links");
+    match receive_messages(node, peer, &mut channel, settings, inbound).await {
+        Some(Handover::Link(request)) => {
+            let link = IncomingLink {
+                from: node,
+                peer,
+                request,
+                channel,
+            };
+            if settings.links.send(link).await.is_err() {
+                warn!("dropping a link request from node {node}: nobody takes links");
+            }
         }
+        Some(Handover::Fs) => {
+            let fs = IncomingFs {
+                from: node,
+                peer,
+                channel,
+            };
+            if settings.fs.send(fs).await.is_err() {
+                warn!("dropping an MFS connection from node {node}: nobody serves MFS");
+            }
+        }
+        None => {}
     }
     let mut per_node = limits.per_node.lock().expect("limits lock");
     if let Some(open) = per_node.get_mut(&node) {
@@ -168,15 +196,15 @@ async fn serve_connection(
 }
 
 /// Hands an authenticated peer's messages to the daemon until the peer
-/// closes, falls silent, misbehaves or leaves the map; or returns the
-/// request of a peer that wants this connection handed to a keeper.
+/// closes, falls silent, misbehaves or leaves the map; or returns what a
+/// peer wants this connection handed to (a keeper, or MFS).
 async fn receive_messages(
     node: NodeId,
     peer: SocketAddr,
     channel: &mut SecureChannel<TcpStream>,
     settings: &ListenerSettings,
     inbound: &mpsc::Sender<Inbound>,
-) -> Option<LinkRequest> {
+) -> Option<Handover> {
     loop {
         match tokio::time::timeout(settings.idle_timeout, channel.recv::<PeerMessage>()).await {
             Err(_) => {
@@ -187,7 +215,8 @@ async fn receive_messages(
                 debug!("node {node} ({peer}) closed its connection");
                 return None;
             }
-            Ok(Ok(Some(PeerMessage::OpenLink(request)))) => return Some(request),
+            Ok(Ok(Some(PeerMessage::OpenLink(request)))) => return Some(Handover::Link(request)),
+            Ok(Ok(Some(PeerMessage::OpenFs))) => return Some(Handover::Fs),
             Ok(Ok(Some(message))) => {
                 if !settings.map.borrow().contains(node) {
                     warn!(

@@ -26,6 +26,9 @@ pub enum PeerMessage {
     /// Hand this connection to a keeper (the first and only message of a
     /// migration link; the daemon answers with a `LinkReply`).
     OpenLink(super::link::LinkRequest),
+    /// Make this connection an MFS connection (requests for files of the
+    /// accepting node; see [`super::fs`]).
+    OpenFs,
 }
 
 /// One gossip step: the sender's own fresh entry and its window. The

@@ -8,6 +8,7 @@
 
 pub mod codec;
 pub mod frame;
+pub mod fs;
 pub mod image;
 pub mod link;
 pub mod messages;

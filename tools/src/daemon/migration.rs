@@ -701,3 +701,28 @@ fn may_signal(caller_uid: Option<u32>, pid: u32) -> Result<(), String> {
         ))
     }
 }
+
+/// MFS's magic links follow this node's processes where they run.
+impl omx_mfs::fs::Whereabouts for Migrations {
+    fn place(&self, pid: u32) -> omx_mfs::fs::Place {
+        let here = match self
+            .processes
+            .lock()
+            .expect("process table")
+            .get(&pid)
+            .map(|m| &m.location)
+        {
+            // A forwarded call of a process away comes from its deputy.
+            Some(Location::Away(node)) => *node,
+            _ => self.me,
+        };
+        omx_mfs::fs::Place {
+            here,
+            home: self.me,
+            // execve needs home: a process execs where it belongs.
+            lastexec: self.me,
+            selected: here,
+            magic: here,
+        }
+    }
+}

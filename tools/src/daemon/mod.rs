@@ -17,6 +17,7 @@ use anyhow::Context;
 use omx_dfsa::load::{CgroupLoad, LoadMeter, LoadProvider, MachineLoad, speed};
 use omx_mfs::cluster_key::ClusterKey;
 use omx_mfs::config::{LoadSource, NodeConfig};
+use omx_mfs::fs::{Exporter, FsClient, Mfs, Squash, mount, server};
 use omx_mfs::transport::Identity;
 use omx_mfs::transport::listener::{self, ListenerSettings};
 use omx_mfs::transport::outbox::Outbox;
@@ -71,13 +72,30 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
         let outbox = Outbox::new(identity.clone(), node.map_receiver(), config.port, MAX_PEER_LINKS);
         let (inbound_tx, inbound_rx) = tokio::sync::mpsc::channel(256);
         let (links_tx, mut links_rx) = tokio::sync::mpsc::channel(64);
+        let (fs_tx, fs_rx) = tokio::sync::mpsc::channel(64);
         let migrations = Arc::new(Migrations::new(me, config.clone(), node.map_receiver())?);
+        let exporter = Arc::new(Exporter::new(&config.mfs.export)?);
+        exporter.set_refuse_remote(config.mfs.nomfs);
+        let squash = Squash {
+            root: config.mfs.root_squash,
+            uid: config.mfs.squash_uid,
+            gid: config.mfs.squash_gid,
+        };
+        tokio::spawn(serve_mfs(fs_rx, exporter.clone(), squash));
+        let client = Arc::new(FsClient::new(
+            identity.clone(),
+            node.map_receiver(),
+            config.port,
+            config.mfs.timeout,
+            tokio::runtime::Handle::current(),
+        ));
         let settings = Arc::new(ListenerSettings {
             identity,
             map: node.map_receiver(),
             check_peer_address: config.check_peer_address,
             idle_timeout: (config.gossip.interval * 30).max(Duration::from_secs(60)),
             links: links_tx,
+            fs: fs_tx,
         });
         info!(
             "node {me} up: listening on {listen_address}:{}, {} nodes in the map, speed {speed}, control socket {}",
@@ -87,6 +105,26 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
         );
 
         tokio::spawn(listener::serve(listener, settings, inbound_tx));
+        let mounted = match &config.mfs.mount {
+            Some(mountpoint) => {
+                let mfs = Mfs::new(
+                    me,
+                    exporter.clone(),
+                    client,
+                    node.map_receiver(),
+                    migrations.clone(),
+                    squash,
+                );
+                let mountpoint = mountpoint.clone();
+                let threads = config.mfs.threads;
+                let mounted =
+                    tokio::task::spawn_blocking(move || mount::mount(mfs, &mountpoint, threads))
+                        .await??;
+                exporter.set_own_mount_dev(mounted.dev());
+                Some(mounted)
+            }
+            None => None,
+        };
         tokio::spawn(node.clone().dispatch_inbound(inbound_rx));
         tokio::spawn(sample_load(node.clone()));
         tokio::spawn(gossip(node.clone(), outbox));
@@ -115,9 +153,26 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
             }
         }
         info!("node {me} stopping");
+        drop(mounted);
         let _ = std::fs::remove_file(&config.control_socket);
         anyhow::Ok(())
     })
+}
+
+/// Serves other nodes' MFS connections.
+async fn serve_mfs(
+    mut connections: tokio::sync::mpsc::Receiver<listener::IncomingFs>,
+    exporter: Arc<Exporter>,
+    squash: Squash,
+) {
+    while let Some(incoming) = connections.recv().await {
+        tokio::spawn(server::serve(
+            incoming.channel,
+            incoming.from,
+            exporter.clone(),
+            squash,
+        ));
+    }
 }
 
 /// Samples the load at the configured rate.

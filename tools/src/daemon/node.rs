@@ -107,7 +107,7 @@ impl Node {
             match message {
                 PeerMessage::Gossip(packet) => self.receive_gossip(from, packet),
                 // The listener hands these over before they get here.
-                PeerMessage::OpenLink(_) => {}
+                PeerMessage::OpenLink(_) | PeerMessage::OpenFs => {}
             }
         }
     }

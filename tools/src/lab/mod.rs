@@ -113,6 +113,10 @@ pub struct UpArgs {
     /// Gossip window.
     #[arg(long, default_value_t = 16)]
     pub window: usize,
+    /// Whether root of one node is squashed to `nobody` on the others'
+    /// files through MFS (`false` to run file system test suites as root).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub mfs_root_squash: bool,
 }
 
 fn parse_lab_name(text: &str) -> Result<String, String> {
@@ -353,6 +357,8 @@ fn build(
         let mount_namespace = mount_namespace::create(&holder, &format!("node-{id}.mnt"), journal)?;
         let node_dir = dir.join(format!("node-{id}"));
         std::fs::create_dir(&node_dir)?;
+        // The node's own disk: what it exports as /mfs/<id>.
+        std::fs::create_dir(node_dir.join("disk"))?;
         let lab_node = LabNode {
             plan: node.clone(),
             netns: network::netns_name(name, id),
@@ -401,14 +407,19 @@ fn node_config(args: &UpArgs, node: &LabNode) -> String {
          \n\
          [load]\n\
          source = \"cgroup\"\n\
-         cgroup_dirs = [{dirs}]\n",
+         cgroup_dirs = [{dirs}]\n\
+         \n\
+         [mfs]\n\
+         export = \"disk\"\n\
+         root_squash = {squash}\n",
         id = node.plan.id,
         lab = args.name.name,
         port = args.port,
         speed = node.plan.speed,
         gossip = args.gossip_ms,
         window = args.window,
-        dirs = dirs.join(", ")
+        dirs = dirs.join(", "),
+        squash = args.mfs_root_squash,
     )
 }
 

@@ -1,0 +1,233 @@
+//! Asking other nodes for file operations: one MFS connection per owner
+//! node, many requests in flight on it, and an answer or a prompt error
+//! for every caller.
+//!
+//! FUSE threads block in [`FsClient::call`]; a task per owner writes the
+//! requests and hands each answer to the thread that waits for it. When
+//! the connection fails every waiting caller gets ENOTCONN at once; an
+//! owner that does not answer in time gets the caller EIO. Open files
+//! live in the owner's connection: after a reconnection, handles from the
+//! old one are refused (EIO) rather than confused with new ones.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, mpsc as sync_mpsc};
+use std::time::Duration;
+
+use nix::errno::Errno;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, warn};
+
+use crate::NodeId;
+use crate::cluster_map::ClusterMap;
+use crate::transport::{Identity, connect};
+use crate::wire::PeerMessage;
+use crate::wire::fs::{Caller, FsOp, FsReply, FsRequest, FsResult, MAX_FS_FRAME};
+
+/// How long a caller waits for an owner that does not answer.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+
+type Waiter = sync_mpsc::SyncSender<FsResult>;
+
+struct Queued {
+    request: FsRequest,
+    waiter: Waiter,
+}
+
+/// One owner's connection (being made, working, or failed).
+struct Peer {
+    queue: mpsc::UnboundedSender<Queued>,
+    failed: Arc<AtomicBool>,
+    /// Names this connection, for the handles opened on it.
+    generation: u64,
+}
+
+/// Connections to the owners of files.
+pub struct FsClient {
+    identity: Identity,
+    map: watch::Receiver<Arc<ClusterMap>>,
+    port: u16,
+    timeout: Duration,
+    runtime: tokio::runtime::Handle,
+    peers: Mutex<HashMap<NodeId, Arc<Peer>>>,
+    next_id: AtomicU64,
+    next_generation: AtomicU64,
+}
+
+/// How long a call may wait.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wait {
+    /// The configured timeout.
+    Bounded,
+    /// As long as the connection lives (a lock the caller sleeps on).
+    WhileConnected,
+}
+
+impl FsClient {
+    pub fn new(
+        identity: Identity,
+        map: watch::Receiver<Arc<ClusterMap>>,
+        port: u16,
+        timeout: Duration,
+        runtime: tokio::runtime::Handle,
+    ) -> FsClient {
+        FsClient {
+            identity,
+            map,
+            port,
+            timeout,
+            runtime,
+            peers: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            next_generation: AtomicU64::new(1),
+        }
+    }
+
+    /// Runs `op` at `node` as `caller`. `generation`, for an operation on
+    /// an open file, is the connection it was opened on. Returns the
+    /// result and the connection's generation.
+    pub fn call(
+        &self,
+        node: NodeId,
+        caller: &Caller,
+        op: FsOp,
+        generation: Option<u64>,
+        wait: Wait,
+    ) -> Result<(FsResult, u64), Errno> {
+        let (tx, rx) = sync_mpsc::sync_channel(1);
+        let request = FsRequest {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            caller: caller.clone(),
+            op,
+        };
+        let mut queued = Queued {
+            request,
+            waiter: tx,
+        };
+        let mut generation_used = 0;
+        // A connection that failed since we last looked is replaced once.
+        for _ in 0..2 {
+            let peer = self.peer(node)?;
+            if generation.is_some_and(|g| g != peer.generation) {
+                return Err(Errno::EIO);
+            }
+            generation_used = peer.generation;
+            match peer.queue.send(queued) {
+                Ok(()) => {
+                    let outcome = match wait {
+                        Wait::Bounded => rx.recv_timeout(self.timeout).map_err(|e| match e {
+                            sync_mpsc::RecvTimeoutError::Timeout => {
+                                debug!("node {node} did not answer within {:?}", self.timeout);
+                                Errno::EIO
+                            }
+                            sync_mpsc::RecvTimeoutError::Disconnected => Errno::ENOTCONN,
+                        }),
+                        Wait::WhileConnected => rx.recv().map_err(|_| Errno::ENOTCONN),
+                    };
+                    return outcome.map(|result| (result, generation_used));
+                }
+                Err(mpsc::error::SendError(back)) => {
+                    peer.failed.store(true, Ordering::Relaxed);
+                    queued = back;
+                }
+            }
+        }
+        let _ = generation_used;
+        Err(Errno::ENOTCONN)
+    }
+
+    /// The live connection to `node`, made if needed.
+    fn peer(&self, node: NodeId) -> Result<Arc<Peer>, Errno> {
+        let mut peers = self.peers.lock().expect("peers lock");
+        if let Some(peer) = peers.get(&node)
+            && !peer.failed.load(Ordering::Relaxed)
+        {
+            return Ok(peer.clone());
+        }
+        let Some(address) = self.map.borrow().address(node) else {
+            return Err(Errno::ENOENT);
+        };
+        let (queue, receiver) = mpsc::unbounded_channel();
+        let failed = Arc::new(AtomicBool::new(false));
+        let peer = Arc::new(Peer {
+            queue,
+            failed: failed.clone(),
+            generation: self.next_generation.fetch_add(1, Ordering::Relaxed),
+        });
+        peers.insert(node, peer.clone());
+        let identity = self.identity.clone();
+        let port = self.port;
+        let timeout = self.timeout;
+        self.runtime.spawn(async move {
+            if let Err(e) = serve_peer(node, address, port, timeout, &identity, receiver).await {
+                warn!("MFS connection to node {node} failed: {e}");
+            }
+            failed.store(true, Ordering::Relaxed);
+        });
+        Ok(peer)
+    }
+}
+
+/// Connects to `node`, then carries requests and answers until the
+/// connection fails. Dropping the queue and the waiters tells every caller.
+async fn serve_peer(
+    node: NodeId,
+    address: std::net::IpAddr,
+    port: u16,
+    timeout: Duration,
+    identity: &Identity,
+    mut queue: mpsc::UnboundedReceiver<Queued>,
+) -> Result<(), String> {
+    let stream = tokio::time::timeout(timeout, TcpStream::connect((address, port)))
+        .await
+        .map_err(|_| format!("no answer from {address}:{port} within {timeout:?}"))?
+        .map_err(|e| format!("cannot connect to {address}:{port}: {e}"))?;
+    let _ = stream.set_nodelay(true);
+    let mut channel = connect(stream, identity, node)
+        .await
+        .map_err(|e| e.to_string())?;
+    channel
+        .send(&PeerMessage::OpenFs)
+        .await
+        .map_err(|e| e.to_string())?;
+    channel.limit_frames(MAX_FS_FRAME);
+    debug!("MFS connection to node {node} open");
+    let (mut reader, mut writer) = channel.split();
+    let waiting: Arc<Mutex<HashMap<u64, Waiter>>> = Arc::new(Mutex::new(HashMap::new()));
+    let answers = waiting.clone();
+    let mut receiving = tokio::spawn(async move {
+        loop {
+            match reader.recv::<FsReply>().await {
+                Ok(Some(reply)) => {
+                    let waiter = answers.lock().expect("waiters lock").remove(&reply.id);
+                    if let Some(waiter) = waiter {
+                        let _ = waiter.try_send(reply.result);
+                    }
+                }
+                Ok(None) => return "the owner closed the connection".to_string(),
+                Err(e) => return e.to_string(),
+            }
+        }
+    });
+    let outcome = loop {
+        tokio::select! {
+            queued = queue.recv() => {
+                let Some(Queued { request, waiter }) = queued else {
+                    break Ok(());
+                };
+                let id = request.id;
+                waiting.lock().expect("waiters lock").insert(id, waiter);
+                if let Err(e) = writer.send(&request).await {
+                    break Err(e.to_string());
+                }
+            }
+            ended = &mut receiving => {
+                break Err(ended.unwrap_or_else(|e| e.to_string()));
+            }
+        }
+    };
+    receiving.abort();
+    waiting.lock().expect("waiters lock").clear();
+    outcome
+}

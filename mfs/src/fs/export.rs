@@ -1,0 +1,673 @@
+//! The owner's side of MFS: file operations on this node's exported tree,
+//! run as the caller, for this node's own mount and for other nodes alike.
+//!
+//! Every object is named by a path relative to the exported root, and
+//! every path is resolved beneath that root without following any
+//! symbolic link (the asking kernel follows links itself, one lookup at a
+//! time), so no request reaches outside the export. Open files are
+//! handles into a table; byte-range locks are open file description locks
+//! on a descriptor of their own per lock owner, so they conflict with the
+//! locks of every other process of the cluster and of this node's native
+//! processes, and closing (flush) releases exactly that owner's locks.
+
+use std::collections::HashMap;
+use std::ffi::{CString, OsStr};
+use std::fs::File;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use nix::errno::Errno;
+use nix::fcntl::{AtFlags, OFlag, OpenHow, ResolveFlag, openat2};
+use nix::sys::stat::{FileStat, Mode, SFlag};
+use nix::sys::time::TimeSpec;
+
+use super::creds::{Credentials, run_as};
+use super::sys;
+use crate::wire::fs::{
+    Attr, DirEntry, FsOp, FsResult, LockSpec, MAX_FS_IO, SetAttrs, SetTime, StatFs,
+};
+
+/// Directory entries sent in one answer.
+pub const DIR_ENTRIES_PER_REPLY: usize = 4096;
+
+/// An open file at the owner.
+struct OpenFile {
+    file: File,
+    /// The access mode it was opened with (for lock descriptors).
+    access: OFlag,
+    /// One descriptor per lock owner holding locks through this file.
+    lock_fds: Mutex<HashMap<u64, Arc<File>>>,
+}
+
+/// This node's exported tree.
+pub struct Exporter {
+    root: OwnedFd,
+    files: Mutex<HashMap<u64, Arc<OpenFile>>>,
+    next_handle: AtomicU64,
+    /// The device of this node's own MFS mount, never exported (it would
+    /// loop back into MFS).
+    own_mount_dev: AtomicU64,
+    /// `nomfs`: refuse other nodes.
+    refuse_remote: AtomicBool,
+}
+
+/// A path from the wire, checked: relative, no empty, `.` or `..`
+/// component, no NUL.
+fn checked(path: &[u8]) -> Result<&[u8], Errno> {
+    if path.is_empty() {
+        return Ok(path);
+    }
+    let valid = path
+        .split(|b| *b == b'/')
+        .all(|c| !c.is_empty() && c != b"." && c != b".." && !c.contains(&0));
+    if valid { Ok(path) } else { Err(Errno::EINVAL) }
+}
+
+/// Splits a checked, non-empty path into its parent and last component.
+fn split(path: &[u8]) -> Result<(&[u8], &[u8]), Errno> {
+    if path.is_empty() {
+        return Err(Errno::EINVAL);
+    }
+    Ok(match path.iter().rposition(|b| *b == b'/') {
+        Some(i) => (&path[..i], &path[i + 1..]),
+        None => (&[][..], path),
+    })
+}
+
+fn os(bytes: &[u8]) -> &OsStr {
+    OsStr::from_bytes(bytes)
+}
+
+fn cstring(bytes: &[u8]) -> Result<CString, Errno> {
+    CString::new(bytes).map_err(|_| Errno::EINVAL)
+}
+
+pub fn attr_of(st: &FileStat) -> Attr {
+    Attr {
+        dev: st.st_dev,
+        ino: st.st_ino,
+        mode: st.st_mode,
+        nlink: st.st_nlink,
+        uid: st.st_uid,
+        gid: st.st_gid,
+        rdev: st.st_rdev,
+        size: st.st_size as u64,
+        blocks: st.st_blocks as u64,
+        blksize: st.st_blksize as u32,
+        atime: (st.st_atime, st.st_atime_nsec as u32),
+        mtime: (st.st_mtime, st.st_mtime_nsec as u32),
+        ctime: (st.st_ctime, st.st_ctime_nsec as u32),
+    }
+}
+
+fn timespec(time: Option<SetTime>) -> TimeSpec {
+    match time {
+        None => TimeSpec::UTIME_OMIT,
+        Some(SetTime::Now) => TimeSpec::UTIME_NOW,
+        Some(SetTime::At(t)) => TimeSpec::new(t.secs, t.nanos as i64),
+    }
+}
+
+fn io_errno(e: std::io::Error) -> Errno {
+    Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))
+}
+
+impl Exporter {
+    /// Exports the tree at `root`.
+    pub fn new(root: &Path) -> Result<Exporter, std::io::Error> {
+        let root = nix::fcntl::open(
+            root,
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| {
+            std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("cannot export {}: {e}", root.display()),
+            )
+        })?;
+        Ok(Exporter {
+            root,
+            files: Mutex::new(HashMap::new()),
+            next_handle: AtomicU64::new(1),
+            own_mount_dev: AtomicU64::new(u64::MAX),
+            refuse_remote: AtomicBool::new(false),
+        })
+    }
+
+    /// Records the device of this node's MFS mount, so that it is never
+    /// exported back into itself.
+    pub fn set_own_mount_dev(&self, dev: u64) {
+        self.own_mount_dev.store(dev, Ordering::Relaxed);
+    }
+
+    /// `nomfs`: whether other nodes are refused.
+    pub fn set_refuse_remote(&self, refuse: bool) {
+        self.refuse_remote.store(refuse, Ordering::Relaxed);
+    }
+
+    pub fn refuses_remote(&self) -> bool {
+        self.refuse_remote.load(Ordering::Relaxed)
+    }
+
+    /// Opens `path` beneath the root, following no symbolic link.
+    fn open_beneath(&self, path: &[u8], flags: OFlag, mode: Mode) -> Result<OwnedFd, Errno> {
+        let path = checked(path)?;
+        let how = OpenHow::new()
+            .flags(flags | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW)
+            .mode(mode)
+            .resolve(
+                ResolveFlag::RESOLVE_BENEATH
+                    | ResolveFlag::RESOLVE_NO_SYMLINKS
+                    | ResolveFlag::RESOLVE_NO_MAGICLINKS,
+            );
+        let target = if path.is_empty() { os(b".") } else { os(path) };
+        openat2(self.root.as_fd(), target, how).map_err(|e| match e {
+            // A symbolic link met on the way: the asker resolves links.
+            Errno::ELOOP if flags.contains(OFlag::O_PATH) => Errno::ELOOP,
+            other => other,
+        })
+    }
+
+    /// An O_PATH descriptor of the object itself.
+    fn object(&self, path: &[u8]) -> Result<OwnedFd, Errno> {
+        self.open_beneath(path, OFlag::O_PATH, Mode::empty())
+    }
+
+    /// The parent directory (O_PATH) and last component of `path`.
+    fn parent<'p>(&self, path: &'p [u8]) -> Result<(OwnedFd, &'p OsStr), Errno> {
+        let (parent, name) = split(checked(path)?)?;
+        let fd = self.open_beneath(parent, OFlag::O_PATH | OFlag::O_DIRECTORY, Mode::empty())?;
+        Ok((fd, os(name)))
+    }
+
+    fn stat_path(&self, path: &[u8]) -> Result<Attr, Errno> {
+        let st = if path.is_empty() {
+            nix::sys::stat::fstat(self.root.as_fd())?
+        } else {
+            let (dir, name) = self.parent(path)?;
+            nix::sys::stat::fstatat(dir.as_fd(), name, AtFlags::AT_SYMLINK_NOFOLLOW)?
+        };
+        if st.st_dev == self.own_mount_dev.load(Ordering::Relaxed) {
+            // This node's own /mfs, seen through its exported root.
+            return Err(Errno::EACCES);
+        }
+        Ok(attr_of(&st))
+    }
+
+    fn file(&self, handle: u64) -> Result<Arc<OpenFile>, Errno> {
+        self.files
+            .lock()
+            .expect("files lock")
+            .get(&handle)
+            .cloned()
+            .ok_or(Errno::EBADF)
+    }
+
+    /// The descriptor of an open file, for passthrough.
+    pub fn handle_fd(&self, handle: u64) -> Result<File, Errno> {
+        self.file(handle)?.file.try_clone().map_err(io_errno)
+    }
+
+    fn add_file(&self, file: File, flags: i32) -> u64 {
+        let handle = self.next_handle.fetch_add(1, Ordering::Relaxed);
+        let access = OFlag::from_bits_truncate(flags & libc::O_ACCMODE);
+        let open = OpenFile {
+            file,
+            access,
+            lock_fds: Mutex::new(HashMap::new()),
+        };
+        self.files
+            .lock()
+            .expect("files lock")
+            .insert(handle, Arc::new(open));
+        handle
+    }
+
+    /// Forgets a handle (the file closes once no operation uses it).
+    pub fn release(&self, handle: u64) {
+        self.files.lock().expect("files lock").remove(&handle);
+    }
+
+    /// Runs `op` as `credentials`.
+    pub fn execute(&self, credentials: &Credentials, op: FsOp) -> FsResult {
+        let result = run_as(credentials, || self.run(op));
+        match result {
+            Ok(result) => result,
+            Err(errno) => FsResult::Errno(errno as i32),
+        }
+    }
+
+    fn run(&self, op: FsOp) -> Result<FsResult, Errno> {
+        Ok(match op {
+            FsOp::Lookup { path } => FsResult::Attr(self.stat_path(&path)?),
+            FsOp::GetAttr { path, handle } => match handle {
+                Some(handle) => FsResult::Attr(attr_of(&nix::sys::stat::fstat(
+                    self.file(handle)?.file.as_fd(),
+                )?)),
+                None => FsResult::Attr(self.stat_path(&path)?),
+            },
+            FsOp::SetAttr {
+                path,
+                handle,
+                attrs,
+            } => FsResult::Attr(self.set_attr(&path, handle, &attrs)?),
+            FsOp::ReadLink { path } => {
+                let (dir, name) = self.parent(&path)?;
+                let target = nix::fcntl::readlinkat(dir.as_fd(), name)?;
+                FsResult::Data(target.as_bytes().to_vec())
+            }
+            FsOp::MkNod { path, mode, rdev } => {
+                let (dir, name) = self.parent(&path)?;
+                let kind = SFlag::from_bits_truncate(mode & libc::S_IFMT);
+                let perm = Mode::from_bits_truncate(mode & 0o7777);
+                nix::sys::stat::mknodat(dir.as_fd(), name, kind, perm, rdev)?;
+                FsResult::Attr(self.stat_path(&path)?)
+            }
+            FsOp::MkDir { path, mode } => {
+                let (dir, name) = self.parent(&path)?;
+                nix::sys::stat::mkdirat(dir.as_fd(), name, Mode::from_bits_truncate(mode))?;
+                FsResult::Attr(self.stat_path(&path)?)
+            }
+            FsOp::Unlink { path } => {
+                let (dir, name) = self.parent(&path)?;
+                nix::unistd::unlinkat(dir.as_fd(), name, nix::unistd::UnlinkatFlags::NoRemoveDir)?;
+                FsResult::Done
+            }
+            FsOp::RmDir { path } => {
+                let (dir, name) = self.parent(&path)?;
+                nix::unistd::unlinkat(dir.as_fd(), name, nix::unistd::UnlinkatFlags::RemoveDir)?;
+                FsResult::Done
+            }
+            FsOp::Symlink { path, target } => {
+                let (dir, name) = self.parent(&path)?;
+                nix::unistd::symlinkat(os(&target), dir.as_fd(), name)?;
+                FsResult::Attr(self.stat_path(&path)?)
+            }
+            FsOp::Rename { from, to, flags } => {
+                let (from_dir, from_name) = self.parent(&from)?;
+                let (to_dir, to_name) = self.parent(&to)?;
+                nix::fcntl::renameat2(
+                    from_dir.as_fd(),
+                    from_name,
+                    to_dir.as_fd(),
+                    to_name,
+                    nix::fcntl::RenameFlags::from_bits_truncate(flags),
+                )?;
+                FsResult::Done
+            }
+            FsOp::Link { from, to } => {
+                let (from_dir, from_name) = self.parent(&from)?;
+                let (to_dir, to_name) = self.parent(&to)?;
+                nix::unistd::linkat(
+                    from_dir.as_fd(),
+                    from_name,
+                    to_dir.as_fd(),
+                    to_name,
+                    AtFlags::empty(),
+                )?;
+                FsResult::Attr(self.stat_path(&to)?)
+            }
+            FsOp::Open { path, flags } => {
+                let oflags = OFlag::from_bits_truncate(
+                    flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY),
+                );
+                let fd = self.open_beneath(&path, oflags, Mode::empty())?;
+                let file = File::from(fd);
+                let attr = attr_of(&nix::sys::stat::fstat(file.as_fd())?);
+                FsResult::Opened {
+                    handle: self.add_file(file, flags),
+                    attr,
+                }
+            }
+            FsOp::Create { path, flags, mode } => {
+                let oflags = OFlag::from_bits_truncate(flags | libc::O_CREAT);
+                let fd = self.open_beneath(&path, oflags, Mode::from_bits_truncate(mode))?;
+                let file = File::from(fd);
+                let attr = attr_of(&nix::sys::stat::fstat(file.as_fd())?);
+                FsResult::Opened {
+                    handle: self.add_file(file, flags),
+                    attr,
+                }
+            }
+            FsOp::Read {
+                handle,
+                offset,
+                size,
+            } => {
+                let open = self.file(handle)?;
+                let mut data = vec![0u8; size.min(MAX_FS_IO) as usize];
+                let mut filled = 0;
+                while filled < data.len() {
+                    match open
+                        .file
+                        .read_at(&mut data[filled..], offset + filled as u64)
+                    {
+                        Ok(0) => break,
+                        Ok(n) => filled += n,
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        Err(e) if filled == 0 => return Err(io_errno(e)),
+                        Err(_) => break,
+                    }
+                }
+                data.truncate(filled);
+                FsResult::Data(data)
+            }
+            FsOp::Write {
+                handle,
+                offset,
+                data,
+            } => {
+                let open = self.file(handle)?;
+                let mut written = 0;
+                while written < data.len() {
+                    match open
+                        .file
+                        .write_at(&data[written..], offset + written as u64)
+                    {
+                        Ok(0) => break,
+                        Ok(n) => written += n,
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        Err(e) if written == 0 => return Err(io_errno(e)),
+                        Err(_) => break,
+                    }
+                }
+                FsResult::Written(written as u32)
+            }
+            FsOp::Flush { handle, lock_owner } => {
+                // close() releases the closing process's locks.
+                if let Ok(open) = self.file(handle) {
+                    open.lock_fds
+                        .lock()
+                        .expect("locks lock")
+                        .remove(&lock_owner);
+                }
+                FsResult::Done
+            }
+            FsOp::Release { handle } => {
+                self.release(handle);
+                FsResult::Done
+            }
+            FsOp::Fsync { handle, datasync } => {
+                let open = self.file(handle)?;
+                if datasync {
+                    nix::unistd::fdatasync(open.file.as_fd())?;
+                } else {
+                    nix::unistd::fsync(open.file.as_fd())?;
+                }
+                FsResult::Done
+            }
+            FsOp::ReadDir { path, start } => FsResult::Entries(self.read_dir(&path, start)?),
+            FsOp::StatFs { path } => {
+                let fd = self.object(&path)?;
+                let st = nix::sys::statvfs::fstatvfs(fd.as_fd())?;
+                FsResult::StatFs(StatFs {
+                    blocks: st.blocks(),
+                    bfree: st.blocks_free(),
+                    bavail: st.blocks_available(),
+                    files: st.files(),
+                    ffree: st.files_free(),
+                    bsize: st.block_size() as u32,
+                    namelen: st.name_max() as u32,
+                    frsize: st.fragment_size() as u32,
+                })
+            }
+            FsOp::SetXattr {
+                path,
+                name,
+                value,
+                flags,
+            } => {
+                let fd = self.object(&path)?;
+                sys::set_xattr(&proc_path(&fd), &cstring(&name)?, &value, flags)
+                    .map_err(io_errno)?;
+                FsResult::Done
+            }
+            FsOp::GetXattr { path, name, size } => {
+                let fd = self.object(&path)?;
+                let mut buf = vec![0u8; size.min(MAX_FS_IO) as usize];
+                let n = sys::get_xattr(&proc_path(&fd), &cstring(&name)?, &mut buf)
+                    .map_err(io_errno)?;
+                if size == 0 {
+                    FsResult::Size(n as u32)
+                } else {
+                    buf.truncate(n);
+                    FsResult::Data(buf)
+                }
+            }
+            FsOp::ListXattr { path, size } => {
+                let fd = self.object(&path)?;
+                let mut buf = vec![0u8; size.min(MAX_FS_IO) as usize];
+                let n = sys::list_xattr(&proc_path(&fd), &mut buf).map_err(io_errno)?;
+                if size == 0 {
+                    FsResult::Size(n as u32)
+                } else {
+                    buf.truncate(n);
+                    FsResult::Data(buf)
+                }
+            }
+            FsOp::RemoveXattr { path, name } => {
+                let fd = self.object(&path)?;
+                sys::remove_xattr(&proc_path(&fd), &cstring(&name)?).map_err(io_errno)?;
+                FsResult::Done
+            }
+            FsOp::Access { path, mask } => {
+                if path.is_empty() {
+                    nix::unistd::faccessat(
+                        self.root.as_fd(),
+                        ".",
+                        nix::unistd::AccessFlags::from_bits_truncate(mask),
+                        AtFlags::AT_EACCESS,
+                    )?;
+                } else {
+                    let (dir, name) = self.parent(&path)?;
+                    nix::unistd::faccessat(
+                        dir.as_fd(),
+                        name,
+                        nix::unistd::AccessFlags::from_bits_truncate(mask),
+                        AtFlags::AT_EACCESS | AtFlags::AT_SYMLINK_NOFOLLOW,
+                    )?;
+                }
+                FsResult::Done
+            }
+            FsOp::Fallocate {
+                handle,
+                offset,
+                length,
+                mode,
+            } => {
+                let open = self.file(handle)?;
+                nix::fcntl::fallocate(
+                    open.file.as_fd(),
+                    nix::fcntl::FallocateFlags::from_bits_truncate(mode),
+                    offset as i64,
+                    length as i64,
+                )?;
+                FsResult::Done
+            }
+            FsOp::Lseek {
+                handle,
+                offset,
+                whence,
+            } => {
+                let open = self.file(handle)?;
+                let whence = match whence {
+                    libc::SEEK_DATA => nix::unistd::Whence::SeekData,
+                    libc::SEEK_HOLE => nix::unistd::Whence::SeekHole,
+                    libc::SEEK_SET => nix::unistd::Whence::SeekSet,
+                    libc::SEEK_END => nix::unistd::Whence::SeekEnd,
+                    _ => return Err(Errno::EINVAL),
+                };
+                let to = nix::unistd::lseek(open.file.as_fd(), offset, whence)?;
+                FsResult::Offset(to as u64)
+            }
+            FsOp::GetLk { handle, lock } => FsResult::Lock(self.get_lock(handle, &lock)?),
+            FsOp::SetLk {
+                handle,
+                lock,
+                sleep,
+                flock: _,
+            } => {
+                self.set_lock(handle, &lock, sleep)?;
+                FsResult::Done
+            }
+        })
+    }
+
+    fn set_attr(&self, path: &[u8], handle: Option<u64>, attrs: &SetAttrs) -> Result<Attr, Errno> {
+        let open = handle.map(|h| self.file(h)).transpose()?;
+        let object = self.object(path)?;
+        if let Some(mode) = attrs.mode {
+            let mode = Mode::from_bits_truncate(mode & 0o7777);
+            match &open {
+                Some(open) => nix::sys::stat::fchmod(open.file.as_fd(), mode)?,
+                None => {
+                    use std::os::unix::fs::PermissionsExt;
+                    let path = proc_path(&object);
+                    let permissions = std::fs::Permissions::from_mode(mode.bits());
+                    std::fs::set_permissions(os(path.as_bytes()), permissions).map_err(io_errno)?
+                }
+            }
+        }
+        if attrs.uid.is_some() || attrs.gid.is_some() {
+            let uid = attrs.uid.map(nix::unistd::Uid::from_raw);
+            let gid = attrs.gid.map(nix::unistd::Gid::from_raw);
+            nix::unistd::fchownat(object.as_fd(), "", uid, gid, AtFlags::AT_EMPTY_PATH)?;
+        }
+        if let Some(size) = attrs.size {
+            match &open {
+                Some(open) if open.access != OFlag::O_RDONLY => {
+                    nix::unistd::ftruncate(open.file.as_fd(), size as i64)?
+                }
+                _ => nix::unistd::truncate(proc_path(&object).as_c_str(), size as i64)?,
+            }
+        }
+        if attrs.atime.is_some() || attrs.mtime.is_some() {
+            let atime = timespec(attrs.atime);
+            let mtime = timespec(attrs.mtime);
+            let (dir, name) = if path.is_empty() {
+                (None, os(b"."))
+            } else {
+                let (dir, name) = self.parent(path)?;
+                (Some(dir), name)
+            };
+            let dir_fd = dir.as_ref().map_or(self.root.as_fd(), |d| d.as_fd());
+            nix::sys::stat::utimensat(
+                dir_fd,
+                name,
+                &atime,
+                &mtime,
+                nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+            )?;
+        }
+        match &open {
+            Some(open) => Ok(attr_of(&nix::sys::stat::fstat(open.file.as_fd())?)),
+            None => self.stat_path(path),
+        }
+    }
+
+    fn read_dir(&self, path: &[u8], start: u32) -> Result<Vec<DirEntry>, Errno> {
+        let fd = self.open_beneath(path, OFlag::O_RDONLY | OFlag::O_DIRECTORY, Mode::empty())?;
+        let mut dir = nix::dir::Dir::from_fd(fd)?;
+        let mut entries = Vec::new();
+        for (index, entry) in dir.iter().enumerate() {
+            if index < start as usize {
+                continue;
+            }
+            if entries.len() == DIR_ENTRIES_PER_REPLY {
+                break;
+            }
+            let entry = entry?;
+            let name = entry.file_name().to_bytes();
+            let kind = match entry.file_type() {
+                Some(nix::dir::Type::Fifo) => libc::DT_FIFO,
+                Some(nix::dir::Type::CharacterDevice) => libc::DT_CHR,
+                Some(nix::dir::Type::Directory) => libc::DT_DIR,
+                Some(nix::dir::Type::BlockDevice) => libc::DT_BLK,
+                Some(nix::dir::Type::File) => libc::DT_REG,
+                Some(nix::dir::Type::Symlink) => libc::DT_LNK,
+                Some(nix::dir::Type::Socket) => libc::DT_SOCK,
+                None => libc::DT_UNKNOWN,
+            };
+            entries.push(DirEntry {
+                name: name.to_vec(),
+                ino: entry.ino(),
+                kind,
+            });
+        }
+        Ok(entries)
+    }
+
+    /// The descriptor that holds `owner`'s locks on `handle`'s file.
+    fn lock_fd(&self, handle: u64, owner: u64) -> Result<Arc<File>, Errno> {
+        let open = self.file(handle)?;
+        let mut fds = open.lock_fds.lock().expect("locks lock");
+        if let Some(fd) = fds.get(&owner) {
+            return Ok(fd.clone());
+        }
+        let reopened = nix::fcntl::open(
+            proc_path(&open.file).as_c_str(),
+            open.access | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )?;
+        let fd = Arc::new(File::from(reopened));
+        fds.insert(owner, fd.clone());
+        Ok(fd)
+    }
+
+    fn get_lock(&self, handle: u64, lock: &LockSpec) -> Result<Option<LockSpec>, Errno> {
+        let fd = self.lock_fd(handle, lock.owner)?;
+        let mut flock = to_flock(lock);
+        nix::fcntl::fcntl(fd.as_fd(), nix::fcntl::FcntlArg::F_OFD_GETLK(&mut flock))?;
+        if flock.l_type as i32 == libc::F_UNLCK {
+            return Ok(None);
+        }
+        Ok(Some(LockSpec {
+            owner: 0,
+            start: flock.l_start as u64,
+            end: if flock.l_len == 0 {
+                u64::MAX
+            } else {
+                (flock.l_start + flock.l_len - 1) as u64
+            },
+            kind: flock.l_type as i32,
+            pid: 0,
+        }))
+    }
+
+    fn set_lock(&self, handle: u64, lock: &LockSpec, sleep: bool) -> Result<(), Errno> {
+        let fd = self.lock_fd(handle, lock.owner)?;
+        let flock = to_flock(lock);
+        let arg = if sleep {
+            nix::fcntl::FcntlArg::F_OFD_SETLKW(&flock)
+        } else {
+            nix::fcntl::FcntlArg::F_OFD_SETLK(&flock)
+        };
+        nix::fcntl::fcntl(fd.as_fd(), arg)?;
+        Ok(())
+    }
+}
+
+fn to_flock(lock: &LockSpec) -> libc::flock {
+    let len = if lock.end == u64::MAX || lock.end >= i64::MAX as u64 {
+        0
+    } else {
+        (lock.end - lock.start + 1) as i64
+    };
+    libc::flock {
+        l_type: lock.kind as i16,
+        l_whence: libc::SEEK_SET as i16,
+        l_start: lock.start as i64,
+        l_len: len,
+        l_pid: 0,
+    }
+}
+
+/// `/proc/self/fd/N`: reaches the very object a descriptor holds.
+fn proc_path(fd: &impl AsRawFd) -> CString {
+    CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd())).expect("no NUL in a number")
+}

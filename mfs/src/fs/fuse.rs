@@ -1,0 +1,1341 @@
+//! The `/mfs` tree the kernel sees: `/mfs/<N>/...` is node N's exported
+//! tree, and `here`, `home`, `magic`, `lastexec`, `selected` are symbolic
+//! links that name a node for the process that reads them.
+//!
+//! Every operation runs at the node that owns the file, as the calling
+//! process: this node's own files through [`Exporter`] in this process
+//! (and opened files are handed to the kernel for passthrough, so their
+//! reads and writes never come here), other nodes' files over an MFS
+//! connection. Nothing is cached: entries and attributes have no time to
+//! live and other nodes' files are opened for direct I/O, so every lookup,
+//! stat, read and write sees the owner's file as it is now, whoever
+//! changed it and however.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fuser::{
+    AccessFlags, BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
+    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr,
+    ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLock, ReplyLseek,
+    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+};
+use tokio::sync::watch;
+use tracing::{debug, info};
+
+use super::client::{FsClient, Wait};
+use super::creds::{Credentials, Squash, groups_of};
+use super::export::Exporter;
+use crate::NodeId;
+use crate::cluster_map::ClusterMap;
+use crate::wire::fs::{
+    Attr, Caller, FsOp, FsResult, LockSpec, MAX_FS_IO, SetAttrs, SetTime, Timespec,
+};
+
+/// Nothing is cached by the kernel (see the module documentation).
+const NO_CACHE: Duration = Duration::ZERO;
+const ROOT: u64 = 1;
+
+/// The magic links, in their inode order (2..).
+const MAGIC: [&str; 5] = ["here", "home", "magic", "lastexec", "selected"];
+
+/// Where a process is, as the magic links need it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Place {
+    /// The node it runs on now.
+    pub here: NodeId,
+    /// Its home node.
+    pub home: NodeId,
+    /// Where its last successful execve ran.
+    pub lastexec: NodeId,
+    /// The node it selected through the control interface.
+    pub selected: NodeId,
+    /// Where its last create through `magic` went.
+    pub magic: NodeId,
+}
+
+/// Tells MFS where this node's processes are (the migration layer knows).
+pub trait Whereabouts: Send + Sync {
+    fn place(&self, pid: u32) -> Place;
+}
+
+/// Whereabouts of a node whose processes never move.
+pub struct Stationary(pub NodeId);
+
+impl Whereabouts for Stationary {
+    fn place(&self, _pid: u32) -> Place {
+        Place {
+            here: self.0,
+            home: self.0,
+            lastexec: self.0,
+            selected: self.0,
+            magic: self.0,
+        }
+    }
+}
+
+/// An inode the kernel holds: a file at a node.
+struct Inode {
+    node: NodeId,
+    /// Relative to the node's exported root ("" is the root).
+    path: Vec<u8>,
+    dev: u64,
+    lookups: u64,
+}
+
+/// An open file.
+enum Open {
+    Here {
+        handle: u64,
+        /// Keeps the kernel's passthrough registration alive while open.
+        _backing: Option<Arc<BackingId>>,
+    },
+    Away {
+        node: NodeId,
+        handle: u64,
+        generation: u64,
+    },
+}
+
+/// A directory's entries (name, inode, type), read at opendir.
+type Listing = Vec<(Vec<u8>, u64, FileType)>;
+
+/// The /mfs file system.
+pub struct Mfs {
+    me: NodeId,
+    exporter: Arc<Exporter>,
+    client: Arc<FsClient>,
+    map: watch::Receiver<Arc<ClusterMap>>,
+    whereabouts: Arc<dyn Whereabouts>,
+    squash: Squash,
+    inodes: Mutex<HashMap<u64, Inode>>,
+    /// Open files by handle, with their inode.
+    opens: Mutex<HashMap<u64, (u64, Open)>>,
+    listings: Mutex<HashMap<u64, Listing>>,
+    backing: Mutex<HashMap<u64, Weak<BackingId>>>,
+    next_handle: AtomicU64,
+    passthrough: AtomicBool,
+}
+
+/// A FUSE inode number for file `ino` of device `dev` at `node`: the same
+/// every time (hard links share it, readdir can give it), and clear of the
+/// fixed inodes.
+fn inode_number(node: NodeId, dev: u64, ino: u64) -> u64 {
+    let mut x = (node.get() as u64) << 48 ^ dev.rotate_left(24) ^ ino;
+    // splitmix64 finaliser.
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^= x >> 31;
+    if x < 16 { x + 16 } else { x }
+}
+
+fn file_type(mode: u32) -> FileType {
+    match mode & libc::S_IFMT {
+        libc::S_IFDIR => FileType::Directory,
+        libc::S_IFLNK => FileType::Symlink,
+        libc::S_IFIFO => FileType::NamedPipe,
+        libc::S_IFSOCK => FileType::Socket,
+        libc::S_IFCHR => FileType::CharDevice,
+        libc::S_IFBLK => FileType::BlockDevice,
+        _ => FileType::RegularFile,
+    }
+}
+
+fn dirent_type(kind: u8) -> FileType {
+    match kind {
+        libc::DT_DIR => FileType::Directory,
+        libc::DT_LNK => FileType::Symlink,
+        libc::DT_FIFO => FileType::NamedPipe,
+        libc::DT_SOCK => FileType::Socket,
+        libc::DT_CHR => FileType::CharDevice,
+        libc::DT_BLK => FileType::BlockDevice,
+        _ => FileType::RegularFile,
+    }
+}
+
+fn system_time((secs, nanos): (i64, u32)) -> SystemTime {
+    if secs >= 0 {
+        UNIX_EPOCH + Duration::new(secs as u64, nanos)
+    } else {
+        UNIX_EPOCH - Duration::from_secs(secs.unsigned_abs()) + Duration::from_nanos(nanos as u64)
+    }
+}
+
+fn file_attr(ino: u64, attr: &Attr) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(ino),
+        size: attr.size,
+        blocks: attr.blocks,
+        atime: system_time(attr.atime),
+        mtime: system_time(attr.mtime),
+        ctime: system_time(attr.ctime),
+        crtime: system_time(attr.ctime),
+        kind: file_type(attr.mode),
+        perm: (attr.mode & 0o7777) as u16,
+        nlink: attr.nlink as u32,
+        uid: attr.uid,
+        gid: attr.gid,
+        rdev: attr.rdev as u32,
+        blksize: attr.blksize,
+        flags: 0,
+    }
+}
+
+fn synthetic_attr(ino: u64, kind: FileType, perm: u16, size: u64) -> FileAttr {
+    let now = SystemTime::now();
+    FileAttr {
+        ino: INodeNo(ino),
+        size,
+        blocks: 0,
+        atime: now,
+        mtime: now,
+        ctime: now,
+        crtime: now,
+        kind,
+        perm,
+        nlink: if kind == FileType::Directory { 2 } else { 1 },
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        blksize: 4096,
+        flags: 0,
+    }
+}
+
+fn set_time(time: Option<TimeOrNow>) -> Option<SetTime> {
+    time.map(|t| match t {
+        TimeOrNow::Now => SetTime::Now,
+        TimeOrNow::SpecificTime(t) => match t.duration_since(UNIX_EPOCH) {
+            Ok(d) => SetTime::At(Timespec {
+                secs: d.as_secs() as i64,
+                nanos: d.subsec_nanos(),
+            }),
+            Err(e) => {
+                let d = e.duration();
+                let (secs, nanos) = if d.subsec_nanos() == 0 {
+                    (-(d.as_secs() as i64), 0)
+                } else {
+                    (-(d.as_secs() as i64) - 1, 1_000_000_000 - d.subsec_nanos())
+                };
+                SetTime::At(Timespec { secs, nanos })
+            }
+        },
+    })
+}
+
+fn child_path(parent: &[u8], name: &OsStr) -> Vec<u8> {
+    let name = name.as_bytes();
+    if parent.is_empty() {
+        name.to_vec()
+    } else {
+        let mut path = Vec::with_capacity(parent.len() + 1 + name.len());
+        path.extend_from_slice(parent);
+        path.push(b'/');
+        path.extend_from_slice(name);
+        path
+    }
+}
+
+fn errno(e: nix::errno::Errno) -> Errno {
+    Errno::from_i32(e as i32)
+}
+
+fn unexpected(result: &FsResult) -> Errno {
+    debug!("unexpected MFS answer {result:?}");
+    Errno::EIO
+}
+
+impl Mfs {
+    pub fn new(
+        me: NodeId,
+        exporter: Arc<Exporter>,
+        client: Arc<FsClient>,
+        map: watch::Receiver<Arc<ClusterMap>>,
+        whereabouts: Arc<dyn Whereabouts>,
+        squash: Squash,
+    ) -> Mfs {
+        Mfs {
+            me,
+            exporter,
+            client,
+            map,
+            whereabouts,
+            squash,
+            inodes: Mutex::new(HashMap::new()),
+            opens: Mutex::new(HashMap::new()),
+            listings: Mutex::new(HashMap::new()),
+            backing: Mutex::new(HashMap::new()),
+            next_handle: AtomicU64::new(1),
+            passthrough: AtomicBool::new(false),
+        }
+    }
+
+    fn caller(req: &Request) -> Caller {
+        Caller {
+            uid: req.uid(),
+            gid: req.gid(),
+            groups: groups_of(req.pid()),
+            pid: req.pid(),
+        }
+    }
+
+    /// Runs `op` at `node` as the requester; `generation` for an open
+    /// file of another node.
+    fn ask(
+        &self,
+        req: &Request,
+        node: NodeId,
+        op: FsOp,
+        generation: Option<u64>,
+        wait: Wait,
+    ) -> Result<(FsResult, u64), Errno> {
+        let caller = Self::caller(req);
+        let (result, generation) = if node == self.me {
+            let credentials = Credentials::of(&caller, false, self.squash);
+            (self.exporter.execute(&credentials, op), 0)
+        } else {
+            self.client
+                .call(node, &caller, op, generation, wait)
+                .map_err(errno)?
+        };
+        match result {
+            FsResult::Errno(e) => Err(Errno::from_i32(e)),
+            other => Ok((other, generation)),
+        }
+    }
+
+    fn run(&self, req: &Request, node: NodeId, op: FsOp) -> Result<FsResult, Errno> {
+        self.ask(req, node, op, None, Wait::Bounded).map(|(r, _)| r)
+    }
+
+    /// The node and path of inode `ino`.
+    fn locate(&self, ino: INodeNo) -> Result<(NodeId, Vec<u8>, u64), Errno> {
+        let inodes = self.inodes.lock().expect("inodes lock");
+        let inode = inodes.get(&ino.0).ok_or(Errno::ENOENT)?;
+        Ok((inode.node, inode.path.clone(), inode.dev))
+    }
+
+    /// Records a lookup of `path` at `node`, giving its inode number.
+    fn remember(&self, node: NodeId, path: Vec<u8>, attr: &Attr) -> u64 {
+        let ino = inode_number(node, attr.dev, attr.ino);
+        let mut inodes = self.inodes.lock().expect("inodes lock");
+        let inode = inodes.entry(ino).or_insert(Inode {
+            node,
+            path: Vec::new(),
+            dev: attr.dev,
+            lookups: 0,
+        });
+        inode.path = path;
+        inode.lookups += 1;
+        ino
+    }
+
+    fn entry(&self, node: NodeId, path: Vec<u8>, attr: &Attr, reply: ReplyEntry) {
+        let ino = self.remember(node, path, attr);
+        reply.entry(&NO_CACHE, &file_attr(ino, attr), Generation(0));
+    }
+
+    fn node_in_map(&self, name: &OsStr) -> Option<NodeId> {
+        let id: u16 = name.to_str()?.parse().ok()?;
+        let node = NodeId::new(id)?;
+        self.map.borrow().contains(node).then_some(node)
+    }
+
+    /// The node a magic link names for process `pid`.
+    fn magic_target(&self, index: usize, pid: u32) -> NodeId {
+        let place = self.whereabouts.place(pid);
+        match MAGIC[index] {
+            "here" => place.here,
+            "home" => place.home,
+            "magic" => place.magic,
+            "lastexec" => place.lastexec,
+            _ => place.selected,
+        }
+    }
+
+    fn magic_index(ino: u64) -> Option<usize> {
+        (2..2 + MAGIC.len() as u64)
+            .contains(&ino)
+            .then(|| (ino - 2) as usize)
+    }
+
+    /// Parent and child of a name operation; both must be a node's files.
+    fn child(&self, parent: INodeNo, name: &OsStr) -> Result<(NodeId, Vec<u8>), Errno> {
+        if parent.0 == ROOT {
+            return Err(Errno::EACCES);
+        }
+        let (node, path, _) = self.locate(parent)?;
+        Ok((node, child_path(&path, name)))
+    }
+
+    fn open_handle(&self, fh: FileHandle) -> Result<(NodeId, u64, Option<u64>), Errno> {
+        let opens = self.opens.lock().expect("opens lock");
+        match &opens.get(&fh.0).ok_or(Errno::EBADF)?.1 {
+            Open::Here { handle, .. } => Ok((self.me, *handle, None)),
+            Open::Away {
+                node,
+                handle,
+                generation,
+            } => Ok((*node, *handle, Some(*generation))),
+        }
+    }
+
+    /// Runs an operation on an open file.
+    fn on_open(
+        &self,
+        req: &Request,
+        fh: FileHandle,
+        op: impl FnOnce(u64) -> FsOp,
+        wait: Wait,
+    ) -> Result<FsResult, Errno> {
+        let (node, handle, generation) = self.open_handle(fh)?;
+        self.ask(req, node, op(handle), generation, wait)
+            .map(|(r, _)| r)
+    }
+
+    fn add_open(&self, ino: u64, open: Open) -> u64 {
+        let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
+        self.opens
+            .lock()
+            .expect("opens lock")
+            .insert(fh, (ino, open));
+        fh
+    }
+
+    /// Some open file of inode `ino`: an unlinked file is reached only
+    /// through one (fstat does not tell which).
+    fn any_open_of(&self, ino: u64) -> Option<FileHandle> {
+        let opens = self.opens.lock().expect("opens lock");
+        opens
+            .iter()
+            .find(|(_, (of, _))| *of == ino)
+            .map(|(fh, _)| FileHandle(*fh))
+    }
+
+    /// The passthrough registration of inode `ino`, made from `handle`'s
+    /// descriptor if there is none: the kernel wants one backing file per
+    /// inode at a time.
+    fn backing_for(
+        &self,
+        ino: u64,
+        handle: u64,
+        register: impl FnOnce(&std::fs::File) -> std::io::Result<BackingId>,
+    ) -> Option<Arc<BackingId>> {
+        if !self.passthrough.load(Ordering::Relaxed) {
+            return None;
+        }
+        let mut backing = self.backing.lock().expect("backing lock");
+        if let Some(existing) = backing.get(&ino).and_then(Weak::upgrade) {
+            return Some(existing);
+        }
+        let file = self.exporter.handle_fd(handle).ok()?;
+        match register(&file) {
+            Ok(id) => {
+                let id = Arc::new(id);
+                backing.insert(ino, Arc::downgrade(&id));
+                Some(id)
+            }
+            Err(e) => {
+                debug!("no passthrough for inode {ino}: {e}");
+                None
+            }
+        }
+    }
+
+    /// After a rename, inodes under the old name live under the new one.
+    fn renamed(&self, node: NodeId, from: &[u8], to: &[u8]) {
+        let mut inodes = self.inodes.lock().expect("inodes lock");
+        for inode in inodes.values_mut() {
+            if inode.node != node {
+                continue;
+            }
+            if inode.path == from {
+                inode.path = to.to_vec();
+            } else if inode.path.starts_with(from) && inode.path.get(from.len()) == Some(&b'/') {
+                let mut path = to.to_vec();
+                path.extend_from_slice(&inode.path[from.len()..]);
+                inode.path = path;
+            }
+        }
+    }
+
+    fn root_listing(&self) -> Listing {
+        let mut entries = vec![
+            (b".".to_vec(), ROOT, FileType::Directory),
+            (b"..".to_vec(), ROOT, FileType::Directory),
+        ];
+        for (i, name) in MAGIC.iter().enumerate() {
+            entries.push((name.as_bytes().to_vec(), 2 + i as u64, FileType::Symlink));
+        }
+        let map = self.map.borrow().clone();
+        for node in map.node_ids() {
+            // The inode number is only known after a lookup; readdir's is
+            // a hint the kernel does not keep.
+            entries.push((
+                node.to_string().into_bytes(),
+                inode_number(node, 0, 0),
+                FileType::Directory,
+            ));
+        }
+        entries
+    }
+}
+
+impl Filesystem for Mfs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let wanted = InitFlags::FUSE_POSIX_LOCKS
+            | InitFlags::FUSE_FLOCK_LOCKS
+            | InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP
+            | InitFlags::FUSE_BIG_WRITES
+            | InitFlags::FUSE_PARALLEL_DIROPS;
+        let _ = config.add_capabilities(wanted & config.capabilities());
+        if config.capabilities().contains(InitFlags::FUSE_PASSTHROUGH)
+            && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+            && config.set_max_stack_depth(1).is_ok()
+        {
+            self.passthrough.store(true, Ordering::Relaxed);
+        }
+        let _ = config.set_max_write(MAX_FS_IO);
+        let _ = config.set_max_readahead(MAX_FS_IO);
+        info!(
+            "MFS mounted: this node's files {}",
+            if self.passthrough.load(Ordering::Relaxed) {
+                "by kernel passthrough"
+            } else {
+                "through the daemon (this kernel has no FUSE passthrough)"
+            }
+        );
+        Ok(())
+    }
+
+    fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        if parent.0 == ROOT {
+            if let Some(i) = MAGIC.iter().position(|m| m.as_bytes() == name.as_bytes()) {
+                let target = self.magic_target(i, req.pid()).to_string();
+                let attr =
+                    synthetic_attr(2 + i as u64, FileType::Symlink, 0o777, target.len() as u64);
+                return reply.entry(&NO_CACHE, &attr, Generation(0));
+            }
+            let Some(node) = self.node_in_map(name) else {
+                return reply.error(Errno::ENOENT);
+            };
+            return match self.run(req, node, FsOp::Lookup { path: Vec::new() }) {
+                Ok(FsResult::Attr(attr)) => self.entry(node, Vec::new(), &attr, reply),
+                Ok(other) => reply.error(unexpected(&other)),
+                Err(e) => reply.error(e),
+            };
+        }
+        let (node, path) = match self.child(parent, name) {
+            Ok(child) => child,
+            Err(e) => return reply.error(e),
+        };
+        match self.run(req, node, FsOp::Lookup { path: path.clone() }) {
+            Ok(FsResult::Attr(attr)) => self.entry(node, path, &attr, reply),
+            Ok(other) => reply.error(unexpected(&other)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        let mut inodes = self.inodes.lock().expect("inodes lock");
+        if let Some(inode) = inodes.get_mut(&ino.0) {
+            inode.lookups = inode.lookups.saturating_sub(nlookup);
+            if inode.lookups == 0 {
+                inodes.remove(&ino.0);
+            }
+        }
+    }
+
+    fn getattr(&self, req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        if ino.0 == ROOT {
+            return reply.attr(
+                &NO_CACHE,
+                &synthetic_attr(ROOT, FileType::Directory, 0o555, 0),
+            );
+        }
+        if let Some(i) = Self::magic_index(ino.0) {
+            let target = self.magic_target(i, req.pid()).to_string();
+            let attr = synthetic_attr(ino.0, FileType::Symlink, 0o777, target.len() as u64);
+            return reply.attr(&NO_CACHE, &attr);
+        }
+        let fh = fh.or_else(|| {
+            // fstat of a file that may be unlinked: ask through an open
+            // file when there is one (it is the same file either way).
+            self.any_open_of(ino.0)
+        });
+        let result = match fh.and_then(|fh| self.open_handle(fh).ok()) {
+            Some((node, handle, generation)) => self
+                .ask(
+                    req,
+                    node,
+                    FsOp::GetAttr {
+                        path: Vec::new(),
+                        handle: Some(handle),
+                    },
+                    generation,
+                    Wait::Bounded,
+                )
+                .map(|(r, _)| r),
+            None => self.locate(ino).and_then(|(node, path, _)| {
+                self.run(req, node, FsOp::GetAttr { path, handle: None })
+            }),
+        };
+        match result {
+            Ok(FsResult::Attr(attr)) => reply.attr(&NO_CACHE, &file_attr(ino.0, &attr)),
+            Ok(other) => reply.error(unexpected(&other)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn setattr(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let (node, path, _) = match self.locate(ino) {
+            Ok(found) => found,
+            Err(e) => return reply.error(e),
+        };
+        let attrs = SetAttrs {
+            mode,
+            uid,
+            gid,
+            size,
+            atime: set_time(atime),
+            mtime: set_time(mtime),
+        };
+        let open = fh.and_then(|fh| self.open_handle(fh).ok());
+        let (handle, generation) = match open {
+            Some((open_node, handle, generation)) if open_node == node => {
+                (Some(handle), generation)
+            }
+            _ => (None, None),
+        };
+        let op = FsOp::SetAttr {
+            path,
+            handle,
+            attrs,
+        };
+        match self.ask(req, node, op, generation, Wait::Bounded) {
+            Ok((FsResult::Attr(attr), _)) => reply.attr(&NO_CACHE, &file_attr(ino.0, &attr)),
+            Ok((other, _)) => reply.error(unexpected(&other)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn readlink(&self, req: &Request, ino: INodeNo, reply: ReplyData) {
+        if let Some(i) = Self::magic_index(ino.0) {
+            return reply.data(self.magic_target(i, req.pid()).to_string().as_bytes());
+        }
+        let result = self
+            .locate(ino)
+            .and_then(|(node, path, _)| self.run(req, node, FsOp::ReadLink { path }));
+        match result {
+            Ok(FsResult::Data(target)) => reply.data(&target),
+            Ok(other) => reply.error(unexpected(&other)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        let (node, path) = match self.child(parent, name) {
+            Ok(child) => child,
+            Err(e) => return reply.error(e),
+        };
+        let op = FsOp::MkNod {
+            path: path.clone(),
+            mode,
+            rdev: rdev as u64,
+        };
+        match self.run(req, node, op) {
+            Ok(FsResult::Attr(attr)) => self.entry(node, path, &attr, reply),
+            Ok(other) => reply.error(unexpected(&other)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let (node, path) = match self.child(parent, name) {
+            Ok(child) => child,
+            Err(e) => return reply.error(e),
+        };
+        let op = FsOp::MkDir {
+            path: path.clone(),
+            mode,
+        };
+        match self.run(req, node, op) {
+            Ok(FsResult::Attr(attr)) => self.entry(node, path, &attr, reply),
+            Ok(other) => reply.error(unexpected(&other)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let result = self
+            .child(parent, name)
+            .and_then(|(node, path)| self.run(req, node, FsOp::Unlink { path }));
+        match result {
+            Ok(_) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let result = self
+            .child(parent, name)
+            .and_then(|(node, path)| self.run(req, node, FsOp::RmDir { path }));
+        match result {
+            Ok(_) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        let (node, path) = match self.child(parent, link_name) {
+            Ok(child) => child,
+            Err(e) => return reply.error(e),
+        };
+        let op = FsOp::Symlink {
+            path: path.clone(),
+            target: target.as_os_str().as_bytes().to_vec(),
+        };
+        match self.run(req, node, op) {
+            Ok(FsResult::Attr(attr)) => self.entry(node, path, &attr, reply),
+            Ok(other) => reply.error(unexpected(&other)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn rename(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let from = self.child(parent, name);
+        let to = self.child(newparent, newname);
+        let ((node, from), (to_node, to)) = match (from, to) {
+            (Ok(from), Ok(to)) => (from, to),
+            (Err(e), _) | (_, Err(e)) => return reply.error(e),
+        };
+        if node != to_node {
+            return reply.error(Errno::EXDEV);
+        }
+        let op = FsOp::Rename {
+            from: from.clone(),
+            to: to.clone(),
+            flags: flags.bits(),
+        };
+        match self.run(req, node, op) {
+            Ok(_) => {
+                self.renamed(node, &from, &to);
+                reply.ok()
+            }
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn link(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        let (node, from, _) = match self.locate(ino) {
+            Ok(found) => found,
+            Err(e) => return reply.error(e),
+        };
+        let (to_node, to) = match self.child(newparent, newname) {
+            Ok(child) => child,
+            Err(e) => return reply.error(e),
+        };
+        if node != to_node {
+            return reply.error(Errno::EXDEV);
+        }
+        match self.run(
+            req,
+            node,
+            FsOp::Link {
+                from,
+                to: to.clone(),
+            },
+        ) {
+            Ok(FsResult::Attr(attr)) => self.entry(node, to, &attr, reply),
+            Ok(other) => reply.error(unexpected(&other)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let (node, path, _) = match self.locate(ino) {
+            Ok(found) => found,
+            Err(e) => return reply.error(e),
+        };
+        let op = FsOp::Open {
+            path,
+            flags: flags.0,
+        };
+        let (handle, generation) = match self.ask(req, node, op, None, Wait::Bounded) {
+            Ok((FsResult::Opened { handle, .. }, generation)) => (handle, generation),
+            Ok((other, _)) => return reply.error(unexpected(&other)),
+            Err(e) => return reply.error(e),
+        };
+        let ino_of_open = ino.0;
+        if node != self.me {
+            let fh = self.add_open(
+                ino_of_open,
+                Open::Away {
+                    node,
+                    handle,
+                    generation,
+                },
+            );
+            return reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO);
+        }
+        let backing = self.backing_for(ino.0, handle, |file| reply.open_backing(file));
+        let fh = self.add_open(
+            ino_of_open,
+            Open::Here {
+                handle,
+                _backing: backing.clone(),
+            },
+        );
+        match backing {
+            Some(id) => reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id),
+            None => reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO),
+        }
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let (node, path) = match self.child(parent, name) {
+            Ok(child) => child,
+            Err(e) => return reply.error(e),
+        };
+        let op = FsOp::Create {
+            path: path.clone(),
+            flags,
+            mode,
+        };
+        let (handle, attr, generation) = match self.ask(req, node, op, None, Wait::Bounded) {
+            Ok((FsResult::Opened { handle, attr }, generation)) => (handle, attr, generation),
+            Ok((other, _)) => return reply.error(unexpected(&other)),
+            Err(e) => return reply.error(e),
+        };
+        let ino = self.remember(node, path, &attr);
+        let attr = file_attr(ino, &attr);
+        let ino_of_open = ino;
+        if node != self.me {
+            let fh = self.add_open(
+                ino_of_open,
+                Open::Away {
+                    node,
+                    handle,
+                    generation,
+                },
+            );
+            return reply.created(
+                &NO_CACHE,
+                &attr,
+                Generation(0),
+                FileHandle(fh),
+                FopenFlags::FOPEN_DIRECT_IO,
+            );
+        }
+        let backing = self.backing_for(ino, handle, |file| reply.open_backing(file));
+        let fh = self.add_open(
+            ino_of_open,
+            Open::Here {
+                handle,
+                _backing: backing.clone(),
+            },
+        );
+        match backing {
+            Some(id) => reply.created_passthrough(
+                &NO_CACHE,
+                &attr,
+                Generation(0),
+                FileHandle(fh),
+                FopenFlags::empty(),
+                &id,
+            ),
+            None => reply.created(
+                &NO_CACHE,
+                &attr,
+                Generation(0),
+                FileHandle(fh),
+                FopenFlags::FOPEN_DIRECT_IO,
+            ),
+        }
+    }
+
+    fn read(
+        &self,
+        req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let op = |handle| FsOp::Read {
+            handle,
+            offset,
+            size,
+        };
+        match self.on_open(req, fh, op, Wait::Bounded) {
+            Ok(FsResult::Data(data)) => reply.data(&data),
+            Ok(other) => reply.error(unexpected(&other)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn write(
+        &self,
+        req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        let op = |handle| FsOp::Write {
+            handle,
+            offset,
+            data: data.to_vec(),
+        };
+        match self.on_open(req, fh, op, Wait::Bounded) {
+            Ok(FsResult::Written(n)) => reply.written(n),
+            Ok(other) => reply.error(unexpected(&other)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn flush(
+        &self,
+        req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        let op = |handle| FsOp::Flush {
+            handle,
+            lock_owner: lock_owner.0,
+        };
+        match self.on_open(req, fh, op, Wait::Bounded) {
+            Ok(_) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn release(
+        &self,
+        req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        let result = self.on_open(req, fh, |handle| FsOp::Release { handle }, Wait::Bounded);
+        self.opens.lock().expect("opens lock").remove(&fh.0);
+        match result {
+            // The owner forgot the file with its connection.
+            Ok(_) | Err(_) => reply.ok(),
+        }
+    }
+
+    fn fsync(
+        &self,
+        req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        let op = |handle| FsOp::Fsync { handle, datasync };
+        match self.on_open(req, fh, op, Wait::Bounded) {
+            Ok(_) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let listing = if ino.0 == ROOT {
+            self.root_listing()
+        } else {
+            let (node, path, dev) = match self.locate(ino) {
+                Ok(found) => found,
+                Err(e) => return reply.error(e),
+            };
+            let mut listing = Vec::new();
+            loop {
+                let op = FsOp::ReadDir {
+                    path: path.clone(),
+                    start: listing.len() as u32,
+                };
+                let entries = match self.run(req, node, op) {
+                    Ok(FsResult::Entries(entries)) => entries,
+                    Ok(other) => return reply.error(unexpected(&other)),
+                    Err(e) => return reply.error(e),
+                };
+                let done = entries.len() < super::export::DIR_ENTRIES_PER_REPLY;
+                for entry in entries {
+                    let ino = match entry.name.as_slice() {
+                        b"." | b".." => ino.0,
+                        _ => inode_number(node, dev, entry.ino),
+                    };
+                    listing.push((entry.name, ino, dirent_type(entry.kind)));
+                }
+                if done {
+                    break;
+                }
+            }
+            listing
+        };
+        let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
+        self.listings
+            .lock()
+            .expect("listings lock")
+            .insert(fh, listing);
+        reply.opened(FileHandle(fh), FopenFlags::empty());
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let listings = self.listings.lock().expect("listings lock");
+        let Some(listing) = listings.get(&fh.0) else {
+            return reply.error(Errno::EBADF);
+        };
+        for (i, (name, ino, kind)) in listing.iter().enumerate().skip(offset as usize) {
+            if reply.add(INodeNo(*ino), i as u64 + 1, *kind, OsStr::from_bytes(name)) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.listings.lock().expect("listings lock").remove(&fh.0);
+        reply.ok();
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        // Directory changes are made by the owner's system calls, which its
+        // own file system orders; there is nothing held here to write.
+        reply.ok();
+    }
+
+    fn statfs(&self, req: &Request, ino: INodeNo, reply: ReplyStatfs) {
+        let (node, path) = match self.locate(ino) {
+            Ok((node, path, _)) => (node, path),
+            Err(_) => (self.me, Vec::new()),
+        };
+        match self.run(req, node, FsOp::StatFs { path }) {
+            Ok(FsResult::StatFs(s)) => reply.statfs(
+                s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.frsize,
+            ),
+            Ok(other) => reply.error(unexpected(&other)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn setxattr(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        let result = self.locate(ino).and_then(|(node, path, _)| {
+            let op = FsOp::SetXattr {
+                path,
+                name: name.as_bytes().to_vec(),
+                value: value.to_vec(),
+                flags,
+            };
+            self.run(req, node, op)
+        });
+        match result {
+            Ok(_) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        if ino.0 == ROOT || Self::magic_index(ino.0).is_some() {
+            return reply.error(Errno::ENODATA);
+        }
+        let result = self.locate(ino).and_then(|(node, path, _)| {
+            let op = FsOp::GetXattr {
+                path,
+                name: name.as_bytes().to_vec(),
+                size,
+            };
+            self.run(req, node, op)
+        });
+        match result {
+            Ok(FsResult::Size(n)) => reply.size(n),
+            Ok(FsResult::Data(data)) => reply.data(&data),
+            Ok(other) => reply.error(unexpected(&other)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        if ino.0 == ROOT || Self::magic_index(ino.0).is_some() {
+            return if size == 0 {
+                reply.size(0)
+            } else {
+                reply.data(&[])
+            };
+        }
+        let result = self
+            .locate(ino)
+            .and_then(|(node, path, _)| self.run(req, node, FsOp::ListXattr { path, size }));
+        match result {
+            Ok(FsResult::Size(n)) => reply.size(n),
+            Ok(FsResult::Data(data)) => reply.data(&data),
+            Ok(other) => reply.error(unexpected(&other)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let result = self.locate(ino).and_then(|(node, path, _)| {
+            let op = FsOp::RemoveXattr {
+                path,
+                name: name.as_bytes().to_vec(),
+            };
+            self.run(req, node, op)
+        });
+        match result {
+            Ok(_) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        if ino.0 == ROOT || Self::magic_index(ino.0).is_some() {
+            return if mask.contains(AccessFlags::W_OK) {
+                reply.error(Errno::EACCES)
+            } else {
+                reply.ok()
+            };
+        }
+        let result = self.locate(ino).and_then(|(node, path, _)| {
+            self.run(
+                req,
+                node,
+                FsOp::Access {
+                    path,
+                    mask: mask.bits(),
+                },
+            )
+        });
+        match result {
+            Ok(_) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn getlk(
+        &self,
+        req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        pid: u32,
+        reply: ReplyLock,
+    ) {
+        let lock = LockSpec {
+            owner: lock_owner.0,
+            start,
+            end,
+            kind: typ,
+            pid,
+        };
+        match self.on_open(
+            req,
+            fh,
+            |handle| FsOp::GetLk { handle, lock },
+            Wait::Bounded,
+        ) {
+            Ok(FsResult::Lock(Some(held))) => {
+                reply.locked(held.start, held.end, held.kind, held.pid)
+            }
+            Ok(FsResult::Lock(None)) => reply.locked(0, 0, libc::F_UNLCK, 0),
+            Ok(other) => reply.error(unexpected(&other)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn setlk(
+        &self,
+        req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        pid: u32,
+        sleep: bool,
+        reply: ReplyEmpty,
+    ) {
+        let lock = LockSpec {
+            owner: lock_owner.0,
+            start,
+            end,
+            kind: typ,
+            pid,
+        };
+        let op = |handle| FsOp::SetLk {
+            handle,
+            lock,
+            sleep,
+            flock: false,
+        };
+        let wait = if sleep {
+            Wait::WhileConnected
+        } else {
+            Wait::Bounded
+        };
+        match self.on_open(req, fh, op, wait) {
+            Ok(_) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn fallocate(
+        &self,
+        req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        let op = |handle| FsOp::Fallocate {
+            handle,
+            offset,
+            length,
+            mode,
+        };
+        match self.on_open(req, fh, op, Wait::Bounded) {
+            Ok(_) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn lseek(
+        &self,
+        req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: i64,
+        whence: i32,
+        reply: ReplyLseek,
+    ) {
+        let op = |handle| FsOp::Lseek {
+            handle,
+            offset,
+            whence,
+        };
+        match self.on_open(req, fh, op, Wait::Bounded) {
+            Ok(FsResult::Offset(to)) => reply.offset(to as i64),
+            Ok(other) => reply.error(unexpected(&other)),
+            Err(e) => reply.error(e),
+        }
+    }
+}

@@ -1,0 +1,25 @@
+//! MFS, the cluster file system: every node mounts `/mfs`, where
+//! `/mfs/<N>/` is node N's exported tree, the same for every process on
+//! every node at every moment.
+//!
+//! - [`export`]: the owner's side, operations on this node's files run as
+//!   the caller ([`creds`]).
+//! - [`server`]: serves other nodes' MFS connections with it.
+//! - [`client`]: asks other nodes.
+//! - [`fuse`]: the tree the kernel sees, dispatching each operation to the
+//!   owner; [`mount`] puts it at `/mfs`.
+
+pub mod client;
+pub mod creds;
+pub mod export;
+pub mod fuse;
+pub mod mount;
+pub mod server;
+#[allow(unsafe_code)]
+mod sys;
+
+pub use client::FsClient;
+pub use creds::Squash;
+pub use export::Exporter;
+pub use fuse::{Mfs, Place, Stationary, Whereabouts};
+pub use mount::Mounted;

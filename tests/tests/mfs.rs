@@ -1,0 +1,332 @@
+//! MFS end to end: real FUSE mounts in the nodes of a real lab, reached
+//! from other nodes over the authenticated transport.
+
+use std::path::PathBuf;
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use omx_tests::{Lab, stderr, stdout, wait_for};
+
+fn lab(name: &str, net: u8, nodes: u16) -> Lab {
+    let lab = Lab::up(name, net, nodes, &[]);
+    wait_for(Duration::from_secs(15), "all nodes up", || {
+        lab.all_see_all("up")
+    });
+    lab
+}
+
+/// `sh -c SCRIPT` in `node`, which must succeed; its output.
+fn sh(lab: &Lab, node: u16, script: &str) -> String {
+    let output = lab.exec(node, &["sh", "-c", script]);
+    assert!(
+        output.status.success(),
+        "node {node}: `{script}` failed: {}{}",
+        stdout(&output),
+        stderr(&output)
+    );
+    stdout(&output)
+}
+
+/// `sh -c SCRIPT` in `node`, whatever it gives.
+fn try_sh(lab: &Lab, node: u16, script: &str) -> Output {
+    lab.exec(node, &["sh", "-c", script])
+}
+
+/// Node `node`'s disk on the host: what it exports as /mfs/<node>.
+fn disk(lab: &Lab, node: u16) -> PathBuf {
+    lab.dir().join(format!("node-{node}/disk"))
+}
+
+/// A world-writable directory on node 2's disk, made by root at node 2.
+fn shared_dir(lab: &Lab) {
+    sh(lab, 2, "mkdir -m 1777 /mfs/2/pub");
+}
+
+#[test]
+fn every_node_sees_every_write_rename_and_unlink_at_once() {
+    let lab = lab("fcoh", 40, 3);
+    shared_dir(&lab);
+    // The tree: one directory per node, and the magic links.
+    let listing = sh(&lab, 1, "ls /mfs");
+    for name in [
+        "1", "2", "3", "here", "home", "magic", "lastexec", "selected",
+    ] {
+        assert!(
+            listing.lines().any(|l| l == name),
+            "{name} missing from /mfs: {listing}"
+        );
+    }
+    assert_eq!(sh(&lab, 3, "readlink /mfs/here").trim(), "3");
+    assert_eq!(sh(&lab, 3, "readlink /mfs/home").trim(), "3");
+    assert_eq!(
+        sh(&lab, 1, "echo via-here > /mfs/here/own; cat /mfs/1/own"),
+        "via-here\n"
+    );
+
+    // Write on 1, read on 3 at once; overwrite on 3, read on 1.
+    for round in 0..20 {
+        sh(&lab, 1, &format!("echo one-{round} > /mfs/2/pub/f"));
+        assert_eq!(sh(&lab, 3, "cat /mfs/2/pub/f"), format!("one-{round}\n"));
+        sh(&lab, 3, &format!("echo three-{round} > /mfs/2/pub/f"));
+        assert_eq!(sh(&lab, 1, "cat /mfs/2/pub/f"), format!("three-{round}\n"));
+    }
+    // Metadata: the size a writer on 3 leaves is what 1 sees.
+    sh(&lab, 3, "head -c 12345 /dev/zero > /mfs/2/pub/sized");
+    assert_eq!(sh(&lab, 1, "stat -c %s /mfs/2/pub/sized").trim(), "12345");
+    // Rename and unlink, seen from the other nodes and the owner.
+    sh(&lab, 1, "mkdir /mfs/2/pub/d && echo x > /mfs/2/pub/d/a");
+    sh(&lab, 3, "mv /mfs/2/pub/d/a /mfs/2/pub/b");
+    assert_eq!(sh(&lab, 1, "ls /mfs/2/pub/d"), "");
+    assert_eq!(sh(&lab, 2, "cat /mfs/2/pub/b"), "x\n");
+    sh(
+        &lab,
+        1,
+        "echo replaced > /mfs/2/pub/c && mv /mfs/2/pub/c /mfs/2/pub/b",
+    );
+    assert_eq!(sh(&lab, 3, "cat /mfs/2/pub/b"), "replaced\n");
+    sh(&lab, 3, "rm /mfs/2/pub/b");
+    assert!(!try_sh(&lab, 1, "test -e /mfs/2/pub/b").status.success());
+    assert!(!disk(&lab, 2).join("pub/b").exists());
+
+    // A file changed directly on the owner's disk, not through MFS.
+    std::fs::write(disk(&lab, 2).join("pub/direct"), "on the disk\n").unwrap();
+    assert_eq!(sh(&lab, 1, "cat /mfs/2/pub/direct"), "on the disk\n");
+    std::fs::write(disk(&lab, 2).join("pub/direct"), "changed again, longer\n").unwrap();
+    assert_eq!(
+        sh(&lab, 3, "cat /mfs/2/pub/direct"),
+        "changed again, longer\n"
+    );
+
+    // Links, symlinks, and the owner's view of a write through MFS.
+    sh(
+        &lab,
+        1,
+        "cd /mfs/2/pub && echo t > target && ln target hard && ln -s target soft",
+    );
+    assert_eq!(sh(&lab, 3, "stat -c %h /mfs/2/pub/target").trim(), "2");
+    assert_eq!(sh(&lab, 3, "readlink /mfs/2/pub/soft").trim(), "target");
+    assert_eq!(sh(&lab, 3, "cat /mfs/2/pub/soft"), "t\n");
+    assert_eq!(
+        std::fs::read_to_string(disk(&lab, 2).join("pub/hard")).unwrap(),
+        "t\n"
+    );
+}
+
+#[test]
+fn counters_incremented_from_two_nodes_under_a_lock_lose_nothing() {
+    let lab = lab("flock", 41, 3);
+    shared_dir(&lab);
+    // Root of the other nodes is nobody here: the files are for everyone.
+    sh(
+        &lab,
+        2,
+        "cd /mfs/2/pub && echo 0 > counter && touch lock log && chmod 666 counter lock log",
+    );
+    // Read, add one, write back: only a cluster-wide lock keeps every
+    // increment.
+    let script = "for i in $(seq 60); do \
+         flock /mfs/2/pub/lock sh -c 'n=$(cat /mfs/2/pub/counter); echo $((n+1)) > /mfs/2/pub/counter'; \
+         echo \"$$ $i\" >> /mfs/2/pub/log || exit 1; \
+         done";
+    let one = lab.spawn(
+        1,
+        &["sh", "-c", script],
+        std::process::Stdio::null(),
+        std::process::Stdio::null(),
+    );
+    let three = lab.spawn(
+        3,
+        &["sh", "-c", script],
+        std::process::Stdio::null(),
+        std::process::Stdio::null(),
+    );
+    for mut child in [one, three] {
+        assert!(child.wait().unwrap().success());
+    }
+    // Every step of both loops ran.
+    assert_eq!(sh(&lab, 1, "cat /mfs/2/pub/counter").trim(), "120");
+    assert_eq!(sh(&lab, 3, "cat /mfs/2/pub/counter").trim(), "120");
+    // Appends (O_APPEND at the owner) from both nodes: every line whole.
+    let log = std::fs::read_to_string(disk(&lab, 2).join("pub/log")).unwrap();
+    assert_eq!(log.lines().count(), 120, "{log}");
+    assert!(log.lines().all(|l| l.split(' ').count() == 2), "{log}");
+}
+
+#[test]
+fn permissions_are_the_callers_and_root_of_another_node_is_nobody() {
+    let lab = lab("fperm", 42, 2);
+    shared_dir(&lab);
+    // Root at the owner (not squashed there) makes a private file of 1001.
+    sh(
+        &lab,
+        2,
+        "echo secret > /mfs/2/pub/private && chown 1001:1001 /mfs/2/pub/private && chmod 600 /mfs/2/pub/private",
+    );
+    let as_user = |uid: u32, script: &str| {
+        let who = format!("--reuid={uid}");
+        let group = format!("--regid={uid}");
+        lab.exec(
+            1,
+            &[
+                "setpriv",
+                &who,
+                &group,
+                "--clear-groups",
+                "sh",
+                "-c",
+                script,
+            ],
+        )
+    };
+    let owner = as_user(1001, "cat /mfs/2/pub/private");
+    assert!(owner.status.success(), "{}", stderr(&owner));
+    assert_eq!(stdout(&owner), "secret\n");
+    let other = as_user(1002, "cat /mfs/2/pub/private");
+    assert!(!other.status.success());
+    assert!(
+        stderr(&other).contains("Permission denied"),
+        "{}",
+        stderr(&other)
+    );
+    // The user's files are theirs at the owner.
+    let made = as_user(1002, "echo mine > /mfs/2/pub/made");
+    assert!(made.status.success(), "{}", stderr(&made));
+    assert_eq!(
+        sh(&lab, 2, "stat -c %u:%g /mfs/2/pub/made").trim(),
+        "1002:1002"
+    );
+
+    // Root of node 1 is nobody on node 2's files.
+    let denied = try_sh(&lab, 1, "cat /mfs/2/pub/private");
+    assert!(!denied.status.success());
+    assert!(!try_sh(&lab, 1, "echo x > /mfs/2/rootfile").status.success());
+    sh(&lab, 1, "echo x > /mfs/2/pub/byroot");
+    assert_eq!(sh(&lab, 2, "stat -c %u /mfs/2/pub/byroot").trim(), "65534");
+    // ... while root at home is root.
+    sh(&lab, 1, "echo x > /mfs/1/rootfile");
+    assert_eq!(sh(&lab, 1, "stat -c %u /mfs/1/rootfile").trim(), "0");
+}
+
+#[test]
+fn a_dead_or_silent_owner_fails_callers_within_the_timeout() {
+    let lab = lab("ffail", 43, 2);
+    shared_dir(&lab);
+    sh(
+        &lab,
+        2,
+        "head -c 50000000 /dev/zero > /mfs/2/pub/big && echo kept > /mfs/2/pub/small && sync",
+    );
+    // Readers and writers busy on node 2's files when its daemon dies.
+    let reader = lab.spawn(
+        1,
+        &[
+            "sh",
+            "-c",
+            "while cat /mfs/2/pub/big > /dev/null; do :; done; exit 3",
+        ],
+        std::process::Stdio::null(),
+        std::process::Stdio::null(),
+    );
+    let writer = lab.spawn(
+        1,
+        &[
+            "sh",
+            "-c",
+            "while head -c 1000000 /dev/zero > /mfs/2/pub/w; do :; done; exit 3",
+        ],
+        std::process::Stdio::null(),
+        std::process::Stdio::null(),
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let stopped = Instant::now();
+    lab.stop(2, true);
+    for mut child in [reader, writer] {
+        let status = child.wait().unwrap();
+        assert_eq!(status.code(), Some(3), "the loop ends on an error");
+    }
+    let took = stopped.elapsed();
+    assert!(took < Duration::from_secs(8), "callers waited {took:?}");
+    let started = Instant::now();
+    let failed = try_sh(&lab, 1, "ls /mfs/2/pub");
+    assert!(!failed.status.success());
+    assert!(started.elapsed() < Duration::from_secs(8));
+
+    // The owner back: everything as it was (and its own stale mount, left
+    // by the kill, recovered).
+    lab.start(2);
+    wait_for(Duration::from_secs(15), "node 2 serving again", || {
+        try_sh(&lab, 1, "cat /mfs/2/pub/small").status.success()
+    });
+    assert_eq!(sh(&lab, 1, "cat /mfs/2/pub/small"), "kept\n");
+    assert_eq!(sh(&lab, 2, "cat /mfs/2/pub/small"), "kept\n");
+
+    // An owner that stops answering (its daemon frozen, the connection
+    // still open): EIO after the timeout (5 s), not a hang.
+    let daemon = std::fs::read_to_string(lab.dir().join("node-2/daemon.pid")).unwrap();
+    let pid: i32 = daemon.trim().parse().unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGSTOP,
+    )
+    .unwrap();
+    let started = Instant::now();
+    let silent = try_sh(&lab, 1, "cat /mfs/2/pub/small");
+    let waited = started.elapsed();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGCONT,
+    )
+    .unwrap();
+    assert!(!silent.status.success());
+    assert!(
+        stderr(&silent).contains("Input/output error"),
+        "{}",
+        stderr(&silent)
+    );
+    assert!(
+        waited >= Duration::from_secs(4) && waited < Duration::from_secs(12),
+        "waited {waited:?}"
+    );
+    assert_eq!(sh(&lab, 1, "cat /mfs/2/pub/small"), "kept\n");
+}
+
+/// The repository's root (the pjdfstest runner lives in scripts/).
+fn repository() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ is in the repository")
+        .to_path_buf()
+}
+
+#[test]
+fn pjdfstest_passes_on_this_nodes_and_another_nodes_files() {
+    // Root runs the suite (it changes owners and switches users): root of
+    // node 1 must be root on node 2's files for that.
+    let lab = Lab::up("fpjd", 44, 2, &["--mfs-root-squash", "false"]);
+    wait_for(Duration::from_secs(15), "all nodes up", || {
+        lab.all_see_all("up")
+    });
+    let runner = repository().join("scripts/pjdfstest");
+    let runner = runner.to_str().unwrap();
+    for (node, excluded) in [(1, "local"), (2, "remote")] {
+        sh(&lab, 1, &format!("mkdir -p /mfs/{node}/pjd"));
+        let exclude = repository().join(format!("scripts/pjdfstest-exclude-{excluded}.txt"));
+        let output = lab.exec(
+            1,
+            &[
+                runner,
+                &format!("/mfs/{node}/pjd"),
+                "--exclude-file",
+                exclude.to_str().unwrap(),
+                "--quiet",
+            ],
+        );
+        assert!(
+            output.status.success(),
+            "pjdfstest on /mfs/{node}: {}{}",
+            stdout(&output),
+            stderr(&output)
+        );
+        eprintln!("/mfs/{node}: {}", stdout(&output));
+    }
+}

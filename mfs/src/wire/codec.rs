@@ -15,13 +15,22 @@ pub struct DecodeError {
     pub reason: String,
 }
 
-/// Serialises a message.
+/// Serialises a message (the archive, then its length).
 pub fn encode<T>(message: &T) -> AlignedVec
 where
     T: for<'a> rkyv::Serialize<HighSerializer<AlignedVec, ArenaHandle<'a>, rancor::Error>>,
 {
-    rkyv::to_bytes::<rancor::Error>(message).expect("serialising to memory cannot fail")
+    let mut bytes =
+        rkyv::to_bytes::<rancor::Error>(message).expect("serialising to memory cannot fail");
+    let len = bytes.len() as u32;
+    bytes.extend_from_slice(&len.to_le_bytes());
+    bytes
 }
+
+/// Every message ends with the length of its archive: rkyv finds an
+/// archive's root at its end, so a message cut short could otherwise read
+/// as another, valid one.
+const LENGTH_TRAILER: usize = 4;
 
 /// Validates and deserialises a message of type `T`. The bytes need no
 /// particular alignment: they are copied into an aligned buffer first.
@@ -31,8 +40,23 @@ where
     T::Archived: for<'a> CheckBytes<HighValidator<'a, rancor::Error>>
         + rkyv::Deserialize<T, HighDeserializer<rancor::Error>>,
 {
-    let mut aligned = AlignedVec::<16>::with_capacity(bytes.len());
-    aligned.extend_from_slice(bytes);
+    let refuse = |reason: String| DecodeError {
+        kind: short_type_name::<T>(),
+        len: bytes.len(),
+        reason,
+    };
+    let Some(archive_len) = bytes.len().checked_sub(LENGTH_TRAILER) else {
+        return Err(refuse("shorter than its length trailer".into()));
+    };
+    let (archive, trailer) = bytes.split_at(archive_len);
+    let stated = u32::from_le_bytes(trailer.try_into().expect("4 bytes")) as usize;
+    if stated != archive_len {
+        return Err(refuse(format!(
+            "says it has {stated} bytes but has {archive_len}: truncated or not a message"
+        )));
+    }
+    let mut aligned = AlignedVec::<16>::with_capacity(archive.len());
+    aligned.extend_from_slice(archive);
     rkyv::from_bytes::<T, rancor::Error>(&aligned).map_err(|e| DecodeError {
         kind: short_type_name::<T>(),
         len: bytes.len(),

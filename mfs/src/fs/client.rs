@@ -105,14 +105,12 @@ impl FsClient {
             request,
             waiter: tx,
         };
-        let mut generation_used = 0;
         // A connection that failed since we last looked is replaced once.
         for _ in 0..2 {
             let peer = self.peer(node)?;
             if generation.is_some_and(|g| g != peer.generation) {
                 return Err(Errno::EIO);
             }
-            generation_used = peer.generation;
             match peer.queue.send(queued) {
                 Ok(()) => {
                     let outcome = match wait {
@@ -125,7 +123,7 @@ impl FsClient {
                         }),
                         Wait::WhileConnected => rx.recv().map_err(|_| Errno::ENOTCONN),
                     };
-                    return outcome.map(|result| (result, generation_used));
+                    return outcome.map(|result| (result, peer.generation));
                 }
                 Err(mpsc::error::SendError(back)) => {
                     peer.failed.store(true, Ordering::Relaxed);
@@ -133,7 +131,6 @@ impl FsClient {
                 }
             }
         }
-        let _ = generation_used;
         Err(Errno::ENOTCONN)
     }
 

@@ -166,11 +166,9 @@ impl Exporter {
                     | ResolveFlag::RESOLVE_NO_MAGICLINKS,
             );
         let target = if path.is_empty() { os(b".") } else { os(path) };
-        openat2(self.root.as_fd(), target, how).map_err(|e| match e {
-            // A symbolic link met on the way: the asker resolves links.
-            Errno::ELOOP if flags.contains(OFlag::O_PATH) => Errno::ELOOP,
-            other => other,
-        })
+        // A symbolic link met on the way gives ELOOP: the asker follows
+        // links, one lookup at a time.
+        openat2(self.root.as_fd(), target, how)
     }
 
     /// An O_PATH descriptor of the object itself.
@@ -510,7 +508,6 @@ impl Exporter {
                 handle,
                 lock,
                 sleep,
-                flock: _,
             } => {
                 self.set_lock(handle, &lock, sleep)?;
                 FsResult::Done

@@ -340,6 +340,40 @@ impl Mfs {
         reply.entry(&NO_CACHE, &file_attr(ino, attr), Generation(0));
     }
 
+    /// Answers with the entry an operation on `path` at `node` gave.
+    fn reply_entry(
+        &self,
+        result: Result<FsResult, Errno>,
+        node: NodeId,
+        path: Vec<u8>,
+        reply: ReplyEntry,
+    ) {
+        match result {
+            Ok(FsResult::Attr(attr)) => self.entry(node, path, &attr, reply),
+            Ok(other) => reply.error(unexpected(&other)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    /// Runs the operation `op` makes of `parent`/`name`'s path (a lookup or
+    /// a create) and answers with the entry.
+    fn child_entry(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        op: impl FnOnce(Vec<u8>) -> FsOp,
+        reply: ReplyEntry,
+    ) {
+        match self.child(parent, name) {
+            Ok((node, path)) => {
+                let result = self.run(req, node, op(path.clone()));
+                self.reply_entry(result, node, path, reply)
+            }
+            Err(e) => reply.error(e),
+        }
+    }
+
     fn node_in_map(&self, name: &OsStr) -> Option<NodeId> {
         let id: u16 = name.to_str()?.parse().ok()?;
         let node = NodeId::new(id)?;
@@ -524,21 +558,10 @@ impl Filesystem for Mfs {
             let Some(node) = self.node_in_map(name) else {
                 return reply.error(Errno::ENOENT);
             };
-            return match self.run(req, node, FsOp::Lookup { path: Vec::new() }) {
-                Ok(FsResult::Attr(attr)) => self.entry(node, Vec::new(), &attr, reply),
-                Ok(other) => reply.error(unexpected(&other)),
-                Err(e) => reply.error(e),
-            };
+            let result = self.run(req, node, FsOp::Lookup { path: Vec::new() });
+            return self.reply_entry(result, node, Vec::new(), reply);
         }
-        let (node, path) = match self.child(parent, name) {
-            Ok(child) => child,
-            Err(e) => return reply.error(e),
-        };
-        match self.run(req, node, FsOp::Lookup { path: path.clone() }) {
-            Ok(FsResult::Attr(attr)) => self.entry(node, path, &attr, reply),
-            Ok(other) => reply.error(unexpected(&other)),
-            Err(e) => reply.error(e),
-        }
+        self.child_entry(req, parent, name, |path| FsOp::Lookup { path }, reply)
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
@@ -563,27 +586,28 @@ impl Filesystem for Mfs {
             let attr = synthetic_attr(ino.0, FileType::Symlink, 0o777, target.len() as u64);
             return reply.attr(&NO_CACHE, &attr);
         }
-        let fh = fh.or_else(|| {
-            // fstat of a file that may be unlinked: ask through an open
-            // file when there is one (it is the same file either way).
-            self.any_open_of(ino.0)
-        });
-        let result = match fh.and_then(|fh| self.open_handle(fh).ok()) {
-            Some((node, handle, generation)) => self
-                .ask(
-                    req,
-                    node,
-                    FsOp::GetAttr {
-                        path: Vec::new(),
-                        handle: Some(handle),
-                    },
-                    generation,
-                    Wait::Bounded,
-                )
-                .map(|(r, _)| r),
-            None => self.locate(ino).and_then(|(node, path, _)| {
-                self.run(req, node, FsOp::GetAttr { path, handle: None })
-            }),
+        let through_open = |fh: FileHandle| {
+            let (node, handle, generation) = self.open_handle(fh)?;
+            let op = FsOp::GetAttr {
+                path: Vec::new(),
+                handle: Some(handle),
+            };
+            self.ask(req, node, op, generation, Wait::Bounded)
+                .map(|(r, _)| r)
+        };
+        let result = match fh {
+            Some(fh) => through_open(fh),
+            None => {
+                let by_path = self.locate(ino).and_then(|(node, path, _)| {
+                    self.run(req, node, FsOp::GetAttr { path, handle: None })
+                });
+                match (by_path, self.any_open_of(ino.0)) {
+                    // fstat of an open file that was unlinked (fstat
+                    // carries no handle): ask through an open of it.
+                    (Err(Errno::ENOENT), Some(fh)) => through_open(fh),
+                    (by_path, _) => by_path,
+                }
+            }
         };
         match result {
             Ok(FsResult::Attr(attr)) => reply.attr(&NO_CACHE, &file_attr(ino.0, &attr)),
@@ -665,20 +689,12 @@ impl Filesystem for Mfs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        let (node, path) = match self.child(parent, name) {
-            Ok(child) => child,
-            Err(e) => return reply.error(e),
-        };
-        let op = FsOp::MkNod {
-            path: path.clone(),
+        let op = |path| FsOp::MkNod {
+            path,
             mode,
             rdev: rdev as u64,
         };
-        match self.run(req, node, op) {
-            Ok(FsResult::Attr(attr)) => self.entry(node, path, &attr, reply),
-            Ok(other) => reply.error(unexpected(&other)),
-            Err(e) => reply.error(e),
-        }
+        self.child_entry(req, parent, name, op, reply)
     }
 
     fn mkdir(
@@ -690,19 +706,7 @@ impl Filesystem for Mfs {
         _umask: u32,
         reply: ReplyEntry,
     ) {
-        let (node, path) = match self.child(parent, name) {
-            Ok(child) => child,
-            Err(e) => return reply.error(e),
-        };
-        let op = FsOp::MkDir {
-            path: path.clone(),
-            mode,
-        };
-        match self.run(req, node, op) {
-            Ok(FsResult::Attr(attr)) => self.entry(node, path, &attr, reply),
-            Ok(other) => reply.error(unexpected(&other)),
-            Err(e) => reply.error(e),
-        }
+        self.child_entry(req, parent, name, |path| FsOp::MkDir { path, mode }, reply)
     }
 
     fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -733,19 +737,9 @@ impl Filesystem for Mfs {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        let (node, path) = match self.child(parent, link_name) {
-            Ok(child) => child,
-            Err(e) => return reply.error(e),
-        };
-        let op = FsOp::Symlink {
-            path: path.clone(),
-            target: target.as_os_str().as_bytes().to_vec(),
-        };
-        match self.run(req, node, op) {
-            Ok(FsResult::Attr(attr)) => self.entry(node, path, &attr, reply),
-            Ok(other) => reply.error(unexpected(&other)),
-            Err(e) => reply.error(e),
-        }
+        let target = target.as_os_str().as_bytes().to_vec();
+        let op = |path| FsOp::Symlink { path, target };
+        self.child_entry(req, parent, link_name, op, reply)
     }
 
     fn rename(
@@ -1283,7 +1277,6 @@ impl Filesystem for Mfs {
             handle,
             lock,
             sleep,
-            flock: false,
         };
         let wait = if sleep {
             Wait::WhileConnected

@@ -26,10 +26,6 @@ impl Mounted {
     pub fn dev(&self) -> u64 {
         self.dev
     }
-
-    pub fn mountpoint(&self) -> &Path {
-        &self.mountpoint
-    }
 }
 
 impl Drop for Mounted {
@@ -60,7 +56,7 @@ fn is_mfs_mount(mountpoint: &Path) -> bool {
 
 /// Removes an MFS mount left at `mountpoint` by an earlier daemon (after a
 /// crash it answers every access with ENOTCONN).
-pub fn recover_stale(mountpoint: &Path) -> io::Result<()> {
+fn recover_stale(mountpoint: &Path) -> io::Result<()> {
     while is_mfs_mount(mountpoint) {
         warn!(
             "{} holds an MFS mount left by an earlier daemon: removing it",

@@ -191,11 +191,12 @@ pub enum FsOp {
         handle: u64,
         lock: LockSpec,
     },
+    /// flock(2) locks arrive as whole-file locks too (FUSE tells them
+    /// apart, but fuser does not pass that on): both are held alike.
     SetLk {
         handle: u64,
         lock: LockSpec,
         sleep: bool,
-        flock: bool,
     },
 }
 

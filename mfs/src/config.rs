@@ -56,6 +56,9 @@ pub struct NodeConfig {
     pub listen: Option<IpAddr>,
     /// The daemon's local control socket, for the user's commands.
     pub control_socket: PathBuf,
+    /// Where the control tree is mounted when `/proc/openMosix` cannot
+    /// take it (`None`, from `control_tree = ""`: nowhere).
+    pub control_tree: Option<PathBuf>,
     /// This node's speed in openMosix units (10000 = the reference
     /// machine); `None` means calibrate at start.
     pub speed: Option<u32>,
@@ -97,6 +100,12 @@ pub struct MfsConfig {
     pub threads: usize,
 }
 
+/// Where the control tree goes on a kernel without `/proc/openMosix`.
+pub const DEFAULT_CONTROL_TREE: &str = "/run/openMosix";
+
+/// Where the companion kernel module offers the control tree a place.
+pub const KERNEL_CONTROL_TREE: &str = "/proc/openMosix";
+
 /// Long enough to catch a forwarded call's answer on a local network.
 pub const DEFAULT_FORWARD_SPIN_US: u64 = 200;
 
@@ -137,6 +146,7 @@ struct RawConfig {
     port: Option<Spanned<u32>>,
     listen: Option<Spanned<String>>,
     control_socket: Option<PathBuf>,
+    control_tree: Option<PathBuf>,
     speed: Option<Spanned<u64>>,
     check_peer_address: Option<bool>,
     guest_uid: Option<u32>,
@@ -375,6 +385,10 @@ impl NodeConfig {
             port,
             listen,
             control_socket: resolve(raw.control_socket, "/run/omx/omx.sock"),
+            control_tree: match raw.control_tree {
+                Some(p) if p.as_os_str().is_empty() => None,
+                other => Some(resolve(other, DEFAULT_CONTROL_TREE)),
+            },
             speed,
             check_peer_address: raw.check_peer_address.unwrap_or(true),
             gossip: GossipConfig {
@@ -475,6 +489,15 @@ mod tests {
         assert_eq!(c.gossip.window, 16);
         assert_eq!(c.load_source, LoadSource::Machine);
         assert!(c.check_peer_address);
+        assert_eq!(c.control_tree, Some(PathBuf::from(DEFAULT_CONTROL_TREE)));
+    }
+
+    #[test]
+    fn the_control_tree_can_be_moved_or_left_out() {
+        let moved = parse("control_tree = \"/srv/om\"").unwrap();
+        assert_eq!(moved.control_tree, Some(PathBuf::from("/srv/om")));
+        let none = parse("control_tree = \"\"").unwrap();
+        assert_eq!(none.control_tree, None);
     }
 
     #[test]

@@ -6,7 +6,9 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use omx_mfs::config::DEFAULT_CONFIG_PATH;
 
-use crate::{daemon, demo, keeper_cmd, lab, migrate_cmd, mosrun, setpe, status};
+use crate::{
+    daemon, demo, keeper_cmd, lab, migrate_cmd, mosctl, mosmon, mosrun, mps, setpe, status,
+};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -27,10 +29,19 @@ pub struct ConfigArg {
     pub config: PathBuf,
 }
 
+#[derive(Args, Debug, Clone)]
+pub struct DaemonArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// Serve Prometheus metrics at http://ADDR/metrics (off by default).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
+}
+
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the node daemon (in the foreground).
-    Daemon(ConfigArg),
+    Daemon(DaemonArgs),
     /// Show this node's view of the cluster.
     Status {
         #[command(flatten)]
@@ -60,6 +71,23 @@ pub enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
         args: Vec<std::ffi::OsString>,
     },
+    /// Steer this node: stay, block, expel, bring, speed, decay, and read
+    /// any node's load, speed, memory and state (the classic `mosctl`).
+    Mosctl(mosctl::MosctlArgs),
+    /// Live bar charts of every node's load, speed, memory or utilisation
+    /// (the classic `mosmon`).
+    Mosmon(mosmon::MosmonArgs),
+    /// ps with a NODE column: where each process of this node runs (the
+    /// classic `mps`).
+    Mps(mps::MpsArgs),
+    /// top with a NODE column (the classic `mtop`).
+    Mtop(mps::MtopArgs),
+    /// Write the manual pages (omx.1, omx-SUBCOMMAND.1, and one per
+    /// classic name: mosctl.1, mps.1, ...) into DIR.
+    Man(crate::manpages::ManArgs),
+    /// Print shell completions for omx and the classic names (or, with
+    /// --dir, write one file per command).
+    Completions(crate::manpages::CompletionsArgs),
     /// Write a new random cluster key to FILE (readable by its owner only).
     Keygen { file: PathBuf },
     /// A cluster of nodes on this machine, for trying and testing omx.
@@ -88,7 +116,9 @@ pub enum Command {
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Daemon(config) => daemon::run(&config.config).map(|()| ExitCode::SUCCESS),
+        Command::Daemon(args) => {
+            daemon::run(&args.config.config, args.metrics_addr).map(|()| ExitCode::SUCCESS)
+        }
         Command::Status { config, json } => status::run(&config.config, json),
         Command::Setpe(args) => setpe::run(args),
         Command::Keygen { file } => {
@@ -101,6 +131,12 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Migrate(args) => migrate_cmd::migrate(args),
         Command::Where { pid, json, config } => migrate_cmd::where_is(pid, &config.config, json),
         Command::Mosrun { config, args } => mosrun::run(&args, &config.config),
+        Command::Mosctl(args) => mosctl::run(args),
+        Command::Mosmon(args) => mosmon::run(args),
+        Command::Mps(args) => mps::run(args),
+        Command::Mtop(args) => mps::run_top(args),
+        Command::Man(args) => crate::manpages::run_man(args),
+        Command::Completions(args) => crate::manpages::run_completions(args),
         Command::HomeKeeper(args) => keeper_cmd::run_home(args),
         Command::RemoteKeeper(args) => keeper_cmd::run_remote(args),
         Command::SyscallTable => {

@@ -43,6 +43,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         name: NameArg { name: LAB.into() },
         subnet: "10.78.0.0".parse().expect("an address"),
         port: omx_mfs::config::DEFAULT_PORT,
+        metrics_port: lab::DEFAULT_LAB_METRICS_PORT,
         gossip_ms: 1000,
         window: 16,
         mfs_root_squash: true,

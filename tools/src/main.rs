@@ -1,7 +1,7 @@
 //! `omx`: one binary for the node daemon and every user command.
 //!
 //! Called as `omx SUBCOMMAND`, or under a classic openMosix name (a link
-//! named `setpe`, and later `mosrun`, `migrate`, `mosctl`, `mosmon`, `mps`),
+//! named `setpe`, `mosrun`, `migrate`, `mosctl`, `mosmon`, `mps`, `mtop`),
 //! in which case the name chooses the command.
 
 mod cli;
@@ -10,8 +10,12 @@ mod daemon;
 mod demo;
 mod keeper_cmd;
 mod lab;
+mod manpages;
 mod migrate_cmd;
+mod mosctl;
+mod mosmon;
 mod mosrun;
+mod mps;
 mod setpe;
 mod status;
 
@@ -22,15 +26,24 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
-    let args: Vec<OsString> = std::env::args_os().collect();
+    let mut args: Vec<OsString> = std::env::args_os().collect();
     let invoked_as = args
         .first()
         .and_then(|a| Path::new(a).file_name())
         .and_then(|n| n.to_str())
         .unwrap_or("omx")
         .to_string();
+    // The original `setpe -off` had a single dash.
+    let is_setpe = invoked_as == "setpe" || args.get(1).is_some_and(|a| a == "setpe");
+    if is_setpe {
+        for arg in args.iter_mut().skip(1) {
+            if arg == "-off" {
+                *arg = OsString::from("--off");
+            }
+        }
+    }
     let command = match invoked_as.as_str() {
-        name @ ("setpe" | "migrate" | "mosrun") => {
+        name @ ("setpe" | "migrate" | "mosrun" | "mosctl" | "mosmon" | "mps" | "mtop") => {
             let mut rewritten = vec![OsString::from("omx"), OsString::from(name)];
             rewritten.extend(args.into_iter().skip(1));
             cli::Cli::parse_from(rewritten)

@@ -19,6 +19,11 @@ pub struct SetpeArgs {
     /// Print the map in force.
     #[arg(short = 'r')]
     pub read: bool,
+    /// Leave the cluster: send the guests home, bring this node's
+    /// processes home, then stop the daemon.
+    /// (`-off`, as the original spelled it, is taken too.)
+    #[arg(long = "off", conflicts_with_all = ["read", "write"])]
+    pub off: bool,
     /// The map file (openMosix format: `FIRST_ID ADDRESS COUNT` per line).
     #[arg(short = 'f', value_name = "MAP")]
     pub file: Option<PathBuf>,
@@ -27,6 +32,19 @@ pub struct SetpeArgs {
 }
 
 pub fn run(args: SetpeArgs) -> anyhow::Result<ExitCode> {
+    if args.off {
+        return match control_client::request_patiently(&args.config.config, ControlRequest::Leave)?
+        {
+            ControlReply::Accepted => {
+                println!(
+                    "left the cluster: guests sent home, processes brought home, daemon stopping"
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+            ControlReply::Refused { reason } => anyhow::bail!("cannot leave: {reason}"),
+            other => anyhow::bail!("unexpected answer from the daemon: {other:?}"),
+        };
+    }
     if args.read {
         return match control_client::request(&args.config.config, ControlRequest::GetMap)? {
             ControlReply::Map { text } => {
@@ -37,7 +55,9 @@ pub fn run(args: SetpeArgs) -> anyhow::Result<ExitCode> {
         };
     }
     if !args.write {
-        anyhow::bail!("say what to do: `setpe -w -f MAP` installs a map, `setpe -r` prints it");
+        anyhow::bail!(
+            "say what to do: `setpe -w -f MAP` installs a map, `setpe -r` prints it, `setpe -off` leaves the cluster"
+        );
     }
     let path = args.file.expect("clap requires -f with -w");
     let text = std::fs::read_to_string(&path)

@@ -83,14 +83,24 @@ pub fn render(view: &ClusterView) -> String {
 }
 
 fn human_bytes(bytes: u64) -> String {
+    bytes_in_units(bytes as f64, 100.0)
+}
+
+/// Bytes in at most three characters and a unit (for narrow columns).
+pub fn human_bytes_short(bytes: f64) -> String {
+    bytes_in_units(bytes, 10.0)
+}
+
+/// Bytes in binary units, with one decimal below `decimals_below`.
+fn bytes_in_units(bytes: f64, decimals_below: f64) -> String {
     const UNITS: [&str; 5] = ["B", "K", "M", "G", "T"];
-    let mut value = bytes as f64;
+    let mut value = bytes;
     let mut unit = 0;
     while value >= 1024.0 && unit < UNITS.len() - 1 {
         value /= 1024.0;
         unit += 1;
     }
-    if unit == 0 || value >= 100.0 {
+    if unit == 0 || value >= decimals_below {
         format!("{value:.0}{}", UNITS[unit])
     } else {
         format!("{value:.1}{}", UNITS[unit])
@@ -120,6 +130,7 @@ mod tests {
                         cpus: 1,
                         mem_total: 512 << 20,
                         mem_free: 300 << 20,
+                        mem_raw_free: 200 << 20,
                         util_permille: 423,
                         ..LoadReport::default()
                     }),

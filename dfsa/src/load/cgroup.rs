@@ -84,7 +84,8 @@ impl CgroupLoad {
         Ok(Duration::from_micros(usec))
     }
 
-    fn memory(&self) -> Result<(u64, u64), LoadError> {
+    /// Total, free (page cache counted as free) and raw free memory.
+    fn memory(&self) -> Result<(u64, u64, u64), LoadError> {
         let (limit, usage, inactive_key) =
             if let Some(limit) = self.try_find(&["memory.limit_in_bytes"]) {
                 let usage = self.find_any(&["memory.usage_in_bytes"])?;
@@ -109,7 +110,11 @@ impl CgroupLoad {
             .and_then(|t| keyed_u64(&t, inactive_key))
             .unwrap_or(0);
         let used = usage.saturating_sub(reclaimable);
-        Ok((total, total.saturating_sub(used)))
+        Ok((
+            total,
+            total.saturating_sub(used),
+            total.saturating_sub(usage),
+        ))
     }
 
     fn pressure(&self, file: &str) -> Option<f64> {
@@ -140,12 +145,13 @@ impl LoadProvider for CgroupLoad {
     }
 
     fn sample(&mut self) -> Result<LoadSample, LoadError> {
-        let (mem_total, mem_free) = self.memory()?;
+        let (mem_total, mem_free, mem_raw_free) = self.memory()?;
         Ok(LoadSample {
             runnable: self.runnable()?,
             cpu_time: self.cpu_time()?,
             mem_total,
             mem_free,
+            mem_raw_free,
             cpu_pressure: self.pressure("cpu.pressure"),
             mem_pressure: self.pressure("memory.pressure"),
         })
@@ -225,6 +231,7 @@ mod tests {
         assert_eq!(sample.cpu_time, Duration::from_millis(2500));
         assert_eq!(sample.mem_total, 1 << 30);
         assert_eq!(sample.mem_free, (1 << 30) - (1 << 28));
+        assert!(sample.mem_raw_free <= sample.mem_free);
         assert_eq!(sample.cpu_pressure, None);
 
         std::fs::write(dir.join("cpu.cfs_quota_us"), "-1\n").unwrap();

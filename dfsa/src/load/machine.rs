@@ -79,6 +79,7 @@ impl LoadProvider for MachineLoad {
             cpu_time,
             mem_total: kib("MemTotal")?,
             mem_free: kib("MemAvailable")?,
+            mem_raw_free: kib("MemFree")?,
             cpu_pressure: pressure("cpu"),
             mem_pressure: pressure("memory"),
         })

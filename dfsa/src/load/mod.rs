@@ -29,7 +29,12 @@ pub struct LoadSample {
     /// CPU time consumed so far by everything the provider covers.
     pub cpu_time: Duration,
     pub mem_total: u64,
+    /// Memory processes can get without swapping (page cache counted
+    /// as free, as MemAvailable does).
     pub mem_free: u64,
+    /// Memory not used for anything, page cache included as used
+    /// (openMosix's raw memory, `rmem`).
+    pub mem_raw_free: u64,
     /// PSI "some" avg10 in percent, where available.
     pub cpu_pressure: Option<f64>,
     pub mem_pressure: Option<f64>,
@@ -130,6 +135,7 @@ impl LoadMeter {
             util_permille: (self.utilisation * 1000.0).round() as u16,
             mem_total: latest.map_or(0, |s| s.mem_total),
             mem_free: latest.map_or(0, |s| s.mem_free),
+            mem_raw_free: latest.map_or(0, |s| s.mem_raw_free),
             cpu_pressure_permille: permille(latest.and_then(|s| s.cpu_pressure)),
             mem_pressure_permille: permille(latest.and_then(|s| s.mem_pressure)),
         }
@@ -166,6 +172,7 @@ mod tests {
             cpu_time: Duration::from_secs_f64(cpu_secs),
             mem_total: 1000,
             mem_free: 400,
+            mem_raw_free: 300,
             cpu_pressure: Some(2.5),
             mem_pressure: None,
         }

@@ -31,6 +31,7 @@ use tracing::{debug, info};
 use super::client::{FsClient, Wait};
 use super::creds::{Credentials, Squash, groups_of};
 use super::export::Exporter;
+use super::stats::FsStats;
 use crate::NodeId;
 use crate::cluster_map::ClusterMap;
 use crate::wire::fs::{
@@ -120,6 +121,7 @@ pub struct Mfs {
     backing: Mutex<HashMap<u64, Weak<BackingId>>>,
     next_handle: AtomicU64,
     passthrough: AtomicBool,
+    stats: Arc<FsStats>,
 }
 
 /// A FUSE inode number for file `ino` of device `dev` at `node`: the same
@@ -272,7 +274,14 @@ impl Mfs {
             backing: Mutex::new(HashMap::new()),
             next_handle: AtomicU64::new(1),
             passthrough: AtomicBool::new(false),
+            stats: Arc::new(FsStats::default()),
         }
+    }
+
+    /// What this mount does, counted (shared: it keeps counting after the
+    /// mount takes the `Mfs`).
+    pub fn stats(&self) -> Arc<FsStats> {
+        self.stats.clone()
     }
 
     fn caller(req: &Request) -> Caller {
@@ -295,6 +304,11 @@ impl Mfs {
         wait: Wait,
     ) -> Result<(FsResult, u64), Errno> {
         let caller = Self::caller(req);
+        self.stats.count_op(node == self.me);
+        if let FsOp::Write { data, .. } = &op {
+            self.stats.count_written(data.len());
+        }
+        let reads = matches!(op, FsOp::Read { .. });
         let (result, generation) = if node == self.me {
             let credentials = Credentials::of(&caller, false, self.squash);
             (self.exporter.execute(&credentials, op), 0)
@@ -305,6 +319,10 @@ impl Mfs {
         };
         match result {
             FsResult::Errno(e) => Err(Errno::from_i32(e)),
+            FsResult::Data(data) if reads => {
+                self.stats.count_read(data.len());
+                Ok((FsResult::Data(data), generation))
+            }
             other => Ok((other, generation)),
         }
     }

@@ -15,6 +15,7 @@ pub mod export;
 pub mod fuse;
 pub mod mount;
 pub mod server;
+pub mod stats;
 #[allow(unsafe_code)]
 mod sys;
 
@@ -23,3 +24,4 @@ pub use creds::Squash;
 pub use export::Exporter;
 pub use fuse::{Mfs, Place, Stationary, Whereabouts};
 pub use mount::Mounted;
+pub use stats::FsStats;

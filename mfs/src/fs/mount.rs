@@ -37,8 +37,9 @@ impl Drop for Mounted {
     }
 }
 
-/// Whether `mountpoint` is an MFS mount (of this mount namespace).
-fn is_mfs_mount(mountpoint: &Path) -> bool {
+/// Whether `mountpoint` holds a FUSE mount named `fs_name` (of this mount
+/// namespace).
+fn is_fuse_mount_of(mountpoint: &Path, fs_name: &str) -> bool {
     let Ok(mounts) = std::fs::read_to_string("/proc/self/mounts") else {
         return false;
     };
@@ -50,16 +51,16 @@ fn is_mfs_mount(mountpoint: &Path) -> bool {
         else {
             return false;
         };
-        target == wanted && (source == FS_NAME || kind == format!("fuse.{FS_NAME}"))
+        target == wanted && (source == fs_name || kind == format!("fuse.{fs_name}"))
     })
 }
 
-/// Removes an MFS mount left at `mountpoint` by an earlier daemon (after a
-/// crash it answers every access with ENOTCONN).
-fn recover_stale(mountpoint: &Path) -> io::Result<()> {
-    while is_mfs_mount(mountpoint) {
+/// Removes a FUSE mount named `fs_name` left at `mountpoint` by an
+/// earlier daemon (after a crash it answers every access with ENOTCONN).
+pub fn recover_stale(mountpoint: &Path, fs_name: &str) -> io::Result<()> {
+    while is_fuse_mount_of(mountpoint, fs_name) {
         warn!(
-            "{} holds an MFS mount left by an earlier daemon: removing it",
+            "{} holds a {fs_name} mount left by an earlier daemon: removing it",
             mountpoint.display()
         );
         nix::mount::umount2(mountpoint, nix::mount::MntFlags::MNT_DETACH).map_err(|e| {
@@ -71,7 +72,7 @@ fn recover_stale(mountpoint: &Path) -> io::Result<()> {
 
 /// Mounts `mfs` at `mountpoint` with `threads` threads serving it.
 pub fn mount(mfs: Mfs, mountpoint: &Path, threads: usize) -> io::Result<Mounted> {
-    recover_stale(mountpoint)?;
+    recover_stale(mountpoint, FS_NAME)?;
     std::fs::create_dir_all(mountpoint).map_err(|e| {
         io::Error::new(
             e.kind(),

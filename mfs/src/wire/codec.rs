@@ -87,6 +87,7 @@ mod tests {
                     util_permille: 700,
                     mem_total: 1 << 30,
                     mem_free: 1 << 29,
+                    mem_raw_free: 1 << 28,
                     cpu_pressure_permille: Some(12),
                     mem_pressure_permille: None,
                 },

@@ -169,6 +169,9 @@ pub enum KeeperCommand {
     /// A connection for this keeper (its descriptor travels with this
     /// message): the process's new remote, after a move.
     TakeLink { node: u16 },
+    /// To a guest's keeper: send the process home (this node expels its
+    /// guests, or leaves the cluster).
+    GoHome { reason: String },
 }
 
 /// A keeper's report to its daemon.
@@ -195,4 +198,7 @@ pub enum KeeperReport {
     /// The link to the node running the process broke: the process was
     /// ended (its home pid killed), as `reason` says.
     Lost { node: u16, reason: String },
+    /// System calls forwarded home and run by the deputy since the last
+    /// such report (for the daemon's metrics).
+    ForwardedCalls { count: u64 },
 }

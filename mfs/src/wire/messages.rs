@@ -61,7 +61,10 @@ pub struct LoadReport {
     /// CPU utilisation over the last sample, per mille of all CPUs.
     pub util_permille: u16,
     pub mem_total: u64,
+    /// Memory available to processes (page cache counted as free).
     pub mem_free: u64,
+    /// Memory not used at all (page cache counted as used): `rmem`.
+    pub mem_raw_free: u64,
     /// PSI "some" pressure (avg10), per mille, where the source has it.
     pub cpu_pressure_permille: Option<u16>,
     pub mem_pressure_permille: Option<u16>,
@@ -88,6 +91,15 @@ pub enum ControlRequest {
     /// `mosrun`: process `pid` (the caller itself) is about to run a
     /// program with these options.
     Register { pid: u32, options: RunOptions },
+    /// The value of a file of the control tree (`admin/block`,
+    /// `nodes/3/load`, `pid/42/where`, ...).
+    ReadControl { path: String },
+    /// Writes `value` to a file of the control tree, with the caller's
+    /// rights (root for `admin/`, the owner for a process's files).
+    WriteControl { path: String, value: String },
+    /// `setpe -off`: send the guests home, bring this node's processes
+    /// home, then stop the daemon (root only).
+    Leave,
 }
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -175,6 +187,10 @@ pub enum ControlReply {
     /// The request was taken (an asynchronous move, a registration).
     Accepted,
     Location(ProcessLocation),
+    /// The text of a control file.
+    Value {
+        text: String,
+    },
 }
 
 /// One node's view of the whole cluster.

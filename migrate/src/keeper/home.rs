@@ -640,7 +640,10 @@ impl Home {
         let message = super::receive(&mut self.link)?;
         match message {
             LinkMessage::Call(call) => match self.deputy {
-                Deputy::Idle => self.interrupt_for(Pending::Call(call))?,
+                Deputy::Idle => {
+                    self.daemon.count_call();
+                    self.interrupt_for(Pending::Call(call))?
+                }
                 _ => {
                     return Err(KeeperError::Protocol(
                         "a call while another is in progress".into(),
@@ -858,6 +861,12 @@ impl Home {
                         port,
                     })?;
                 }
+            }
+            KeeperCommand::GoHome { .. } => {
+                warn!(
+                    "process {}: GoHome is for a guest's keeper; use MoveTo home",
+                    self.pid
+                );
             }
             KeeperCommand::TakeLink { node } => {
                 let fd = self

@@ -70,10 +70,16 @@ pub struct DaemonChannel {
     received_fds: Vec<OwnedFd>,
     /// Set once the channel failed: never polled again.
     closed: bool,
+    /// Forwarded calls not reported yet, and when they last were.
+    calls_unreported: u64,
+    calls_reported_at: std::time::Instant,
     /// A pipe nobody writes to (its write end is held open too), polled
     /// in place of a closed channel.
     never: (OwnedFd, OwnedFd),
 }
+
+/// How often a keeper tells its daemon how many calls it forwarded.
+const CALL_REPORT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl DaemonChannel {
     pub fn new(stream: UnixStream) -> DaemonChannel {
@@ -82,6 +88,8 @@ impl DaemonChannel {
             framed: BlockingFramed::new(stream),
             received_fds: Vec::new(),
             closed: false,
+            calls_unreported: 0,
+            calls_reported_at: std::time::Instant::now(),
             never: (reader.into(), writer.into()),
         }
     }
@@ -104,7 +112,29 @@ impl DaemonChannel {
         self.closed = true;
     }
 
+    /// Counts a forwarded call; the count goes to the daemon at most once
+    /// a second, and before any other report.
+    pub fn count_call(&mut self) {
+        self.calls_unreported += 1;
+        if self.calls_reported_at.elapsed() >= CALL_REPORT_INTERVAL {
+            self.send_call_count();
+        }
+    }
+
+    fn send_call_count(&mut self) {
+        self.calls_reported_at = std::time::Instant::now();
+        if self.calls_unreported > 0 {
+            let count = std::mem::take(&mut self.calls_unreported);
+            self.send(&KeeperReport::ForwardedCalls { count });
+        }
+    }
+
     pub fn report(&mut self, report: &KeeperReport) {
+        self.send_call_count();
+        self.send(report);
+    }
+
+    fn send(&mut self, report: &KeeperReport) {
         // The daemon may be gone (then so are we, by PDEATHSIG); a report
         // that cannot be sent is not worth more than a log line.
         if let Err(e) = self.framed.send(report) {

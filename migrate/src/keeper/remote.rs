@@ -15,7 +15,9 @@ use std::path::PathBuf;
 use omx_mfs::NodeId;
 use omx_mfs::transport::Identity;
 use omx_mfs::wire::image::ImageHeader;
-use omx_mfs::wire::link::{CallResult, KeeperReport, LinkMessage, LinkRequest, MoveStats};
+use omx_mfs::wire::link::{
+    CallResult, KeeperCommand, KeeperReport, LinkMessage, LinkRequest, MoveStats,
+};
 use tracing::{info, warn};
 
 use super::spin::Spinner;
@@ -305,7 +307,7 @@ impl Remote {
                             outcome = self.on_notification();
                         }
                         if outcome.as_ref().is_ok_and(|o| o.is_none()) && ready[2] {
-                            outcome = self.daemon.receive().map(|_| None);
+                            outcome = self.on_daemon();
                         }
                         outcome
                     }
@@ -589,6 +591,32 @@ impl Remote {
         ptrace::set_regs(self.child, &regs)?;
         ptrace::detach(self.child, 0)?;
         Ok(())
+    }
+
+    /// Follows this node's daemon: it may send the process home (an
+    /// expel, or the node leaving the cluster).
+    fn on_daemon(&mut self) -> Result<Option<i32>, KeeperError> {
+        match self.daemon.receive() {
+            Ok(Some(KeeperCommand::GoHome { reason })) => self.go_home(&reason).map(Some),
+            Ok(Some(other)) => {
+                warn!(
+                    "process {} of node {}: ignoring {other:?} from the daemon",
+                    self.args.home_pid, self.args.home_node
+                );
+                Ok(None)
+            }
+            Ok(None) => Ok(None),
+            Err(e) => {
+                // The daemon is gone or confused; the process runs on (if
+                // the daemon died, PDEATHSIG ends us).
+                warn!(
+                    "process {} of node {}: the daemon channel failed ({e})",
+                    self.args.home_pid, self.args.home_node
+                );
+                self.daemon.close();
+                Ok(None)
+            }
+        }
     }
 
     /// Sends the process home (it needs to be there, or was asked to).

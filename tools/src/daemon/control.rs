@@ -15,12 +15,13 @@ use omx_mfs::wire::{ControlReply, ControlRequest};
 use std::time::Duration;
 
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::Semaphore;
-use tracing::{debug, warn};
+use tokio::sync::{Notify, Semaphore};
+use tracing::{debug, info, warn};
 
 use omx_mfs::NodeId;
 use omx_mfs::wire::MigrateTarget;
 
+use super::control_tree::{Caller, ControlError, ControlFiles};
 use super::{Migrations, Node};
 
 /// Binds the control socket, replacing a stale one left by a crash but
@@ -58,7 +59,20 @@ const MAX_REQUEST: usize = 1 << 20;
 /// A client that sends nothing for this long is dropped.
 const CLIENT_IDLE: Duration = Duration::from_secs(10);
 
-pub async fn serve(listener: UnixListener, node: Arc<Node>, migrations: Arc<Migrations>) {
+/// What the control socket serves.
+#[derive(Clone)]
+pub struct Served {
+    pub node: Arc<Node>,
+    pub migrations: Arc<Migrations>,
+    pub files: Arc<ControlFiles>,
+    /// Told when `setpe -off` has sent everything home: the daemon stops.
+    pub leave: Arc<Notify>,
+}
+
+/// How long `setpe -off` waits for guests and away processes to get home.
+const LEAVE_TIMEOUT: Duration = Duration::from_secs(60);
+
+pub async fn serve(listener: UnixListener, served: Served) {
     let clients = Arc::new(Semaphore::new(MAX_CLIENTS));
     loop {
         match listener.accept().await {
@@ -67,10 +81,9 @@ pub async fn serve(listener: UnixListener, node: Arc<Node>, migrations: Arc<Migr
                     warn!("turning a control client away: {MAX_CLIENTS} are connected already");
                     continue;
                 };
-                let node = node.clone();
-                let migrations = migrations.clone();
+                let served = served.clone();
                 tokio::spawn(async move {
-                    serve_client(stream, node, migrations).await;
+                    serve_client(stream, served).await;
                     drop(permit);
                 });
             }
@@ -82,8 +95,10 @@ pub async fn serve(listener: UnixListener, node: Arc<Node>, migrations: Arc<Migr
     }
 }
 
-async fn serve_client(stream: UnixStream, node: Arc<Node>, migrations: Arc<Migrations>) {
-    let uid = stream.peer_cred().map(|c| c.uid()).ok();
+async fn serve_client(stream: UnixStream, served: Served) {
+    let credentials = stream.peer_cred().ok();
+    let uid = credentials.map(|c| c.uid());
+    let pid = credentials.and_then(|c| c.pid()).map(|p| p as u32);
     let mut framed = PlainFramed::with_limit(stream, MAX_REQUEST);
     loop {
         let Ok(received) = tokio::time::timeout(CLIENT_IDLE, framed.recv::<ControlRequest>()).await
@@ -102,7 +117,7 @@ async fn serve_client(stream: UnixStream, node: Arc<Node>, migrations: Arc<Migra
                 return;
             }
         };
-        let reply = handle(&node, &migrations, request, uid).await;
+        let reply = handle(&served, request, uid, pid).await;
         if framed.send(&reply).await.is_err() {
             return;
         }
@@ -110,11 +125,13 @@ async fn serve_client(stream: UnixStream, node: Arc<Node>, migrations: Arc<Migra
 }
 
 async fn handle(
-    node: &Node,
-    migrations: &Arc<Migrations>,
+    served: &Served,
     request: ControlRequest,
     uid: Option<u32>,
+    pid: Option<u32>,
 ) -> ControlReply {
+    let node = &served.node;
+    let migrations = &served.migrations;
     match request {
         ControlRequest::Migrate { pid, to, wait } => {
             if let MigrateTarget::Node(n) = to
@@ -140,6 +157,68 @@ async fn handle(
             view.guests = migrations.guests();
             ControlReply::Status(view)
         }
+        ControlRequest::ReadControl { path } | ControlRequest::WriteControl { path, .. }
+            if uid.is_none() || pid.is_none() =>
+        {
+            ControlReply::Refused {
+                reason: format!("{path}: the caller's identity is unknown"),
+            }
+        }
+        ControlRequest::ReadControl { path } => {
+            let caller = Caller {
+                uid: uid.expect("checked above"),
+                pid: pid.expect("checked above"),
+            };
+            let files = served.files.clone();
+            let read = tokio::task::spawn_blocking(move || {
+                let entry = files.resolve(&path, caller)?;
+                files.read(entry, caller)
+            })
+            .await;
+            match read {
+                Ok(Ok(text)) => ControlReply::Value { text },
+                Ok(Err(e)) => ControlReply::Refused {
+                    reason: e.to_string(),
+                },
+                Err(e) => ControlReply::Refused {
+                    reason: format!("reading failed: {e}"),
+                },
+            }
+        }
+        ControlRequest::WriteControl { path, value } => {
+            let caller = Caller {
+                uid: uid.expect("checked above"),
+                pid: pid.expect("checked above"),
+            };
+            let files = served.files.clone();
+            let written = tokio::task::spawn_blocking(move || {
+                let entry = files.resolve(&path, caller)?;
+                files.write(entry, &value, caller).map_err(|e| match e {
+                    ControlError::Invalid(reason) => {
+                        ControlError::Invalid(format!("{path}: {reason}"))
+                    }
+                    other => other,
+                })
+            })
+            .await;
+            match written {
+                Ok(Ok(())) => ControlReply::Accepted,
+                Ok(Err(e)) => ControlReply::Refused {
+                    reason: e.to_string(),
+                },
+                Err(e) => ControlReply::Refused {
+                    reason: format!("writing failed: {e}"),
+                },
+            }
+        }
+        ControlRequest::Leave => {
+            if uid != Some(0) {
+                return ControlReply::Refused {
+                    reason: "only root may take a node out of the cluster".into(),
+                };
+            }
+            leave(served).await
+        }
         ControlRequest::GetMap => ControlReply::Map {
             text: node.map().to_string(),
         },
@@ -160,4 +239,38 @@ async fn handle(
             }
         }
     }
+}
+
+/// `setpe -off`: refuse new guests, send the guests home and bring this
+/// node's processes home; once all are home (or after a timeout, with the
+/// stragglers named), tell the daemon to stop.
+async fn leave(served: &Served) -> ControlReply {
+    let me = served.node.id();
+    let _ = served.node.settings().update(|s| {
+        s.block = true;
+        Ok(())
+    });
+    let guests = served
+        .migrations
+        .send_guests_home(&format!("node {me} leaves the cluster"));
+    let away = served.migrations.bring_all_home();
+    info!("leaving: sending {guests} guests home and bringing {away} processes home");
+    let deadline = tokio::time::Instant::now() + LEAVE_TIMEOUT;
+    loop {
+        let guests = served.migrations.guest_list().len();
+        let away = served.migrations.away().len() + served.migrations.moving();
+        if guests == 0 && away == 0 {
+            break;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return ControlReply::Refused {
+                reason: format!(
+                    "after {LEAVE_TIMEOUT:?}, {guests} guests are still here and {away} processes still away: the node stays up; try again, or stop it to end them"
+                ),
+            };
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    served.leave.notify_one();
+    ControlReply::Accepted
 }

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -15,13 +16,17 @@ use omx_mfs::transport::listener::IncomingLink;
 use omx_mfs::wire::link::{KeeperCommand, KeeperReport, LinkReply, LinkRequest, MoveStats};
 use omx_mfs::wire::plain::PlainFramed;
 use omx_mfs::wire::{
-    AwayProcess, ControlReply, GuestProcess, MigrateTarget, ProcessLocation, RunOptions,
+    AwayProcess, ControlReply, DecayHint, GuestProcess, JobHint, MigrateTarget, ProcessLocation,
+    RunOptions,
 };
 use rand::RngExt;
 use tokio::io::Interest;
 use tokio::net::UnixStream;
 use tokio::sync::{mpsc, oneshot, watch};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
+
+use super::control_tree::ProcessFigures;
+use super::settings::Settings;
 
 /// After `mosrun -NODE` starts a program, how long it runs at home before
 /// it is sent (so that its dynamic loader has mapped its libraries here).
@@ -49,6 +54,9 @@ struct Managed {
     before_move: Location,
     moves: u32,
     options: RunOptions,
+    /// What the process wrote to its `selected` control file.
+    selected: Option<NodeId>,
+    baseline: ProcessFigures,
     last_failure: Option<String>,
     /// When the move in progress was requested.
     move_requested: Option<Instant>,
@@ -65,6 +73,8 @@ impl Managed {
             before_move: Location::Home,
             moves: 0,
             options: RunOptions::default(),
+            selected: None,
+            baseline: ProcessFigures::default(),
             last_failure: None,
             move_requested: None,
             waiters: Vec::new(),
@@ -81,6 +91,16 @@ impl Managed {
         })
     }
 
+    fn controls(&self) -> ProcessControls {
+        ProcessControls {
+            locked: self.options.lock == Some(true),
+            selected: self.selected,
+            job: self.options.job,
+            decay: self.options.decay,
+            baseline: self.baseline,
+        }
+    }
+
     fn answer_all(&mut self, reply: ControlReply) {
         for waiter in self.waiters.drain(..) {
             let _ = waiter.send(reply.clone());
@@ -93,6 +113,48 @@ impl Managed {
 pub struct Guest {
     pub home_node: NodeId,
     pub home_pid: u32,
+    /// The keeper serving it here (its parent).
+    pub keeper_pid: u32,
+    /// Orders for that keeper.
+    orders: mpsc::UnboundedSender<KeeperCommand>,
+}
+
+impl Guest {
+    /// The guest process itself: the keeper's child, if it still runs.
+    pub fn local_pid(&self) -> Option<u32> {
+        std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", self.keeper_pid))
+            .ok()?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    }
+}
+
+/// Running totals for the daemon's metrics.
+#[derive(Debug, Default)]
+pub struct MigrationCounters {
+    /// Moves of this node's processes to other nodes.
+    pub moves_out: AtomicU64,
+    /// This node's processes that came home.
+    pub moves_home: AtomicU64,
+    /// Guests taken in.
+    pub guests_in: AtomicU64,
+    /// System calls of this node's processes forwarded home.
+    pub forwarded_calls: AtomicU64,
+}
+
+/// What the control tree shows and changes of one of this node's
+/// processes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ProcessControls {
+    pub locked: bool,
+    /// The node the process chose for `/mfs/selected`.
+    pub selected: Option<NodeId>,
+    pub job: JobHint,
+    pub decay: DecayHint,
+    /// The process's figures when its statistics were last cleared.
+    pub baseline: ProcessFigures,
 }
 
 pub struct Migrations {
@@ -101,7 +163,10 @@ pub struct Migrations {
     map: watch::Receiver<Arc<ClusterMap>>,
     exe: PathBuf,
     processes: Mutex<HashMap<u32, Managed>>,
+    /// Guests by their keeper's pid.
     guests: Mutex<HashMap<u32, Guest>>,
+    settings: Arc<Settings>,
+    counters: MigrationCounters,
     /// Held while a keeper is spawned: descriptors meant for one keeper
     /// must not leak into another spawned at the same time.
     spawning: Mutex<()>,
@@ -145,11 +210,14 @@ impl Migrations {
         me: NodeId,
         config: NodeConfig,
         map: watch::Receiver<Arc<ClusterMap>>,
+        settings: Arc<Settings>,
     ) -> std::io::Result<Migrations> {
         Ok(Migrations {
             me,
             config,
             map,
+            settings,
+            counters: MigrationCounters::default(),
             exe: std::env::current_exe()?,
             processes: Mutex::new(HashMap::new()),
             guests: Mutex::new(HashMap::new()),
@@ -165,8 +233,35 @@ impl Migrations {
         wait: bool,
         caller_uid: Option<u32>,
     ) -> ControlReply {
+        let (reply_tx, reply_rx) = oneshot::channel();
+        let waiter = wait.then_some(reply_tx);
+        if let Err(reply) = self.start_move(pid, to, caller_uid, waiter) {
+            return reply;
+        }
+        if !wait {
+            return ControlReply::Accepted;
+        }
+        match tokio::time::timeout(MOVE_TIMEOUT, reply_rx).await {
+            Ok(Ok(reply)) => reply,
+            _ => ControlReply::Refused {
+                reason: format!("process {pid} did not finish moving within {MOVE_TIMEOUT:?}"),
+            },
+        }
+    }
+
+    /// Starts moving `pid` to `to` (within a tokio runtime's context);
+    /// `waiter` hears when the move ends. `Err` is the answer when there is
+    /// nothing to wait for: a refusal, or the process is there already.
+    pub fn start_move(
+        self: &Arc<Self>,
+        pid: u32,
+        to: MigrateTarget,
+        caller_uid: Option<u32>,
+        waiter: Option<oneshot::Sender<ControlReply>>,
+    ) -> Result<(), ControlReply> {
+        let refused = |reason: String| Err(ControlReply::Refused { reason });
         if let Err(reason) = may_signal(caller_uid, pid) {
-            return ControlReply::Refused { reason };
+            return refused(reason);
         }
         let target = match to {
             MigrateTarget::Node(n) if n == self.me.get() => None,
@@ -174,49 +269,38 @@ impl Migrations {
                 match NodeId::new(n).filter(|n| self.map.borrow().contains(*n)) {
                     Some(node) => Some(node),
                     None => {
-                        return ControlReply::Refused {
-                            reason: format!("node {n} is not in the cluster map"),
-                        };
+                        return refused(format!("node {n} is not in the cluster map"));
                     }
                 }
             }
             MigrateTarget::Home => None,
         };
-        let (reply_tx, reply_rx) = oneshot::channel();
         {
             let mut processes = self.processes.lock().expect("process table");
             let managed = Self::entry(&mut processes, pid);
             match (managed.location, target) {
                 (Location::Migrating, _) => {
-                    return ControlReply::Refused {
-                        reason: format!("process {pid} is moving already"),
-                    };
+                    return refused(format!("process {pid} is moving already"));
                 }
                 (Location::Home, None) => {
-                    return ControlReply::Moved {
+                    return Err(ControlReply::Moved {
                         node: None,
                         stats: None,
-                    };
+                    });
                 }
                 (Location::Away(node), Some(target)) if node == target => {
-                    return ControlReply::Moved {
+                    return Err(ControlReply::Moved {
                         node: Some(node.get()),
                         stats: None,
-                    };
+                    });
                 }
                 (Location::Home, Some(target)) => {
                     let Some(address) = self.map.borrow().address(target) else {
-                        return ControlReply::Refused {
-                            reason: format!("node {target} is not in the cluster map"),
-                        };
+                        return refused(format!("node {target} is not in the cluster map"));
                     };
                     match self.spawn_home_keeper(pid, managed.session, target, address) {
                         Ok(keeper) => managed.keeper = Some(keeper),
-                        Err(e) => {
-                            return ControlReply::Refused {
-                                reason: format!("cannot start a keeper: {e}"),
-                            };
-                        }
+                        Err(e) => return refused(format!("cannot start a keeper: {e}")),
                     }
                 }
                 (Location::Away(_), target) => {
@@ -240,19 +324,9 @@ impl Migrations {
             managed.before_move = managed.location;
             managed.location = Location::Migrating;
             managed.move_requested = Some(Instant::now());
-            if wait {
-                managed.waiters.push(reply_tx);
-            }
+            managed.waiters.extend(waiter);
         }
-        if !wait {
-            return ControlReply::Accepted;
-        }
-        match tokio::time::timeout(MOVE_TIMEOUT, reply_rx).await {
-            Ok(Ok(reply)) => reply,
-            _ => ControlReply::Refused {
-                reason: format!("process {pid} did not finish moving within {MOVE_TIMEOUT:?}"),
-            },
-        }
+        Ok(())
     }
 
     /// Where `pid` runs and whether it can move.
@@ -432,6 +506,21 @@ impl Migrations {
     }
 
     fn on_report(&self, pid: u32, report: KeeperReport) {
+        match &report {
+            KeeperReport::ForwardedCalls { count } => {
+                self.counters
+                    .forwarded_calls
+                    .fetch_add(*count, Ordering::Relaxed);
+                return;
+            }
+            KeeperReport::RunsOn { .. } => {
+                self.counters.moves_out.fetch_add(1, Ordering::Relaxed);
+            }
+            KeeperReport::Home { .. } => {
+                self.counters.moves_home.fetch_add(1, Ordering::Relaxed);
+            }
+            _ => {}
+        }
         let mut processes = self.processes.lock().expect("process table");
         let Some(managed) = processes.get_mut(&pid) else {
             return;
@@ -473,6 +562,7 @@ impl Migrations {
                 });
                 processes.remove(&pid);
             }
+            KeeperReport::ForwardedCalls { .. } => {}
             KeeperReport::Lost { node, reason } => {
                 error!("process {pid} was lost with node {node}: {reason}");
                 managed.answer_all(ControlReply::Refused {
@@ -534,6 +624,12 @@ impl Migrations {
         session: u64,
     ) -> Result<Box<dyn FnOnce(&Arc<Self>, OwnedFd) + Send>, String> {
         let home = NodeId::new(home_node).ok_or("home node 0")?;
+        if self.settings.get().block {
+            return Err(format!(
+                "node {} is blocked: it takes no guests (mosctl noblock lifts it)",
+                self.me
+            ));
+        }
         let home_address =
             self.map.borrow().address(home).ok_or_else(|| {
                 format!("node {home} (the process's home) is not in this node's map")
@@ -569,18 +665,21 @@ impl Migrations {
                 }
             };
             let id = child.id().unwrap_or(0);
+            me.counters.guests_in.fetch_add(1, Ordering::Relaxed);
+            let (orders, orders_rx) = mpsc::unbounded_channel();
             me.guests.lock().expect("guests").insert(
                 id,
                 Guest {
                     home_node: home,
                     home_pid,
+                    keeper_pid: id,
+                    orders,
                 },
             );
             let me = me.clone();
             tokio::spawn(async move {
+                run_guest_keeper(home, home_pid, ours, orders_rx).await;
                 let mut child = child;
-                // The channel stays open as long as the keeper lives.
-                let _channel = ours;
                 let _ = child.wait().await;
                 me.guests.lock().expect("guests").remove(&id);
             });
@@ -607,6 +706,86 @@ impl Migrations {
         }))
     }
 
+    /// The guests this node hosts, with their keepers.
+    pub fn guest_list(&self) -> Vec<Guest> {
+        let mut guests: Vec<Guest> = self
+            .guests
+            .lock()
+            .expect("guests")
+            .values()
+            .cloned()
+            .collect();
+        guests.sort_by_key(|g| (g.home_node, g.home_pid));
+        guests
+    }
+
+    /// Sends every guest home (an expel, or this node leaving); returns
+    /// how many were told to go.
+    pub fn send_guests_home(&self, reason: &str) -> usize {
+        let guests = self.guests.lock().expect("guests");
+        for guest in guests.values() {
+            let _ = guest.orders.send(KeeperCommand::GoHome {
+                reason: reason.to_string(),
+            });
+        }
+        guests.len()
+    }
+
+    /// Brings every process of this node that runs elsewhere home; returns
+    /// how many were asked to come.
+    pub fn bring_all_home(self: &Arc<Self>) -> usize {
+        let away = self.away();
+        for process in &away {
+            if let Err(ControlReply::Refused { reason }) =
+                self.start_move(process.pid, MigrateTarget::Home, Some(0), None)
+            {
+                warn!("cannot bring process {} home: {reason}", process.pid);
+            }
+        }
+        away.len()
+    }
+
+    /// The control-tree settings of `pid`.
+    pub fn controls(&self, pid: u32) -> ProcessControls {
+        let mut processes = self.processes.lock().expect("process table");
+        Self::forget_if_gone(&mut processes, pid);
+        processes
+            .get(&pid)
+            .map(Managed::controls)
+            .unwrap_or_default()
+    }
+
+    /// The control-tree settings of every process that has any.
+    pub fn all_controls(&self) -> Vec<(u32, ProcessControls)> {
+        let processes = self.processes.lock().expect("process table");
+        let mut all: Vec<(u32, ProcessControls)> = processes
+            .iter()
+            .map(|(pid, m)| (*pid, m.controls()))
+            .collect();
+        all.sort_by_key(|(pid, _)| *pid);
+        all
+    }
+
+    /// Changes the control-tree settings of `pid`, if the caller may.
+    pub fn set_controls(
+        &self,
+        pid: u32,
+        caller_uid: Option<u32>,
+        change: impl FnOnce(&mut ProcessControls),
+    ) -> Result<(), String> {
+        may_signal(caller_uid, pid)?;
+        let mut processes = self.processes.lock().expect("process table");
+        let managed = Self::entry(&mut processes, pid);
+        let mut controls = managed.controls();
+        change(&mut controls);
+        managed.options.lock = Some(controls.locked);
+        managed.selected = controls.selected;
+        managed.options.job = controls.job;
+        managed.options.decay = controls.decay;
+        managed.baseline = controls.baseline;
+        Ok(())
+    }
+
     /// Processes of other nodes running here, by home node and pid.
     pub fn guests(&self) -> Vec<GuestProcess> {
         let mut guests: Vec<GuestProcess> = self
@@ -621,6 +800,20 @@ impl Migrations {
             .collect();
         guests.sort_by_key(|g| (g.home_node, g.home_pid));
         guests
+    }
+
+    pub fn counters(&self) -> &MigrationCounters {
+        &self.counters
+    }
+
+    /// How many of this node's processes are moving now.
+    pub fn moving(&self) -> usize {
+        self.processes
+            .lock()
+            .expect("process table")
+            .values()
+            .filter(|m| m.location == Location::Migrating)
+            .count()
     }
 
     /// Processes of this node running elsewhere, by pid.
@@ -640,6 +833,45 @@ impl Migrations {
             .collect();
         away.sort_by_key(|p| p.pid);
         away
+    }
+}
+
+/// Relays orders to a guest's keeper until it ends, and logs what it
+/// reports (its home node's daemon is the one that acts on the reports).
+async fn run_guest_keeper(
+    home: NodeId,
+    home_pid: u32,
+    channel: std::os::unix::net::UnixStream,
+    mut orders: mpsc::UnboundedReceiver<KeeperCommand>,
+) {
+    let stream = match channel
+        .set_nonblocking(true)
+        .and_then(|()| UnixStream::from_std(channel))
+    {
+        Ok(stream) => stream,
+        Err(e) => return warn!("keeper channel for process {home_pid} of node {home}: {e}"),
+    };
+    let mut framed = PlainFramed::new(stream);
+    loop {
+        tokio::select! {
+            report = framed.recv::<KeeperReport>() => match report {
+                Ok(Some(report)) => debug!("guest {home_pid} of node {home}: {report:?}"),
+                _ => return,
+            },
+            order = orders.recv() => match order {
+                Some(command) => {
+                    if let Err(e) = framed.send(&command).await {
+                        warn!("cannot instruct the keeper of guest {home_pid} of node {home}: {e}");
+                    }
+                }
+                None => {
+                    // Nobody gives orders any more; keep the channel open
+                    // while the keeper lives.
+                    while let Ok(Some(_)) = framed.recv::<KeeperReport>().await {}
+                    return;
+                }
+            },
+        }
     }
 }
 
@@ -675,7 +907,7 @@ async fn send_order(
 
 /// Whether the caller (uid) may move `pid`: as kill(2) would let it
 /// signal the process.
-fn may_signal(caller_uid: Option<u32>, pid: u32) -> Result<(), String> {
+pub fn may_signal(caller_uid: Option<u32>, pid: u32) -> Result<(), String> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .map_err(|_| format!("there is no process {pid} on this node"))?;
     let Some(caller) = caller_uid else {
@@ -705,23 +937,20 @@ fn may_signal(caller_uid: Option<u32>, pid: u32) -> Result<(), String> {
 /// MFS's magic links follow this node's processes where they run.
 impl omx_mfs::fs::Whereabouts for Migrations {
     fn place(&self, pid: u32) -> omx_mfs::fs::Place {
-        let here = match self
-            .processes
-            .lock()
-            .expect("process table")
-            .get(&pid)
-            .map(|m| &m.location)
-        {
+        let processes = self.processes.lock().expect("process table");
+        let managed = processes.get(&pid);
+        let here = match managed.map(|m| &m.location) {
             // A forwarded call of a process away comes from its deputy.
             Some(Location::Away(node)) => *node,
             _ => self.me,
         };
+        let selected = managed.and_then(|m| m.selected).unwrap_or(here);
         omx_mfs::fs::Place {
             here,
             home: self.me,
             // execve needs home: a process execs where it belongs.
             lastexec: self.me,
-            selected: here,
+            selected,
             magic: here,
         }
     }

@@ -6,17 +6,21 @@
 //! SIGHUP reloads the map; SIGTERM or SIGINT stops it cleanly.
 
 mod control;
+mod control_tree;
+mod metrics;
 mod migration;
 mod node;
+mod settings;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use control_tree::ControlFiles;
 use omx_dfsa::load::{CgroupLoad, LoadMeter, LoadProvider, MachineLoad, speed};
 use omx_mfs::cluster_key::ClusterKey;
-use omx_mfs::config::{LoadSource, NodeConfig};
+use omx_mfs::config::{KERNEL_CONTROL_TREE, LoadSource, NodeConfig};
 use omx_mfs::fs::{Exporter, FsClient, Mfs, Squash, mount, server};
 use omx_mfs::transport::Identity;
 use omx_mfs::transport::listener::{self, ListenerSettings};
@@ -28,13 +32,14 @@ use tracing::{error, info, warn};
 
 pub use migration::Migrations;
 pub use node::Node;
+pub use settings::Settings;
 
 /// How long load figures are smoothed over.
 const LOAD_SMOOTHING: Duration = Duration::from_secs(2);
 /// Peer connections kept open at once (an LRU beyond that).
 const MAX_PEER_LINKS: usize = 64;
 
-pub fn run(config_path: &Path) -> anyhow::Result<()> {
+pub fn run(config_path: &Path, metrics_addr: Option<std::net::SocketAddr>) -> anyhow::Result<()> {
     let config = NodeConfig::load(config_path)?;
     let (me, map) = config.load_map()?;
     let key = ClusterKey::load(&config.key_path)?;
@@ -67,13 +72,23 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
                 )
             })?;
         let control_socket = control::bind(&config.control_socket)?;
+        let metrics_listener = match metrics_addr {
+            Some(address) => Some(metrics::bind(address).await?),
+            None => None,
+        };
         let identity = Identity { node: me, key };
-        let node = Arc::new(Node::new(me, config.clone(), map, meter));
+        let settings = Arc::new(Settings::default());
+        let node = Arc::new(Node::new(me, config.clone(), map, meter, settings.clone()));
         let outbox = Outbox::new(identity.clone(), node.map_receiver(), config.port, MAX_PEER_LINKS);
         let (inbound_tx, inbound_rx) = tokio::sync::mpsc::channel(256);
         let (links_tx, mut links_rx) = tokio::sync::mpsc::channel(64);
         let (fs_tx, fs_rx) = tokio::sync::mpsc::channel(64);
-        let migrations = Arc::new(Migrations::new(me, config.clone(), node.map_receiver())?);
+        let migrations = Arc::new(Migrations::new(
+            me,
+            config.clone(),
+            node.map_receiver(),
+            settings.clone(),
+        )?);
         let exporter = Arc::new(Exporter::new(&config.mfs.export)?);
         exporter.set_refuse_remote(config.mfs.nomfs);
         let squash = Squash {
@@ -105,6 +120,7 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
         );
 
         tokio::spawn(listener::serve(listener, settings, inbound_tx));
+        let mut mfs_stats = None;
         let mounted = match &config.mfs.mount {
             Some(mountpoint) => {
                 let mfs = Mfs::new(
@@ -115,6 +131,7 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
                     migrations.clone(),
                     squash,
                 );
+                mfs_stats = Some(mfs.stats());
                 let mountpoint = mountpoint.clone();
                 let threads = config.mfs.threads;
                 let mounted =
@@ -125,10 +142,50 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
             }
             None => None,
         };
+        let control_files = Arc::new(ControlFiles::new(
+            node.clone(),
+            migrations.clone(),
+            exporter.clone(),
+            tokio::runtime::Handle::current(),
+        ));
+        let control_tree = match &config.control_tree {
+            Some(fallback) => {
+                let mut candidates = Vec::new();
+                if Path::new(KERNEL_CONTROL_TREE).is_dir() {
+                    candidates.push(PathBuf::from(KERNEL_CONTROL_TREE));
+                }
+                candidates.push(fallback.clone());
+                let files = control_files.clone();
+                Some(
+                    tokio::task::spawn_blocking(move || control_tree::mount(files, &candidates))
+                        .await??,
+                )
+            }
+            None => None,
+        };
+        let leave = Arc::new(tokio::sync::Notify::new());
+        if let Some(listener) = metrics_listener {
+            tokio::spawn(metrics::serve(
+                listener,
+                metrics::Sources {
+                    node: node.clone(),
+                    migrations: migrations.clone(),
+                    mfs: mfs_stats,
+                },
+            ));
+        }
         tokio::spawn(node.clone().dispatch_inbound(inbound_rx));
         tokio::spawn(sample_load(node.clone()));
         tokio::spawn(gossip(node.clone(), outbox));
-        tokio::spawn(control::serve(control_socket, node.clone(), migrations.clone()));
+        tokio::spawn(control::serve(
+            control_socket,
+            control::Served {
+                node: node.clone(),
+                migrations: migrations.clone(),
+                files: control_files,
+                leave: leave.clone(),
+            },
+        ));
         let link_migrations = migrations.clone();
         tokio::spawn(async move {
             while let Some(link) = links_rx.recv().await {
@@ -150,9 +207,14 @@ pub fn run(config_path: &Path) -> anyhow::Result<()> {
                 }
                 _ = terminate.recv() => break,
                 _ = interrupt.recv() => break,
+                () = leave.notified() => {
+                    info!("leaving the cluster (setpe -off)");
+                    break;
+                }
             }
         }
         info!("node {me} stopping");
+        drop(control_tree);
         drop(mounted);
         let _ = std::fs::remove_file(&config.control_socket);
         anyhow::Ok(())

@@ -20,6 +20,8 @@ use omx_mfs::wire::{
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
+use super::settings::Settings;
+
 /// Everything the daemon's tasks share.
 pub struct Node {
     me: NodeId,
@@ -28,6 +30,7 @@ pub struct Node {
     map: watch::Sender<Arc<ClusterMap>>,
     gossip: Mutex<GossipNode<LoadReport>>,
     meter: Mutex<LoadMeter>,
+    settings: Arc<Settings>,
     /// Last status logged per node, to log changes only.
     logged_status: Mutex<HashMap<NodeId, NodeStatus>>,
     /// Held while a map is being installed, so that two installs (SIGHUP
@@ -36,7 +39,13 @@ pub struct Node {
 }
 
 impl Node {
-    pub fn new(me: NodeId, config: NodeConfig, map: ClusterMap, meter: LoadMeter) -> Node {
+    pub fn new(
+        me: NodeId,
+        config: NodeConfig,
+        map: ClusterMap,
+        meter: LoadMeter,
+        settings: Arc<Settings>,
+    ) -> Node {
         let params = gossip_params(&config, map.len());
         let gossip = GossipNode::new(me, Arc::new(Membership::new(map.node_ids())), params);
         let (map, _) = watch::channel(Arc::new(map));
@@ -47,6 +56,7 @@ impl Node {
             map,
             gossip: Mutex::new(gossip),
             meter: Mutex::new(meter),
+            settings,
             logged_status: Mutex::new(HashMap::new()),
             installing: Mutex::new(()),
         }
@@ -54,6 +64,24 @@ impl Node {
 
     pub fn config(&self) -> &NodeConfig {
         &self.config
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.me
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    pub fn speed(&self) -> u32 {
+        self.meter.lock().expect("meter lock").speed()
+    }
+
+    /// Sets this node's speed: its load figures and what it gossips change
+    /// at once.
+    pub fn set_speed(&self, speed: u32) {
+        self.meter.lock().expect("meter lock").set_speed(speed);
     }
 
     pub fn map_receiver(&self) -> watch::Receiver<Arc<ClusterMap>> {
@@ -91,7 +119,13 @@ impl Node {
             .update(Instant::now())
     }
 
+    /// Sends this node's load and window to one node, unless the node is
+    /// quiet (then the others stop hearing of it, and after a while count
+    /// it as down).
     pub fn gossip_step(&self, outbox: &Outbox) {
+        if self.settings.get().quiet {
+            return;
+        }
         let own = self.meter.lock().expect("meter lock").report();
         let mut transport = OutboxTransport { outbox };
         let mut rng = rand::rng();

@@ -34,6 +34,8 @@ use crate::status;
 
 /// Where labs keep their files.
 const LABS_DIR: &str = "/run/omx-lab";
+/// The port lab nodes serve metrics on (Prometheus's node-exporter range).
+pub const DEFAULT_LAB_METRICS_PORT: u16 = 9464;
 /// How long a freshly started daemon may take to answer.
 const DAEMON_START_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -107,6 +109,10 @@ pub struct UpArgs {
     /// The cluster port.
     #[arg(long, default_value_t = omx_mfs::config::DEFAULT_PORT)]
     pub port: u16,
+    /// Each node's daemon serves Prometheus metrics at its address and
+    /// this port (0: no metrics).
+    #[arg(long, default_value_t = DEFAULT_LAB_METRICS_PORT)]
+    pub metrics_port: u16,
     /// Gossip step in milliseconds.
     #[arg(long, default_value_t = 1000)]
     pub gossip_ms: u64,
@@ -149,6 +155,9 @@ fn parse_size_arg(text: &str) -> Result<u64, String> {
 pub struct LabState {
     pub name: String,
     pub port: u16,
+    /// Where each node serves its metrics (0: nowhere).
+    #[serde(default)]
+    pub metrics_port: u16,
     pub nodes: Vec<LabNode>,
 }
 
@@ -372,6 +381,7 @@ fn build(
     let lab = LabState {
         name: name.clone(),
         port: args.port,
+        metrics_port: args.metrics_port,
         nodes,
     };
     std::fs::write(dir.join("lab.json"), serde_json::to_string_pretty(&lab)?)?;
@@ -452,6 +462,10 @@ fn start_daemon(lab: &LabState, node: &LabNode) -> anyhow::Result<u32> {
         ])
         .arg(&exe)
         .arg("daemon")
+        .args(
+            (lab.metrics_port != 0)
+                .then(|| format!("--metrics-addr={}:{}", node.plan.address, lab.metrics_port)),
+        )
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)

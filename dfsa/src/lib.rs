@@ -9,4 +9,5 @@
 
 pub mod gossip;
 pub mod load;
+pub mod placement;
 pub mod sim;

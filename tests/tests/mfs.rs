@@ -44,7 +44,7 @@ fn shared_dir(lab: &Lab) {
 
 #[test]
 fn every_node_sees_every_write_rename_and_unlink_at_once() {
-    let lab = lab("fcoh", 40, 3);
+    let lab = lab("fcoh", 51, 3);
     shared_dir(&lab);
     // The tree: one directory per node, and the magic links.
     let listing = sh(&lab, 1, "ls /mfs");
@@ -114,7 +114,7 @@ fn every_node_sees_every_write_rename_and_unlink_at_once() {
 
 #[test]
 fn counters_incremented_from_two_nodes_under_a_lock_lose_nothing() {
-    let lab = lab("flock", 41, 3);
+    let lab = lab("flock", 52, 3);
     shared_dir(&lab);
     // Root of the other nodes is nobody here: the files are for everyone.
     sh(

@@ -6,9 +6,8 @@
 //! released), so at home only its pid, owner and command are known: its
 //! state, CPU time and memory are on the node it runs on, and are shown as
 //! `-`. NODE is the node a process runs on: this node's own number for a
-//! process at home. Guests (processes of other nodes running here) are
-//! recognised as the children of `omx __remote-keeper`, whose arguments
-//! name their home node and pid. See `docs/mps.md`.
+//! process at home. Guests (processes of other nodes running here) are the
+//! pids the daemon lists with their home node and pid. See `docs/mps.md`.
 
 use std::collections::{HashMap, HashSet};
 use std::io::{IsTerminal, Write};
@@ -393,39 +392,6 @@ pub fn format_time(seconds: u64) -> String {
     }
 }
 
-/// What a remote keeper's arguments say: the node it runs on, and the
-/// home of the process it hosts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct KeeperOf {
-    pub node: u16,
-    pub home_node: u16,
-    pub home_pid: u32,
-}
-
-/// Recognises `omx __remote-keeper --node=N --home-node=H --home-pid=P ...`.
-pub fn parse_remote_keeper(argv: &[String]) -> Option<KeeperOf> {
-    let at = argv.iter().take(2).position(|a| a == "__remote-keeper")?;
-    let args = &argv[at + 1..];
-    let value = |name: &str| -> Option<&str> {
-        let long = format!("--{name}");
-        let with_equals = format!("{long}=");
-        args.iter().enumerate().find_map(|(i, a)| {
-            if let Some(v) = a.strip_prefix(&with_equals) {
-                Some(v)
-            } else if *a == long {
-                args.get(i + 1).map(String::as_str)
-            } else {
-                None
-            }
-        })
-    };
-    Some(KeeperOf {
-        node: value("node")?.parse().ok()?,
-        home_node: value("home-node")?.parse().ok()?,
-        home_pid: value("home-pid")?.parse().ok()?,
-    })
-}
-
 /// One process as read from `/proc`.
 #[derive(Debug, Clone)]
 struct Proc {
@@ -477,14 +443,10 @@ fn scan(proc_root: &Path, view: &ClusterView, system: &System, users: &mut Users
 fn classify(procs: Vec<Proc>, view: &ClusterView, system: &System, users: &mut Users) -> Listing {
     let here = view.this_node;
     let away: HashMap<u32, u16> = view.away.iter().map(|p| (p.pid, p.node)).collect();
-    let guests: HashSet<(u16, u32)> = view
+    let guests: HashMap<u32, (u16, u32)> = view
         .guests
         .iter()
-        .map(|g| (g.home_node, g.home_pid))
-        .collect();
-    let keepers: HashMap<u32, KeeperOf> = procs
-        .iter()
-        .filter_map(|p| Some((p.stat.pid, parse_remote_keeper(&p.argv)?)))
+        .filter_map(|g| Some((g.pid?, (g.home_node, g.home_pid))))
         .collect();
     let mut listing = Listing::default();
     for p in procs {
@@ -506,17 +468,11 @@ fn classify(procs: Vec<Proc>, view: &ClusterView, system: &System, users: &mut U
             ticks,
             start_time: p.stat.start_time,
         };
-        if let Some(keeper) = keepers.get(&p.stat.ppid) {
-            // A guest, if the daemon says so. (In a lab, whose nodes
-            // share one pid space, the guests of other nodes, even those of
-            // another lab's node of the same number, are visible too: they
-            // are left out.)
-            if keeper.node == here && guests.contains(&(keeper.home_node, keeper.home_pid)) {
-                row.guest = true;
-                row.home_node = keeper.home_node;
-                row.home_pid = keeper.home_pid;
-                listing.guests.push(row);
-            }
+        if let Some(&(home_node, home_pid)) = guests.get(&p.stat.pid) {
+            row.guest = true;
+            row.home_node = home_node;
+            row.home_pid = home_pid;
+            listing.guests.push(row);
         } else if let Some(&node) = away.get(&p.stat.pid) {
             // The deputy: what it shows is not the process's.
             row.node = node;
@@ -848,38 +804,6 @@ mod tests {
         assert_eq!(format_time(90_061), "1-01:01:01");
     }
 
-    fn keeper_argv(node: u16, home_pid: u32) -> Vec<String> {
-        [
-            "/usr/bin/omx".to_string(),
-            "__remote-keeper".to_string(),
-            format!("--node={node}"),
-            "--key=/etc/omx/cluster.key".to_string(),
-            "--home-node=1".to_string(),
-            "--home-address=10.79.46.1".to_string(),
-            "--home-pid".to_string(),
-            home_pid.to_string(),
-        ]
-        .into()
-    }
-
-    #[test]
-    fn remote_keepers_name_the_home_of_their_guest() {
-        assert_eq!(
-            parse_remote_keeper(&keeper_argv(3, 777)),
-            Some(KeeperOf {
-                node: 3,
-                home_node: 1,
-                home_pid: 777
-            })
-        );
-        let home_keeper: Vec<String> = ["omx", "__home-keeper", "--node=3"]
-            .map(String::from)
-            .into();
-        assert_eq!(parse_remote_keeper(&home_keeper), None);
-        let mention: Vec<String> = ["grep", "x", "__remote-keeper"].map(String::from).into();
-        assert_eq!(parse_remote_keeper(&mention), None);
-    }
-
     fn proc(pid: u32, ppid: u32, uid: u32, argv: &[&str]) -> Proc {
         let mut stat = parse_stat(STAT).unwrap();
         stat.pid = pid;
@@ -911,6 +835,7 @@ mod tests {
             guests: vec![GuestProcess {
                 home_node: 1,
                 home_pid: 777,
+                pid: Some(31),
             }],
         }
     }
@@ -921,22 +846,11 @@ mod tests {
     };
 
     fn listing() -> Listing {
-        let mut keeper_here = proc(30, 1, 0, &[]);
-        keeper_here.argv = keeper_argv(3, 777);
-        let mut keeper_elsewhere = proc(40, 1, 0, &[]);
-        keeper_elsewhere.argv = keeper_argv(2, 777);
-        // Another lab's node 3, say: the daemon does not know its guest.
-        let mut keeper_unknown = proc(50, 1, 0, &[]);
-        keeper_unknown.argv = keeper_argv(3, 555);
         let procs = vec![
             proc(20, 1, 1000, &["omx-test-cpu", "100"]),
             proc(10, 1, 1000, &["sleep", "600"]),
-            keeper_here,
+            proc(30, 1, 0, &["omx", "__remote-keeper"]),
             proc(31, 30, 2_000_000_000, &["omx-test-cpu", "7"]),
-            keeper_elsewhere,
-            proc(41, 40, 2_000_000_000, &["other"]),
-            keeper_unknown,
-            proc(51, 50, 2_000_000_000, &["unknown"]),
         ];
         classify(procs, &view(), &SYSTEM, &mut Users::default())
     }
@@ -945,7 +859,7 @@ mod tests {
     fn processes_are_sorted_into_home_away_and_guests() {
         let listing = listing();
         let pids: Vec<u32> = listing.processes.iter().map(|r| r.pid).collect();
-        assert_eq!(pids, [10, 20, 30, 40, 50], "no guest among this node's");
+        assert_eq!(pids, [10, 20, 30], "no guest among this node's");
         let at_home = &listing.processes[0];
         assert_eq!((at_home.node, at_home.away), (3, false));
         assert_eq!(at_home.rss_kib, Some(2560 * 4));
@@ -957,7 +871,7 @@ mod tests {
             (&None, None, None)
         );
         assert_eq!(away.command, "omx-test-cpu 100");
-        assert_eq!(listing.guests.len(), 1, "others' guests are left out");
+        assert_eq!(listing.guests.len(), 1);
         let guest = &listing.guests[0];
         assert_eq!((guest.pid, guest.node), (31, 3));
         assert_eq!(
@@ -1026,19 +940,19 @@ mod tests {
         let mut now = listing();
         now.processes[0].ticks += 150; // sleep 600: 1.5 s of CPU in 2 s
         now.guests[0].ticks += 20;
-        now.processes[3].start_time += 1; // pid 40 was reused: all its ticks count
+        now.processes[2].start_time += 1; // pid 30 was reused: all its ticks count
         let rows = top_rows(&before, &now, Duration::from_secs(2), 100);
         let order: Vec<u32> = rows.iter().map(|r| r.pid).collect();
-        assert_eq!(order, [40, 10, 31, 30, 50, 20], "{rows:?}");
+        assert_eq!(order, [30, 10, 31, 20], "{rows:?}");
         assert_eq!(rows[0].cpu_percent, Some(150.0));
         assert_eq!(rows[1].cpu_percent, Some(75.0));
         assert_eq!(rows[2].cpu_percent, Some(10.0));
-        assert_eq!(rows[5].cpu_percent, None, "away: unknown here, last");
+        assert_eq!(rows[3].cpu_percent, None, "away: unknown here, last");
 
         let frame = render_top(&view(), &rows, now.away_count());
         assert!(
             frame.starts_with(
-                "mtop - node 3: 1 of 1 nodes up, load 150; 5 processes, 1 away, 1 guests\n\n"
+                "mtop - node 3: 1 of 1 nodes up, load 150; 3 processes, 1 away, 1 guests\n\n"
             ),
             "{frame}"
         );

@@ -145,6 +145,7 @@ mod tests {
             ],
             away: vec![AwayProcess { pid: 4242, node: 2 }],
             guests: vec![GuestProcess {
+                pid: Some(42),
                 home_node: 2,
                 home_pid: 77,
             }],

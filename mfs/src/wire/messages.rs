@@ -219,6 +219,8 @@ pub struct AwayProcess {
 pub struct GuestProcess {
     pub home_node: u16,
     pub home_pid: u32,
+    /// Its pid on the viewing node (`None` while it is being set up).
+    pub pid: Option<u32>,
 }
 
 /// What the viewing node knows of one node.

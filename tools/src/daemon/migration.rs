@@ -796,6 +796,7 @@ impl Migrations {
             .map(|g| GuestProcess {
                 home_node: g.home_node.get(),
                 home_pid: g.home_pid,
+                pid: g.local_pid(),
             })
             .collect();
         guests.sort_by_key(|g| (g.home_node, g.home_pid));

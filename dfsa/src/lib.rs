@@ -11,3 +11,4 @@ pub mod gossip;
 pub mod load;
 pub mod placement;
 pub mod sim;
+pub mod stats;

@@ -40,6 +40,18 @@ pub struct GossipConfig {
     pub down_after: Option<Duration>,
 }
 
+/// The placement engine's switches.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PlacementConfig {
+    /// Whether this node moves its processes on its own (load balancing,
+    /// memory ushering, I/O locality). Off, processes move only when asked.
+    pub balance: bool,
+    /// How often it considers a move.
+    pub interval: Duration,
+    /// A moved process stays put at least this long.
+    pub min_residency: Duration,
+}
+
 /// A validated node configuration.
 #[derive(Clone, Debug, PartialEq)]
 pub struct NodeConfig {
@@ -78,6 +90,7 @@ pub struct NodeConfig {
     /// call before sleeping (zero: never).
     pub forward_spin: Duration,
     pub mfs: MfsConfig,
+    pub placement: PlacementConfig,
 }
 
 /// The `[mfs]` section: the cluster file system.
@@ -159,6 +172,16 @@ struct RawConfig {
     load: RawLoad,
     #[serde(default)]
     mfs: RawMfs,
+    #[serde(default)]
+    placement: RawPlacement,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawPlacement {
+    balance: Option<bool>,
+    interval_ms: Option<Spanned<u64>>,
+    min_residency_ms: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -363,6 +386,25 @@ impl NodeConfig {
                 "mfs.threads must be 1..256",
             )?,
         };
+        let placement = PlacementConfig {
+            balance: raw.placement.balance.unwrap_or(true),
+            interval: Duration::from_millis(match &raw.placement.interval_ms {
+                None => 1000,
+                Some(v) => check(
+                    v,
+                    (100..=60_000).contains(v.get_ref()),
+                    "placement.interval_ms must be 100..60000",
+                )?,
+            }),
+            min_residency: Duration::from_millis(match &raw.placement.min_residency_ms {
+                None => 5000,
+                Some(v) => check(
+                    v,
+                    *v.get_ref() <= 3_600_000,
+                    "placement.min_residency_ms must be 0..3600000",
+                )?,
+            }),
+        };
         let mfs = MfsConfig {
             mount: match raw.mfs.mount {
                 Some(p) if p.as_os_str().is_empty() => None,
@@ -403,6 +445,7 @@ impl NodeConfig {
             guest_root: resolve(raw.guest_root, "/run/omx/empty"),
             forward_spin: Duration::from_micros(forward_spin_us),
             mfs,
+            placement,
         })
     }
 
@@ -490,6 +533,27 @@ mod tests {
         assert_eq!(c.load_source, LoadSource::Machine);
         assert!(c.check_peer_address);
         assert_eq!(c.control_tree, Some(PathBuf::from(DEFAULT_CONTROL_TREE)));
+    }
+
+    #[test]
+    fn placement_is_on_by_default_and_checked() {
+        let c = parse("").unwrap();
+        assert!(c.placement.balance);
+        assert_eq!(c.placement.interval, Duration::from_secs(1));
+        assert_eq!(c.placement.min_residency, Duration::from_secs(5));
+        let off =
+            parse("[placement]\nbalance = false\ninterval_ms = 500\nmin_residency_ms = 0").unwrap();
+        assert!(!off.placement.balance);
+        assert_eq!(off.placement.interval, Duration::from_millis(500));
+        assert_eq!(off.placement.min_residency, Duration::ZERO);
+        let (line, reason) = invalid("[placement]\ninterval_ms = 5");
+        assert_eq!(line, 2);
+        assert!(
+            reason.contains("placement.interval_ms must be 100..60000"),
+            "{reason}"
+        );
+        let (_, reason) = invalid("[placement]\nbalanse = true");
+        assert!(reason.contains("balanse"), "{reason}");
     }
 
     #[test]

@@ -21,3 +21,4 @@ pub mod keeper;
 pub mod maps;
 pub mod restore;
 pub mod syscalls;
+pub mod usage;

@@ -90,6 +90,9 @@ pub struct Lab {
 impl Lab {
     /// Brings up lab `name` with `nodes` nodes on 10.79.`net`.0/24.
     /// Leftovers of an earlier run under the same name are removed first.
+    /// The placement engine is off unless `extra` says `--balance true`:
+    /// tests of the mechanisms move processes themselves and check where
+    /// they are.
     pub fn up(name: &str, net: u8, nodes: u16, extra: &[&str]) -> Lab {
         require_root();
         let _ = omx(&["lab", "down", "--name", name]);
@@ -99,6 +102,9 @@ impl Lab {
             "lab", "up", "--name", name, "--nodes", &nodes_arg, "--subnet", &subnet,
         ];
         args.extend_from_slice(extra);
+        if !extra.contains(&"--balance") {
+            args.extend_from_slice(&["--balance", "false"]);
+        }
         let output = omx(&args);
         assert!(
             output.status.success(),

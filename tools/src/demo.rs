@@ -1,79 +1,265 @@
-//! `omx demo`: the main demonstration.
+//! `omx demo`: the main demonstration, the seed's own example.
 //!
-//! Brings up a lab, waits until every node sees every other one, shows each
-//! node's view, loads one node with CPU work and shows the others learn of
-//! it; then starts CPU-bound jobs on node 1, once all at home and once sent
-//! to the other nodes with mosrun, shows where they run and what they
-//! compute, and tears the lab down.
+//! Brings up a lab of small nodes, starts a dozen compressions on node 1
+//! and lets the placement engine spread them, showing live where they run;
+//! then reports the makespan against one compression alone and against
+//! the same dozen left at home, and checks that every output is the same.
 
-use std::process::{Command, ExitCode, Stdio};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Args;
-use omx_mfs::wire::{ClusterView, NodeState};
+use omx_mfs::wire::NodeState;
+use serde::Serialize;
 
 use crate::lab::{self, LabState, NameArg, UpArgs};
 use crate::status;
 
 #[derive(Args, Debug)]
 pub struct DemoArgs {
-    /// Number of nodes.
-    #[arg(long, default_value_t = 4)]
+    /// Number of nodes (each gets an equal share of this machine).
+    #[arg(long, default_value_t = 12)]
     pub nodes: usize,
+    /// Number of compressions (default: one per node).
+    #[arg(long)]
+    pub jobs: Option<usize>,
+    /// How long one compression alone should take on one node, seconds
+    /// (the input is sized for it).
+    #[arg(long, default_value_t = 15.0)]
+    pub job_seconds: f64,
+    /// Skip the run of every compression at home without migration (it
+    /// takes about jobs x job-seconds).
+    #[arg(long)]
+    pub no_baseline: bool,
     /// Leave the lab up at the end.
     #[arg(long)]
     pub keep: bool,
-    /// Millions of loop steps of each job (a few seconds on a lab node).
-    #[arg(long, default_value_t = 1000, hide = true)]
-    pub job_rounds: u64,
+    /// Print the final report as JSON too (for bench/).
+    #[arg(long, hide = true)]
+    pub json: bool,
+    /// The lab's name.
+    #[arg(long, default_value = "demo", hide = true)]
+    pub lab_name: String,
+    /// The lab's /24 network.
+    #[arg(long, default_value = "10.78.0.0", hide = true)]
+    pub subnet: std::net::Ipv4Addr,
 }
 
-const LAB: &str = "demo";
+/// What the demo measured.
+#[derive(Serialize, Debug)]
+pub struct Report {
+    pub nodes: usize,
+    pub jobs: usize,
+    pub input_bytes: u64,
+    /// One compression alone on one node, seconds.
+    pub alone_s: f64,
+    /// All of them started on node 1, placed by omx.
+    pub spread_s: f64,
+    /// All of them on node 1 without migration (if run).
+    pub at_home_s: Option<f64>,
+    /// Moves the placement engine made.
+    pub moves: usize,
+}
+
+/// The compressor and its options.
+const COMPRESS: [&str; 3] = ["gzip", "-6", "-c"];
 
 pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     if args.nodes < 2 {
         bail!("--nodes {}: the demo needs at least 2 nodes", args.nodes);
+    }
+    if !(args.job_seconds > 0.0 && args.job_seconds <= 3600.0) {
+        bail!("--job-seconds {}: use 0 to 3600 seconds", args.job_seconds);
     }
     let up = UpArgs {
         nodes: args.nodes,
         cpus: Vec::new(),
         mem: Vec::new(),
         speed: Vec::new(),
-        name: NameArg { name: LAB.into() },
-        subnet: "10.78.0.0".parse().expect("an address"),
+        name: NameArg {
+            name: args.lab_name.clone(),
+        },
+        subnet: args.subnet,
         port: omx_mfs::config::DEFAULT_PORT,
         metrics_port: lab::DEFAULT_LAB_METRICS_PORT,
-        gossip_ms: 1000,
+        gossip_ms: 500,
         window: 16,
         mfs_root_squash: true,
+        balance: true,
     };
     println!(
-        "== bringing up a lab of {} nodes on this machine",
-        args.nodes
+        "== bringing up a lab of {} nodes on this machine, each with 1/{} of its CPUs",
+        args.nodes, args.nodes
     );
     let lab = lab::up(&up)?;
-    let result = show(&lab, args.job_rounds);
+    let result = show(&lab, &args);
     if args.keep {
         println!(
-            "\n== the lab stays up: `omx lab status --name {LAB}`, `omx lab down --name {LAB}`"
+            "\n== the lab stays up: `omx lab status --name {0}`, `omx lab down --name {0}`",
+            args.lab_name
         );
     } else {
         println!("\n== tearing the lab down");
-        lab::run(lab::LabCommand::Down(NameArg { name: LAB.into() }))?;
+        lab::run(lab::LabCommand::Down(NameArg {
+            name: args.lab_name.clone(),
+        }))?;
     }
-    result.map(|()| ExitCode::SUCCESS)
+    let report = result?;
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
-fn show(lab: &LabState, job_rounds: u64) -> anyhow::Result<()> {
+fn show(lab: &LabState, args: &DemoArgs) -> anyhow::Result<Report> {
+    wait_until_all_up(lab)?;
+    let home = lab.nodes[0].plan.id;
+    print!(
+        "\n{}",
+        status::render(&status::fetch(&lab.node(home)?.config())?)
+    );
+
+    let jobs = args.jobs.unwrap_or(args.nodes).max(1);
+    let input = lab_dir(lab).join("demo-input");
+    let input_bytes = make_input(&input, lab.nodes[0].plan.cpus, args.job_seconds)?;
+    println!(
+        "\n== the job: `{} {}` ({} MiB of text), {} of them, all started on node {home}",
+        COMPRESS.join(" "),
+        input.display(),
+        input_bytes >> 20,
+        jobs
+    );
+
+    println!("\n== one compression alone on node {home}");
+    let started = Instant::now();
+    let alone = finish(vec![start(lab, home, false, &input)?])?;
+    let alone_s = started.elapsed().as_secs_f64();
+    println!("  {alone_s:.1} s: {}", alone[0]);
+
+    println!(
+        "\n== {jobs} compressions started on node {home} with mosrun: omx spreads them \
+         (watch with `omx lab exec 1 -- omx mosmon` while the lab is up)"
+    );
+    let started = Instant::now();
+    let mut running = (0..jobs)
+        .map(|_| start(lab, home, true, &input))
+        .collect::<anyhow::Result<Vec<Job>>>()?;
+    let pids: Vec<u32> = running.iter().map(|j| j.child.id()).collect();
+    let header: Vec<String> = lab
+        .nodes
+        .iter()
+        .map(|n| format!("{:>3}", n.plan.id))
+        .collect();
+    println!("  {:>6}  node{}   done", "time", header.join(""));
+    let mut outputs: Vec<Option<String>> = vec![None; jobs];
+    let mut moves_seen: std::collections::HashMap<u32, u64> = Default::default();
+    while outputs.iter().any(Option::is_none) {
+        std::thread::sleep(Duration::from_secs(1));
+        for (i, job) in running.iter_mut().enumerate() {
+            if outputs[i].is_none() && job.child.try_wait()?.is_some() {
+                outputs[i] = Some(job.result()?);
+            }
+        }
+        let view = status::fetch(&lab.node(home)?.config())?;
+        let mut per_node = vec![0usize; lab.nodes.len()];
+        for (i, pid) in pids.iter().enumerate() {
+            if outputs[i].is_some() {
+                continue;
+            }
+            let node = view
+                .away
+                .iter()
+                .find(|p| p.pid == *pid)
+                .map_or(home, |p| p.node);
+            if let Some(slot) = lab.nodes.iter().position(|n| n.plan.id == node) {
+                per_node[slot] += 1;
+            }
+        }
+        for p in &view.away {
+            let request = omx_mfs::wire::ControlRequest::Where { pid: p.pid };
+            if let Ok(omx_mfs::wire::ControlReply::Location(l)) =
+                crate::control_client::request(&lab.node(home)?.config(), request)
+            {
+                moves_seen.insert(p.pid, u64::from(l.moves));
+            }
+        }
+        let counts: Vec<String> = per_node.iter().map(|c| format!("{c:>3}")).collect();
+        let done = outputs.iter().filter(|o| o.is_some()).count();
+        println!(
+            "  {:>5.0}s      {}   {done}/{jobs}",
+            started.elapsed().as_secs_f64(),
+            counts.join("")
+        );
+    }
+    let spread_s = started.elapsed().as_secs_f64();
+    let spread: Vec<String> = outputs.into_iter().map(Option::unwrap_or_default).collect();
+    if spread.iter().any(|o| *o != alone[0]) {
+        bail!("a compression spread by omx gave a different output: {spread:?}");
+    }
+    let moves = moves_seen.values().sum::<u64>() as usize;
+
+    let at_home_s = if args.no_baseline {
+        None
+    } else {
+        println!("\n== the same {jobs} compressions on node {home} without migration");
+        let started = Instant::now();
+        let at_home = finish(
+            (0..jobs)
+                .map(|_| start(lab, home, false, &input))
+                .collect::<anyhow::Result<Vec<Job>>>()?,
+        )?;
+        let at_home_s = started.elapsed().as_secs_f64();
+        if at_home.iter().any(|o| *o != alone[0]) {
+            bail!("a compression at home gave a different output: {at_home:?}");
+        }
+        println!("  {at_home_s:.1} s");
+        Some(at_home_s)
+    };
+
+    println!("\n== report");
+    println!("  one compression alone on one node:       {alone_s:7.1} s");
+    println!(
+        "  {jobs} started on node {home}, spread by omx: {spread_s:7.1} s   ({:.2}x one alone, {moves} moves)",
+        spread_s / alone_s
+    );
+    match at_home_s {
+        Some(h) => println!(
+            "  {jobs} on node {home} without migration:   {h:7.1} s   ({:.2}x one alone; omx is {:.1}x faster)",
+            h / alone_s,
+            h / spread_s
+        ),
+        None => println!("  {jobs} on node {home} without migration:   not run (--no-baseline)"),
+    }
+    println!("  every output is the same: {}", alone[0]);
+    let _ = std::fs::remove_file(&input);
+    Ok(Report {
+        nodes: lab.nodes.len(),
+        jobs,
+        input_bytes,
+        alone_s,
+        spread_s,
+        at_home_s,
+        moves,
+    })
+}
+
+fn lab_dir(lab: &LabState) -> PathBuf {
+    PathBuf::from(lab::LABS_DIR).join(&lab.name)
+}
+
+fn wait_until_all_up(lab: &LabState) -> anyhow::Result<()> {
     let started = Instant::now();
     let n = lab.nodes.len();
     loop {
-        let views = views(lab)?;
-        let complete = views.iter().all(|v| {
-            v.nodes
-                .iter()
-                .all(|node| matches!(node.state, NodeState::Local | NodeState::Up))
+        let complete = lab.nodes.iter().all(|node| {
+            status::fetch(&node.config()).is_ok_and(|v| {
+                v.nodes
+                    .iter()
+                    .all(|n| matches!(n.state, NodeState::Local | NodeState::Up))
+            })
         });
         if complete {
             println!(
@@ -81,173 +267,115 @@ fn show(lab: &LabState, job_rounds: u64) -> anyhow::Result<()> {
                 n - 1,
                 started.elapsed().as_secs_f64()
             );
-            break;
+            return Ok(());
         }
         if started.elapsed() > Duration::from_secs(60) {
             bail!(
-                "after 60 s some nodes still do not see each other: see `omx lab status --name {LAB}`"
+                "after 60 s some nodes still do not see each other: see `omx lab status --name {}`",
+                lab.name
             );
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-    for view in views(lab)? {
-        println!();
-        print!("{}", status::render(&view));
-    }
-
-    let busy = lab.nodes[1].plan.id;
-    let watcher = lab.nodes[0].plan.id;
-    println!(
-        "\n== loading node {busy} with two CPU-bound processes; node {watcher} watches its load"
-    );
-    let exe = std::env::current_exe()?;
-    let mut burners = Vec::new();
-    for _ in 0..2 {
-        burners.push(
-            Command::new(&exe)
-                .args([
-                    "lab",
-                    "exec",
-                    "--name",
-                    LAB,
-                    &busy.to_string(),
-                    "--",
-                    "sh",
-                    "-c",
-                    "while :; do :; done",
-                ])
-                .stdout(Stdio::null())
-                .spawn()
-                .context("cannot start a CPU burner")?,
-        );
-    }
-    let load_seen = |lab: &LabState| -> anyhow::Result<u32> {
-        let view = status::fetch(&lab.node(watcher)?.config())?;
-        Ok(view
-            .nodes
-            .iter()
-            .find(|n| n.node == busy)
-            .and_then(|n| n.load.map(|l| l.load))
-            .unwrap_or(0))
-    };
-    let before = load_seen(lab)?;
-    for second in 1..=8 {
-        std::thread::sleep(Duration::from_secs(1));
-        println!(
-            "  t={second}s  node {watcher} sees node {busy} at load {}",
-            load_seen(lab)?
-        );
-    }
-    for mut burner in burners {
-        let _ = burner.kill();
-        let _ = burner.wait();
-    }
-    println!(
-        "\n== node {busy}'s load as seen from node {watcher}: {before} before, {} after",
-        load_seen(lab)?
-    );
-    spread_jobs(lab, job_rounds)
 }
 
-/// The demo's job: a CPU loop whose result depends on every step.
-pub fn job(rounds: u64) -> u64 {
-    let mut x = 1u64;
-    for _ in 0..rounds * 1_000_000 {
-        x = x
-            .wrapping_mul(6_364_136_223_846_793_005)
-            .wrapping_add(1_442_695_040_888_963_407);
-        x ^= x >> 29;
-    }
-    x
+/// Writes text that compresses like prose, sized so that one compression
+/// takes about `seconds` on a node of `cpus` CPUs; returns its size.
+fn make_input(path: &Path, cpus: f64, seconds: f64) -> anyhow::Result<u64> {
+    let sample = text(4 << 20);
+    let started = Instant::now();
+    let mut gzip = Command::new(COMPRESS[0])
+        .args(&COMPRESS[1..])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .context("cannot run gzip: install it (apt-get install gzip)")?;
+    gzip.stdin.take().expect("piped").write_all(&sample)?;
+    gzip.wait()?;
+    let rate = sample.len() as f64 / started.elapsed().as_secs_f64().max(1e-3);
+    let size = (rate * cpus * seconds).clamp(1e6, 2e9) as usize;
+    std::fs::write(path, text(size)).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(size as u64)
 }
 
-/// Runs one job per other node on node 1: first all at home, then each
-/// sent to its own node by mosrun; compares times and results.
-fn spread_jobs(lab: &LabState, job_rounds: u64) -> anyhow::Result<()> {
-    let home = lab.nodes[0].plan.id;
-    let others: Vec<u16> = lab.nodes[1..].iter().map(|n| n.plan.id).collect();
-    let exe = std::env::current_exe()?;
-    let exe = exe.to_str().context("the omx path is not UTF-8")?;
-    let rounds = job_rounds.to_string();
-    let start = |send_to: Option<u16>| -> anyhow::Result<std::process::Child> {
-        let mut command = Command::new(exe);
-        command.args(["lab", "exec", "--name", LAB, &home.to_string(), "--", exe]);
-        if let Some(node) = send_to {
-            command.args(["mosrun", &format!("-{node}"), exe]);
+/// `len` bytes of words drawn from a small vocabulary.
+fn text(len: usize) -> Vec<u8> {
+    const WORDS: [&str; 32] = [
+        "the", "cluster", "runs", "your", "jobs", "wherever", "cpu", "memory", "and", "data",
+        "are", "process", "migrates", "node", "home", "deputy", "remote", "load", "balance",
+        "gossip", "file", "system", "open", "mosix", "kernel", "user", "space", "signal", "exit",
+        "status", "fast", "small",
+    ];
+    let mut out = Vec::with_capacity(len + 16);
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(WORDS[(x % 32) as usize].as_bytes());
+        out.push(if x.is_multiple_of(13) { b'\n' } else { b' ' });
+    }
+    out.truncate(len);
+    out
+}
+
+/// A running compression and the thread reading its output.
+struct Job {
+    child: Child,
+    reader: Option<std::thread::JoinHandle<std::io::Result<(u64, u64)>>>,
+}
+
+impl Job {
+    /// Its output's size and checksum, once it ended.
+    fn result(&mut self) -> anyhow::Result<String> {
+        let status = self.child.wait()?;
+        if !status.success() {
+            bail!("a compression failed: {status}");
         }
-        command
-            .args(["__demo-job", &rounds])
-            .stdout(Stdio::piped())
-            .spawn()
-            .context("cannot start a job")
-    };
-    let finish = |jobs: Vec<std::process::Child>| -> anyhow::Result<Vec<String>> {
-        jobs.into_iter()
-            .map(|job| {
-                let output = job.wait_with_output()?;
-                if !output.status.success() {
-                    bail!("a job failed: {}", output.status);
-                }
-                Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
-            })
-            .collect()
-    };
-
-    println!(
-        "\n== {} CPU-bound jobs on node {home}, all at home",
-        others.len()
-    );
-    let started = Instant::now();
-    let jobs = (0..others.len())
-        .map(|_| start(None))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let at_home = finish(jobs)?;
-    let home_time = started.elapsed().as_secs_f64();
-    println!("  done in {home_time:.1} s: {}", at_home.join(" "));
-
-    println!("\n== the same jobs started on node {home} with `mosrun -N`: each runs on node N");
-    let started = Instant::now();
-    let jobs = others
-        .iter()
-        .map(|node| start(Some(*node)))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    std::thread::sleep(Duration::from_secs(1));
-    let view = status::fetch(&lab.node(home)?.config())?;
-    let away: Vec<String> = view
-        .away
-        .iter()
-        .map(|p| format!("pid {} on node {}", p.pid, p.node))
-        .collect();
-    println!(
-        "  node {home} says its processes away are: {}",
-        away.join(", ")
-    );
-    for node in &others {
-        let view = status::fetch(&lab.node(*node)?.config())?;
-        let guests: Vec<String> = view
-            .guests
-            .iter()
-            .map(|g| format!("pid {} of node {}", g.home_pid, g.home_node))
-            .collect();
-        println!("  node {node} hosts: {}", guests.join(", "));
+        let (bytes, sum) = self
+            .reader
+            .take()
+            .context("result taken twice")?
+            .join()
+            .map_err(|_| anyhow::anyhow!("the output reader panicked"))??;
+        Ok(format!("{bytes} bytes compressed, checksum {sum:016x}"))
     }
-    let spread = finish(jobs)?;
-    let spread_time = started.elapsed().as_secs_f64();
-    println!("  done in {spread_time:.1} s: {}", spread.join(" "));
-    if spread != at_home {
-        bail!("the jobs computed different results away from home");
-    }
-    println!(
-        "\n== same results; {:.1}x faster spread over {} nodes (each lab node has its share of this machine's CPUs)",
-        home_time / spread_time,
-        others.len()
-    );
-    Ok(())
 }
 
-fn views(lab: &LabState) -> anyhow::Result<Vec<ClusterView>> {
-    lab.nodes
-        .iter()
-        .map(|n| status::fetch(&n.config()))
-        .collect()
+fn start(lab: &LabState, node: u16, mosrun: bool, input: &Path) -> anyhow::Result<Job> {
+    let exe = std::env::current_exe()?;
+    let mut command = Command::new(&exe);
+    command.args(["lab", "exec", "--name", &lab.name, &node.to_string(), "--"]);
+    if mosrun {
+        command.arg(&exe).arg("mosrun");
+    }
+    let mut child = command
+        .args(COMPRESS)
+        .arg(input)
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("cannot start a compression")?;
+    let mut out = child.stdout.take().expect("piped");
+    let reader = std::thread::spawn(move || {
+        let mut buffer = vec![0u8; 1 << 16];
+        let (mut bytes, mut sum) = (0u64, 0xcbf2_9ce4_8422_2325u64);
+        loop {
+            let n = out.read(&mut buffer)?;
+            if n == 0 {
+                return Ok((bytes, sum));
+            }
+            bytes += n as u64;
+            for b in &buffer[..n] {
+                sum = (sum ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+            }
+        }
+    });
+    Ok(Job {
+        child,
+        reader: Some(reader),
+    })
+}
+
+fn finish(jobs: Vec<Job>) -> anyhow::Result<Vec<String>> {
+    jobs.into_iter().map(|mut job| job.result()).collect()
 }

@@ -36,6 +36,13 @@ pub struct HomeKeeperArgs {
     port: u16,
     #[arg(long, default_value_t = 0)]
     spin_us: u64,
+    /// The root of what this node exports as /mfs/<node> (`mfs.export`):
+    /// the process's files beneath it are reopened where it runs (DFSA).
+    #[arg(long, default_value = "/")]
+    export: PathBuf,
+    /// Where MFS is mounted on this node (`mfs.mount`).
+    #[arg(long, default_value = "/mfs")]
+    mfs: PathBuf,
     #[arg(long)]
     daemon_fd: i32,
 }
@@ -66,6 +73,10 @@ pub struct RemoteKeeperArgs {
     guest_root: PathBuf,
     #[arg(long, default_value_t = 0)]
     spin_us: u64,
+    /// Where MFS is mounted on this node (`mfs.mount`): the process's
+    /// files are reopened under it (DFSA).
+    #[arg(long, default_value = "/mfs")]
+    mfs: PathBuf,
     #[arg(long)]
     daemon_fd: i32,
     #[arg(long)]
@@ -92,6 +103,8 @@ pub fn run_home(args: HomeKeeperArgs) -> anyhow::Result<ExitCode> {
                 port: args.port,
             },
             spin: Duration::from_micros(args.spin_us),
+            export: args.export,
+            mfs: args.mfs,
         },
         daemon,
     );
@@ -114,6 +127,7 @@ pub fn run_remote(args: RemoteKeeperArgs) -> anyhow::Result<ExitCode> {
             guest_gid: args.guest_gid,
             empty_root: args.guest_root,
             spin: Duration::from_micros(args.spin_us),
+            mfs: args.mfs,
         },
         link,
         daemon,

@@ -138,6 +138,8 @@ impl LoadMeter {
             mem_raw_free: latest.map_or(0, |s| s.mem_raw_free),
             cpu_pressure_permille: permille(latest.and_then(|s| s.cpu_pressure)),
             mem_pressure_permille: permille(latest.and_then(|s| s.mem_pressure)),
+            accepts_guests: true,
+            guests_stay: false,
         }
     }
 }

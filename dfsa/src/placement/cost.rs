@@ -4,8 +4,8 @@
 //! Each resource of a node costs `base^u`, `u` its utilisation; a node
 //! costs the sum over its resources. A process's *marginal* cost on a node
 //! is the node's cost with it minus without it:
-//! - CPU: a node of `capacity` reference CPUs (`cpus * speed /
-//!   REFERENCE_SPEED`) counts as that many reference machines sharing its
+//! - CPU: a node of `capacity` CPUs of the fastest node's speed (`cpus *
+//!   speed / fastest`) counts as that many reference machines sharing its
 //!   load: it costs `capacity * base^u`, `u = runnable / capacity`. The
 //!   marginal cost of one more process is then about `ln(base) * base^u`,
 //!   a function of the normalised load alone, so the cheapest spread is
@@ -53,6 +53,11 @@ pub fn demand(c: &Candidate, here: &NodeLoad) -> f64 {
 pub struct CostModel {
     pub base: f64,
     pub bandwidth: f64,
+    /// The speed of a CPU that counts as one: the fastest node's, so that
+    /// a fully busy CPU of the fastest node is at utilisation 1 (priced
+    /// against [`REFERENCE_SPEED`] instead, the CPUs of a slow cluster
+    /// would all look overloaded, and CPU prices would drown the others).
+    pub unit_speed: f64,
 }
 
 impl CostModel {
@@ -61,7 +66,21 @@ impl CostModel {
         CostModel {
             base: nodes.clamp(2, MAX_BASE) as f64,
             bandwidth,
+            unit_speed: f64::from(REFERENCE_SPEED),
         }
+    }
+
+    /// Counts CPUs of `speed` as one (see [`CostModel::unit_speed`]).
+    pub fn with_unit_speed(self, speed: u32) -> CostModel {
+        CostModel {
+            unit_speed: f64::from(speed.max(1)),
+            ..self
+        }
+    }
+
+    /// Computing power of `node` in CPUs of the unit speed.
+    fn capacity(&self, node: &NodeLoad) -> f64 {
+        node.cpus.max(0.0) * f64::from(node.speed) / self.unit_speed
     }
 
     /// What a resource at utilisation `u` costs.
@@ -76,7 +95,7 @@ impl CostModel {
         } else {
             0.0
         };
-        let capacity = node.capacity();
+        let capacity = self.capacity(node);
         capacity.max(1e-3) * self.price(ratio(runnable, capacity)) + mem
     }
 

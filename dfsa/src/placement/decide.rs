@@ -107,7 +107,13 @@ fn balance(
     nodes: usize,
     params: &Params,
 ) -> Option<Decision> {
-    let model = CostModel::new(nodes, params.net_bandwidth);
+    let fastest = targets
+        .iter()
+        .map(|t| t.speed)
+        .chain([me.speed])
+        .max()
+        .unwrap_or(cost::REFERENCE_SPEED);
+    let model = CostModel::new(nodes, params.net_bandwidth).with_unit_speed(fastest);
     let horizon = params.horizon_ms.max(1) as f64;
     let mut best: Option<Move> = None;
     for &c in ready {
@@ -130,11 +136,15 @@ fn balance(
             if saving.is_nan() || saving <= needed {
                 continue;
             }
+            // Which resource the saving comes from: the CPU part is the
+            // marginal cost without the memory, the network part is known,
+            // and memory is the rest.
+            let cpu_gain = model.cost_here(me, d, 0) - model.cost_there(to, d, 0);
+            let net_gain = net_here - net_there;
+            let mem_gain = (here - there) - cpu_gain - net_gain;
             let reason = match io {
                 // The network part dominates the saving.
-                Some((n, io_share, io_rate))
-                    if n == to.node && 2.0 * (net_here - net_there) >= here - there =>
-                {
+                Some((n, io_share, io_rate)) if n == to.node && 2.0 * net_gain >= here - there => {
                     Reason::IoLocality {
                         from: me.node,
                         to: to.node,
@@ -142,6 +152,18 @@ fn balance(
                         io_rate,
                         saving,
                         move_ms,
+                    }
+                }
+                // Memory: the process makes room here where it costs
+                // less (fits() keeps the target above its low-water mark).
+                _ if mem_gain > cpu_gain.max(0.0) && mem_gain > net_gain => {
+                    Reason::MemoryUshering {
+                        from: me.node,
+                        to: to.node,
+                        free: me.mem_free,
+                        total: me.mem_total,
+                        rss: c.rss,
+                        to_free: to.mem_free,
                     }
                 }
                 _ if no_reversal(me, to, d) => Reason::LoadBalance {

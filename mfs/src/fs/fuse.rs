@@ -125,9 +125,10 @@ pub struct Mfs {
 }
 
 /// A FUSE inode number for file `ino` of device `dev` at `node`: the same
-/// every time (hard links share it, readdir can give it), and clear of the
-/// fixed inodes.
-fn inode_number(node: NodeId, dev: u64, ino: u64) -> u64 {
+/// every time and at every node (hard links share it, readdir can give it,
+/// a migrated process's keepers check a reopened file with it), and clear
+/// of the fixed inodes.
+pub fn inode_number(node: NodeId, dev: u64, ino: u64) -> u64 {
     let mut x = (node.get() as u64) << 48 ^ dev.rotate_left(24) ^ ino;
     // splitmix64 finaliser.
     x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);

@@ -22,6 +22,6 @@ mod sys;
 pub use client::FsClient;
 pub use creds::Squash;
 pub use export::Exporter;
-pub use fuse::{Mfs, Place, Stationary, Whereabouts};
+pub use fuse::{Mfs, Place, Stationary, Whereabouts, inode_number};
 pub use mount::Mounted;
 pub use stats::FsStats;

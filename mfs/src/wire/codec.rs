@@ -90,6 +90,8 @@ mod tests {
                     mem_raw_free: 1 << 28,
                     cpu_pressure_permille: Some(12),
                     mem_pressure_permille: None,
+                    accepts_guests: true,
+                    guests_stay: false,
                 },
             }],
         })

@@ -115,6 +115,64 @@ pub enum LinkMessage {
     /// another node) runs there: what the move cost, measured where the
     /// process was frozen.
     MoveDone(MoveStats),
+    /// Remote to home, about once a second: what the process used where
+    /// it runs (for the placement engine at home).
+    Usage(GuestUsage),
+
+    /// Sender of an image to its receiver, before the image: the files
+    /// the process has open that the receiving node can open itself
+    /// through its MFS (DFSA).
+    DfsaFiles(DfsaList),
+    /// Remote to home: set the offsets of these descriptors of the deputy
+    /// (`(fd, offset)`), which the process moved where it runs; sent before
+    /// any call or message that needs them right at home.
+    Offsets(Vec<(i32, u64)>),
+}
+
+/// A migrated process's files to reopen where it runs, and as whom.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+pub struct DfsaList {
+    /// The process's file system uid and gid, and its supplementary
+    /// groups: MFS checks access with them at each file's owner.
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: Vec<u32>,
+    pub files: Vec<DfsaFile>,
+}
+
+/// An open file of a migrated process that the node it runs on reopens
+/// through its own MFS, so that the file's I/O runs there (DFSA).
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct DfsaFile {
+    /// The descriptor, the same number at home and where it runs.
+    pub fd: i32,
+    /// Its cluster-wide name, relative to where MFS is mounted:
+    /// `<node>/<path beneath that node's export>`.
+    pub path: String,
+    /// The `open` flags to reopen it with (access mode, `O_APPEND`, ...).
+    pub flags: i32,
+    /// Whether the descriptor is close-on-exec.
+    pub cloexec: bool,
+    /// The offset of its open file description.
+    pub offset: u64,
+    /// Its MFS inode number, the same at every node: a reopened path that
+    /// names another file is refused.
+    pub ino: u64,
+}
+
+/// What a process used while away, as its remote keeper measured it.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+pub struct GuestUsage {
+    /// CPU time since it started on this node, nanoseconds.
+    pub cpu_ns: u64,
+    /// Resident memory, bytes.
+    pub rss: u64,
+    /// Whether it was runnable (running or waiting for a CPU, state `R`)
+    /// when sampled: averaged over samples, how much CPU it would use.
+    pub runnable: bool,
+    /// Bytes of file I/O the process did there itself (DFSA) since the
+    /// last report, by the node holding the file.
+    pub io_by_node: Vec<(u16, u64)>,
 }
 
 /// A forwarded system call: its number, its arguments (pointers as the
@@ -201,4 +259,6 @@ pub enum KeeperReport {
     /// System calls forwarded home and run by the deputy since the last
     /// such report (for the daemon's metrics).
     ForwardedCalls { count: u64 },
+    /// The remote keeper's latest usage figures of the process away.
+    Usage(GuestUsage),
 }

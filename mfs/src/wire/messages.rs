@@ -68,6 +68,11 @@ pub struct LoadReport {
     /// PSI "some" pressure (avg10), per mille, where the source has it.
     pub cpu_pressure_permille: Option<u16>,
     pub mem_pressure_permille: Option<u16>,
+    /// The node takes guests (not blocked by `mosctl block` or `expel`).
+    pub accepts_guests: bool,
+    /// Automatic placement moves nothing away from this node (`stay`):
+    /// the homes of its guests leave them there.
+    pub guests_stay: bool,
 }
 
 /// A request from a user's command to the local daemon.

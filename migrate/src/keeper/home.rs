@@ -9,16 +9,19 @@
 //! the exit status or the signal it would have seen.
 
 use std::net::{IpAddr, TcpStream};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
 
 use omx_mfs::NodeId;
 use omx_mfs::transport::Identity;
 use omx_mfs::wire::link::{
-    CallResult, ForwardedCall, KeeperCommand, KeeperReport, LinkMessage, LinkRequest, MoveStats,
+    CallResult, DfsaList, ForwardedCall, KeeperCommand, KeeperReport, LinkMessage, LinkRequest,
+    MoveStats,
 };
 use tracing::{info, warn};
 
+use super::dfsa;
 use super::spin::Spinner;
 use super::{
     DaemonChannel, KeeperError, Link, Waiter, accept_link, name_of, open_link, receive_header,
@@ -29,6 +32,7 @@ use crate::constraints;
 use crate::inject::{Injector, Outcome};
 use crate::restore::{self, Target};
 use crate::sys::ptrace::{self, Regs, Stop};
+use crate::sys::seccomp;
 use crate::syscalls::marshal::{self, Staged};
 
 /// Where a process is sent.
@@ -49,6 +53,11 @@ pub struct HomeArgs {
     /// How long to busy-wait for the next forwarded call after answering
     /// one, before sleeping (see [`super::spin`]).
     pub spin: std::time::Duration,
+    /// The root of what this node exports as `/mfs/<this node>`: the
+    /// process's files beneath it are reopened where it runs (DFSA).
+    pub export: PathBuf,
+    /// Where MFS is mounted here.
+    pub mfs: PathBuf,
 }
 
 /// Whether `pid`'s process group is orphaned: no member has a parent in
@@ -168,6 +177,9 @@ struct Home {
     spinner: Spinner,
     /// A call was just answered: the next may follow at once.
     answered_call: bool,
+    /// A pidfd of the deputy, to set the offsets of its descriptors that
+    /// the process moves where it runs (DFSA).
+    pidfd: Option<OwnedFd>,
 }
 
 /// Runs a home keeper to the end; returns the process's exit code.
@@ -189,7 +201,13 @@ pub fn run(args: HomeArgs, daemon: UnixStream) -> i32 {
             daemon.report(&KeeperReport::CannotMove { reason });
             0
         }
-        Ok((injector, link, base, stats)) => {
+        Ok(Left {
+            injector,
+            link,
+            base,
+            stats,
+            pidfd,
+        }) => {
             info!(
                 "process {pid} now runs on node {}: {} MiB sent, frozen {:.1} ms",
                 args.destination.node,
@@ -220,6 +238,7 @@ pub fn run(args: HomeArgs, daemon: UnixStream) -> i32 {
                 fatal: None,
                 remote_ended: false,
                 move_stats: None,
+                pidfd,
             };
             home.serve()
         }
@@ -243,9 +262,20 @@ fn share_a_cpu(pid: i32) -> Option<nix::sched::CpuSet> {
     Some(original)
 }
 
+/// A process that left home: its deputy, the link to where it runs, the
+/// deputy's registers to inject calls with, what the move cost, and a
+/// pidfd of the deputy if the process took DFSA files along.
+struct Left {
+    injector: Injector,
+    link: Link,
+    base: Regs,
+    stats: MoveStats,
+    pidfd: Option<OwnedFd>,
+}
+
 /// Stops the process, sends its image and frees its memory; on any
 /// failure the process carries on at home as if nothing happened.
-fn leave(args: &HomeArgs) -> Result<(Injector, Link, Regs, MoveStats), String> {
+fn leave(args: &HomeArgs) -> Result<Left, String> {
     let pid = args.pid;
     let frozen = std::time::Instant::now();
     let mut phases = super::Phases::start();
@@ -301,6 +331,13 @@ fn leave(args: &HomeArgs) -> Result<(Injector, Link, Regs, MoveStats), String> {
         Ok(captured) => captured,
         Err(e) => return Err(undo(injector, format!("capturing it failed: {e}"))),
     };
+    // Its files the destination can reopen: only if their offsets can be
+    // set here again (through a pidfd) when the process moves them there.
+    let pidfd = seccomp::pidfd_open(pid).ok();
+    let files = match pidfd {
+        Some(_) => dfsa::files_of(pid, args.identity.node, &args.export, &args.mfs),
+        None => DfsaList::default(),
+    };
     let destination = &args.destination;
     let request = LinkRequest::Immigrate {
         home_node: args.identity.node.get(),
@@ -324,7 +361,11 @@ fn leave(args: &HomeArgs) -> Result<(Injector, Link, Regs, MoveStats), String> {
         }
     };
     phases.mark("link");
-    if let Err(e) = send_image(&mut link, &captured, &injector) {
+    let sent = link
+        .send(&LinkMessage::DfsaFiles(files))
+        .map_err(KeeperError::from)
+        .and_then(|()| send_image(&mut link, &captured, &injector));
+    if let Err(e) = sent {
         return Err(undo(
             injector,
             format!("sending it to node {} failed: {e}", destination.node),
@@ -371,7 +412,13 @@ fn leave(args: &HomeArgs) -> Result<(Injector, Link, Regs, MoveStats), String> {
         ));
     }
     let base = ptrace::get_regs(pid).map_err(|e| e.to_string())?;
-    Ok((injector, link, base, stats))
+    Ok(Left {
+        injector,
+        link,
+        base,
+        stats,
+        pidfd,
+    })
 }
 
 impl Home {
@@ -694,6 +741,10 @@ impl Home {
             // The remote moved the process on; its successor's link is on
             // its way to us through the daemon.
             LinkMessage::MoveDone(stats) => self.move_stats = Some(stats),
+            LinkMessage::Offsets(offsets) => {
+                dfsa::set_offsets(self.pidfd.as_ref().map(|p| p.as_fd()), &offsets)
+            }
+            LinkMessage::Usage(usage) => self.daemon.report(&KeeperReport::Usage(usage)),
             other => {
                 return Err(KeeperError::Protocol(format!(
                     "unexpected {}",
@@ -811,11 +862,14 @@ impl Home {
         // The remote, which froze the process, knows how long it was
         // frozen; failing that, we know a lower bound.
         let received_in = frozen.elapsed().as_micros() as u64;
-        let stats = super::await_move_done(&mut self.link).unwrap_or(MoveStats {
-            bytes: header.page_bytes,
-            frozen_us: received_in,
-            total_us: 0,
-        });
+        let pidfd = self.pidfd.as_ref().map(|p| p.as_fd());
+        let stats =
+            super::await_move_done(&mut self.link, |offsets| dfsa::set_offsets(pidfd, offsets))
+                .unwrap_or(MoveStats {
+                    bytes: header.page_bytes,
+                    frozen_us: received_in,
+                    total_us: 0,
+                });
         info!(
             "process {pid} is home again ({reason}): {} MiB received in {:.1} ms, frozen {:.1} ms",
             stats.bytes >> 20,
@@ -878,10 +932,11 @@ impl Home {
                 let link = accept_link(TcpStream::from(fd), &self.identity, node)?;
                 let mut old = std::mem::replace(&mut self.link, link);
                 let _ = old.send(&LinkMessage::Released);
-                let stats = self
-                    .move_stats
-                    .take()
-                    .or_else(|| super::await_move_done(&mut old));
+                // The old remote's last offsets may still be on its link.
+                let pidfd = self.pidfd.as_ref().map(|p| p.as_fd());
+                let stats = self.move_stats.take().or_else(|| {
+                    super::await_move_done(&mut old, |offsets| dfsa::set_offsets(pidfd, offsets))
+                });
                 self.node = node;
                 self.moves += 1;
                 info!("process {} now runs on node {node}", self.pid);

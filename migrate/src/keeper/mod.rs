@@ -8,6 +8,7 @@
 //! poll and ptrace without disturbing the daemon, and a fault in one
 //! affects one migrated process only.
 
+pub mod dfsa;
 pub mod home;
 pub mod remote;
 pub mod spin;
@@ -24,7 +25,7 @@ use omx_mfs::transport::{Identity, TransportError};
 use omx_mfs::wire::PeerMessage;
 use omx_mfs::wire::image::ImageHeader;
 use omx_mfs::wire::link::{
-    KeeperCommand, KeeperReport, LinkMessage, LinkReply, LinkRequest, MoveStats,
+    DfsaList, KeeperCommand, KeeperReport, LinkMessage, LinkReply, LinkRequest, MoveStats,
 };
 use omx_mfs::wire::plain::{BlockingFramed, PlainError};
 
@@ -248,15 +249,20 @@ pub fn receive(link: &mut Link) -> Result<LinkMessage, KeeperError> {
 const MOVE_DONE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Waits (briefly) for the `MoveDone` a remote sends once the process it
-/// sent on runs at its next place; other messages on that finished link
-/// are ignored. `None` if the remote did not say.
-pub fn await_move_done(link: &mut Link) -> Option<MoveStats> {
+/// sent on runs at its next place. The offsets it sent before the move
+/// go to `on_offsets`; other messages on that finished link are ignored.
+/// `None` if the remote did not say.
+pub fn await_move_done(
+    link: &mut Link,
+    mut on_offsets: impl FnMut(&[(i32, u64)]),
+) -> Option<MoveStats> {
     link.get_ref()
         .set_read_timeout(Some(MOVE_DONE_TIMEOUT))
         .ok()?;
     loop {
         match receive(link) {
             Ok(LinkMessage::MoveDone(stats)) => return Some(stats),
+            Ok(LinkMessage::Offsets(offsets)) => on_offsets(&offsets),
             Ok(_) => {}
             Err(_) => return None,
         }
@@ -270,6 +276,21 @@ pub fn receive_header(link: &mut Link) -> Result<ImageHeader, KeeperError> {
         LinkMessage::Header(header) => Ok(*header),
         other => Err(KeeperError::Protocol(format!(
             "expected an image header, got {}",
+            name_of(&other)
+        ))),
+    }
+}
+
+/// Receives what comes before an image's pages where the process is to
+/// run: the list of its DFSA files, if the sender sent one, and the
+/// image's header.
+pub fn receive_arrival(link: &mut Link) -> Result<(DfsaList, ImageHeader), KeeperError> {
+    link.get_ref().set_read_timeout(Some(IMAGE_TIMEOUT))?;
+    match receive(link)? {
+        LinkMessage::DfsaFiles(list) => Ok((list, receive_header(link)?)),
+        LinkMessage::Header(header) => Ok((DfsaList::default(), *header)),
+        other => Err(KeeperError::Protocol(format!(
+            "expected an image, got {}",
             name_of(&other)
         ))),
     }
@@ -388,6 +409,9 @@ pub fn name_of(message: &LinkMessage) -> &'static str {
         LinkMessage::ComingHome { .. } => "ComingHome",
         LinkMessage::Released => "Released",
         LinkMessage::MoveDone(_) => "MoveDone",
+        LinkMessage::Usage(_) => "Usage",
+        LinkMessage::DfsaFiles(_) => "DfsaFiles",
+        LinkMessage::Offsets(_) => "Offsets",
     }
 }
 

@@ -7,6 +7,7 @@
 //! The keeper forwards those home, answers getpid with the home pid, and
 //! sends the process home for calls that need it.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, TcpStream};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
@@ -16,13 +17,14 @@ use omx_mfs::NodeId;
 use omx_mfs::transport::Identity;
 use omx_mfs::wire::image::ImageHeader;
 use omx_mfs::wire::link::{
-    CallResult, KeeperCommand, KeeperReport, LinkMessage, LinkRequest, MoveStats,
+    CallResult, GuestUsage, KeeperCommand, KeeperReport, LinkMessage, LinkRequest, MoveStats,
 };
 use tracing::{info, warn};
 
+use super::dfsa::{self, Dfsa, Use};
 use super::spin::Spinner;
 use super::{
-    DaemonChannel, KeeperError, Link, Waiter, accept_link, name_of, open_link, receive_header,
+    DaemonChannel, KeeperError, Link, Waiter, accept_link, name_of, open_link, receive_arrival,
     receive_image_into, send_image,
 };
 use crate::capture;
@@ -36,6 +38,10 @@ use crate::syscalls::{
     self,
     marshal::{self, Prepared, Route},
 };
+use crate::usage::{self, FileHolder, IoTracker};
+
+/// How often the keeper tells home what the process uses here.
+const USAGE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// A process stopped for a move, with its image captured.
 struct Frozen {
@@ -65,6 +71,20 @@ pub struct RemoteArgs {
     /// How long to busy-wait for the answer to a forwarded call before
     /// sleeping (see [`super::spin`]).
     pub spin: std::time::Duration,
+    /// Where MFS is mounted here: the process's files are reopened under
+    /// it (DFSA).
+    pub mfs: PathBuf,
+}
+
+/// A call being served at home.
+struct InFlight {
+    /// The notification the process waits in.
+    id: u64,
+    /// How to apply the result.
+    prepared: Prepared,
+    /// A `close` of a descriptor the process also holds a reopened copy
+    /// of: if it succeeds at home, the process closes its copy too.
+    closes_copy: Option<i32>,
 }
 
 struct Remote {
@@ -75,11 +95,18 @@ struct Remote {
     link: Link,
     daemon: DaemonChannel,
     waiter: Waiter,
-    /// The notification being served at home, and how to apply its result.
-    pending: Option<(u64, Prepared)>,
+    /// The call being served at home.
+    pending: Option<InFlight>,
     /// The terminal stop signal a SIGSTOP stands for (see `deliver`).
     stopped_for: Option<i32>,
     spinner: Spinner,
+    /// The process's files reopened here.
+    dfsa: Dfsa,
+    /// Offsets of those files when last seen, and the bytes they moved
+    /// since the last usage report.
+    io: IoTracker,
+    io_moved: HashMap<FileHolder, u64>,
+    usage_sent_at: std::time::Instant,
 }
 
 /// Runs a remote keeper to the end.
@@ -102,7 +129,7 @@ pub fn run(args: RemoteArgs, link: TcpStream, daemon: UnixStream) -> i32 {
             return 1;
         }
     };
-    let (child, listener) = match arrive(&args, &mut link) {
+    let (child, listener, dfsa) = match arrive(&args, &mut link) {
         Ok(arrived) => arrived,
         Err(e) => {
             warn!(
@@ -168,15 +195,20 @@ pub fn run(args: RemoteArgs, link: TcpStream, daemon: UnixStream) -> i32 {
         pending: None,
         stopped_for: None,
         spinner,
+        dfsa,
+        io: IoTracker::new(),
+        io_moved: HashMap::new(),
+        usage_sent_at: std::time::Instant::now(),
     };
     remote.serve()
 }
 
 /// Receives the image and rebuilds the process in a fresh child; returns
-/// the child (running) and its seccomp listener.
-fn arrive(args: &RemoteArgs, link: &mut Link) -> Result<(i32, OwnedFd), KeeperError> {
+/// the child (running), its seccomp listener and its DFSA files.
+fn arrive(args: &RemoteArgs, link: &mut Link) -> Result<(i32, OwnedFd, Dfsa), KeeperError> {
     let mut phases = super::Phases::start();
-    let header = receive_header(link)?;
+    let (files, header) = receive_arrival(link)?;
+    let dfsa = Dfsa::new(args.mfs.clone(), files);
     phases.mark("header");
     let child = sys::fork_stopped_child()?;
     phases.mark("fork");
@@ -189,7 +221,7 @@ fn arrive(args: &RemoteArgs, link: &mut Link) -> Result<(i32, OwnedFd), KeeperEr
         );
         let _ = ptrace::wait(child);
     }
-    rebuilt.map(|listener| (child, listener))
+    rebuilt.map(|listener| (child, listener, dfsa))
 }
 
 fn rebuild(
@@ -290,7 +322,8 @@ impl Remote {
                     self.listener.as_fd()
                 };
                 let fds = [self.link.get_ref().as_fd(), listener, self.daemon.fd()];
-                match self.waiter.wait(&fds, None) {
+                let usage_due = USAGE_INTERVAL.saturating_sub(self.usage_sent_at.elapsed());
+                match self.waiter.wait(&fds, Some(usage_due)) {
                     Err(e) => Err(KeeperError::Io(e)),
                     Ok((child, ready)) => {
                         let mut outcome = Ok(None);
@@ -312,6 +345,10 @@ impl Remote {
                         outcome
                     }
                 }
+            };
+            let outcome = match outcome {
+                Ok(None) => self.report_usage_when_due().map(|()| None),
+                other => other,
             };
             match outcome {
                 Ok(None) => {}
@@ -340,6 +377,11 @@ impl Remote {
 
     fn on_child(&mut self) -> Result<Option<i32>, KeeperError> {
         while let Some(stop) = ptrace::wait_nohang(self.child)? {
+            if !matches!(stop, Stop::Continued | Stop::Interrupt | Stop::Event(_)) {
+                // The deputy ends or stops as the process did: whoever
+                // shares its files at home sees where it left them.
+                self.sync_offsets()?;
+            }
             match stop {
                 Stop::Exited(code) => {
                     self.link.send(&LinkMessage::Exited { code })?;
@@ -394,16 +436,7 @@ impl Remote {
         let answered = match marshal::route(notification.nr, &notification.args) {
             Route::Local => seccomp::respond_continue(listener, id),
             Route::HomePid => seccomp::respond(listener, id, i64::from(self.args.home_pid), 0),
-            Route::Forward(params) => {
-                match marshal::prepare(notification.nr, &notification.args, params, &self.memory) {
-                    Err(errno) => seccomp::respond(listener, id, 0, errno),
-                    Ok(prepared) => {
-                        self.link.send(&LinkMessage::Call(prepared.call.clone()))?;
-                        self.pending = Some((id, prepared));
-                        Ok(())
-                    }
-                }
-            }
+            Route::Forward(params) => return self.forward(&notification, params),
             Route::Home(reason) => {
                 let call = syscalls::lookup(notification.nr).name;
                 return self
@@ -415,20 +448,127 @@ impl Remote {
         Ok(None)
     }
 
+    /// Serves a call that is forwarded home, unless it is a call on a
+    /// DFSA file that runs here.
+    fn forward(
+        &mut self,
+        notification: &seccomp::Notification,
+        params: &'static [syscalls::Param],
+    ) -> Result<Option<i32>, KeeperError> {
+        let (nr, args, id) = (notification.nr, notification.args, notification.id);
+        let memory = &self.memory;
+        let uses = dfsa::uses(nr, &args, &self.dfsa.fds(), |address| {
+            empty_path(memory, address)
+        });
+        if let [(fd, Use::Native)] = uses[..] {
+            let new = !self.dfsa.has_copy(fd);
+            if self.dfsa.install(fd, self.listener.as_fd(), id) {
+                if new {
+                    // Its offset from now on counts as I/O done here.
+                    self.track_io();
+                }
+                ignore_gone(seccomp::respond_continue(self.listener.as_fd(), id))?;
+                return Ok(None);
+            }
+        }
+        // Home runs it: with the offsets the process has here, and on the
+        // deputy's descriptors alone if the call may change or share them.
+        let named: Vec<i32> = uses
+            .iter()
+            .filter(|(_, u)| *u != Use::Native)
+            .map(|(fd, _)| *fd)
+            .collect();
+        let offsets = self.dfsa.offsets_to_sync(&named);
+        if !offsets.is_empty() {
+            self.link.send(&LinkMessage::Offsets(offsets))?;
+        }
+        for (fd, u) in &uses {
+            if matches!(u, Use::Release | Use::Close) {
+                self.dfsa.release(*fd);
+            }
+        }
+        let closes_copy =
+            (nr == libc::SYS_close && self.dfsa.has_copy(args[0] as i32)).then_some(args[0] as i32);
+        match marshal::prepare(nr, &args, params, &self.memory) {
+            Err(errno) => ignore_gone(seccomp::respond(self.listener.as_fd(), id, 0, errno))?,
+            Ok(prepared) => {
+                self.link.send(&LinkMessage::Call(prepared.call.clone()))?;
+                self.pending = Some(InFlight {
+                    id,
+                    prepared,
+                    closes_copy,
+                });
+            }
+        }
+        Ok(None)
+    }
+
+    /// Tells home the offsets of the DFSA files that moved, so that home's
+    /// are right before the process leaves, stops or ends.
+    fn sync_offsets(&mut self) -> Result<(), KeeperError> {
+        let offsets = self.dfsa.all_offsets_to_sync();
+        if !offsets.is_empty() {
+            self.link.send(&LinkMessage::Offsets(offsets))?;
+        }
+        Ok(())
+    }
+
+    /// About once a second, tells home what the process uses here.
+    fn report_usage_when_due(&mut self) -> Result<(), KeeperError> {
+        if self.usage_sent_at.elapsed() < USAGE_INTERVAL {
+            return Ok(());
+        }
+        self.usage_sent_at = std::time::Instant::now();
+        let Some(sample) = self.track_io() else {
+            // Gone: its end is on its way.
+            return Ok(());
+        };
+        let moved = std::mem::take(&mut self.io_moved);
+        let io_by_node = io_by_node(&moved, self.args.identity.node.get());
+        self.link.send(&LinkMessage::Usage(GuestUsage {
+            cpu_ns: sample.cpu_ns,
+            rss: sample.rss,
+            runnable: sample.runnable,
+            io_by_node,
+        }))?;
+        Ok(())
+    }
+
+    /// Samples the process, adding what its files moved since the last
+    /// sample to the next usage report.
+    fn track_io(&mut self) -> Option<usage::Usage> {
+        let sample = usage::sample(self.child as u32, &self.args.mfs).ok()?;
+        for (holder, bytes) in self.io.update(&sample.files) {
+            *self.io_moved.entry(holder).or_default() += bytes;
+        }
+        Some(sample)
+    }
+
     fn complete(&mut self, result: &CallResult) -> Result<(), KeeperError> {
-        let Some((id, prepared)) = self.pending.take() else {
+        let Some(InFlight {
+            id,
+            prepared,
+            closes_copy,
+        }) = self.pending.take()
+        else {
             return Ok(());
         };
         let listener = self.listener.as_fd();
         if !seccomp::is_valid(listener, id) {
             return Ok(());
         }
-        let answered = match marshal::apply(&prepared, result, &self.memory) {
-            Err(errno) => seccomp::respond(listener, id, 0, errno),
-            Ok(()) if result.ret < 0 && result.ret >= -4095 => {
+        let answered = match (marshal::apply(&prepared, result, &self.memory), closes_copy) {
+            (Err(errno), _) => seccomp::respond(listener, id, 0, errno),
+            (Ok(()), Some(fd)) if result.ret == 0 => {
+                // Closed at home: the process's own close of its copy
+                // returns the same 0.
+                self.dfsa.closed_copy(fd);
+                seccomp::respond_continue(listener, id)
+            }
+            (Ok(()), _) if result.ret < 0 && result.ret >= -4095 => {
                 seccomp::respond(listener, id, 0, -result.ret as i32)
             }
-            Ok(()) => seccomp::respond(listener, id, result.ret, 0),
+            (Ok(()), _) => seccomp::respond(listener, id, result.ret, 0),
         };
         ignore_gone(answered)
     }
@@ -626,6 +766,7 @@ impl Remote {
             self.args.home_pid, self.args.home_node
         );
         let frozen = self.freeze()?;
+        self.sync_offsets()?;
         self.link.send(&LinkMessage::ComingHome {
             reason: reason.to_string(),
         })?;
@@ -657,6 +798,9 @@ impl Remote {
             .parse()
             .map_err(|_| KeeperError::Protocol(format!("bad address {address}")))?;
         let frozen = self.freeze()?;
+        // Home's offsets are right wherever the process goes next.
+        self.sync_offsets()?;
+        let files = self.dfsa.handover();
         let request = LinkRequest::Immigrate {
             home_node: self.args.home_node.get(),
             home_pid: self.args.home_pid as u32,
@@ -664,6 +808,7 @@ impl Remote {
         };
         let moved = open_link(&self.args.identity, destination, address, port, request).and_then(
             |mut next| {
+                next.send(&LinkMessage::DfsaFiles(files))?;
                 send_image(&mut next, &frozen.captured, &frozen.injector)?;
                 match super::receive(&mut next)? {
                     LinkMessage::Restored => Ok(()),
@@ -706,11 +851,51 @@ impl Remote {
     }
 }
 
+/// Whether the path at `address` of the process is empty (or null), as a
+/// call with `AT_EMPTY_PATH` on the descriptor itself has it.
+fn empty_path(memory: &ProcessMemory, address: u64) -> bool {
+    let mut first = [1u8];
+    address == 0 || (memory.read(address, &mut first).is_ok() && first[0] == 0)
+}
+
+/// Bytes moved by holder, as the node ids that hold them (a file of this
+/// node, outside MFS, is this node's).
+fn io_by_node(moved: &HashMap<FileHolder, u64>, here: u16) -> Vec<(u16, u64)> {
+    let mut by_node = std::collections::BTreeMap::new();
+    for (holder, bytes) in moved {
+        let node = match holder {
+            FileHolder::Node(node) => *node,
+            FileHolder::Local => here,
+        };
+        *by_node.entry(node).or_insert(0u64) += bytes;
+    }
+    by_node
+        .into_iter()
+        .filter(|(_, bytes)| *bytes > 0)
+        .collect()
+}
+
 /// A response to a notification whose process moved on (interrupted, or
 /// died) is not an error.
 fn ignore_gone(result: std::io::Result<()>) -> Result<(), KeeperError> {
     match result {
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
         other => Ok(other?),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn io_is_reported_by_the_node_holding_the_file() {
+        let moved = HashMap::from([
+            (FileHolder::Node(2), 100),
+            (FileHolder::Node(3), 0),
+            (FileHolder::Node(5), 7),
+            (FileHolder::Local, 20),
+        ]);
+        assert_eq!(io_by_node(&moved, 5), vec![(2, 100), (5, 27)]);
     }
 }

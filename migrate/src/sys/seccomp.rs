@@ -215,6 +215,36 @@ pub fn is_valid(listener: BorrowedFd<'_>, id: u64) -> bool {
     }
 }
 
+/// Installs `file` (a descriptor of ours) into the process waiting in
+/// notification `id`, as its descriptor `target` (replacing whatever that
+/// number held, as `dup2` would): both then share one open file
+/// description.
+pub fn add_fd(
+    listener: BorrowedFd<'_>,
+    id: u64,
+    file: BorrowedFd<'_>,
+    target: i32,
+    cloexec: bool,
+) -> io::Result<()> {
+    let add = libc::seccomp_notif_addfd {
+        id,
+        flags: libc::SECCOMP_ADDFD_FLAG_SETFD as u32,
+        srcfd: file.as_raw_fd() as u32,
+        newfd: target as u32,
+        newfd_flags: if cloexec { libc::O_CLOEXEC as u32 } else { 0 },
+    };
+    // SAFETY: the ioctl reads one seccomp_notif_addfd from the struct we
+    // pass and returns the installed number or -1.
+    check(unsafe {
+        libc::ioctl(
+            listener.as_raw_fd(),
+            libc::SECCOMP_IOCTL_NOTIF_ADDFD as _,
+            &add as *const libc::seccomp_notif_addfd,
+        )
+    } as libc::c_long)
+    .map(drop)
+}
+
 /// A pidfd for `pid`.
 pub fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
     // SAFETY: pidfd_open takes two integers and returns a new fd or -1.

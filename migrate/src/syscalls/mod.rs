@@ -87,6 +87,31 @@ pub fn lookup(nr: i64) -> Syscall {
     }
 }
 
+/// Forwarded calls that run where the process is when the descriptor they
+/// name (their first argument) is one of its DFSA files, reopened there
+/// (`keeper::dfsa`): its data, offset and status are the same on every
+/// node. `newfstatat` and `statx` only with `AT_EMPTY_PATH` and an empty
+/// path, that is on the descriptor itself.
+pub const ON_DFSA_FILE: &[i64] = &[
+    libc::SYS_read,
+    libc::SYS_write,
+    libc::SYS_fstat,
+    libc::SYS_lseek,
+    libc::SYS_pread64,
+    libc::SYS_pwrite64,
+    libc::SYS_readv,
+    libc::SYS_writev,
+    libc::SYS_fsync,
+    libc::SYS_fdatasync,
+    libc::SYS_fadvise64,
+    libc::SYS_newfstatat,
+    libc::SYS_preadv,
+    libc::SYS_pwritev,
+    libc::SYS_preadv2,
+    libc::SYS_pwritev2,
+    libc::SYS_statx,
+];
+
 /// The filter's conditional rules: special calls that run locally when
 /// their arguments say so (the same rules as [`marshal::route`]).
 pub fn local_conditions() -> Vec<crate::sys::seccomp::Condition> {
@@ -135,9 +160,19 @@ pub fn markdown() -> String {
          - **emulated**: answered on that node without running anything.\n\
          - **forward**: runs at home in the deputy, with the listed arguments carried both ways.\n\
          - **special**: forwarded, with handling of its own.\n\
-         - **home**: the process is brought home and the call runs there natively.\n\n\
-         | nr | call | class | arguments | why |\n|---:|---|---|---|---|\n",
+         - **home**: the process is brought home and the call runs there natively.\n\n",
     );
+    let dfsa: Vec<String> = ON_DFSA_FILE
+        .iter()
+        .map(|nr| format!("`{}`", lookup(*nr).name))
+        .collect();
+    out += &format!(
+        "On a file the process has reopened where it runs (DFSA, `docs/migration.md`), \
+         these forwarded calls run there: {} (`newfstatat` and `statx` on the descriptor \
+         itself: `AT_EMPTY_PATH` and an empty path).\n\n",
+        dfsa.join(", ")
+    );
+    out += "| nr | call | class | arguments | why |\n|---:|---|---|---|---|\n";
     for s in TABLE {
         let (class, params) = match s.class {
             Class::Local => ("local", String::new()),

@@ -13,7 +13,9 @@ use omx_mfs::NodeId;
 use omx_mfs::cluster_map::ClusterMap;
 use omx_mfs::config::NodeConfig;
 use omx_mfs::transport::listener::IncomingLink;
-use omx_mfs::wire::link::{KeeperCommand, KeeperReport, LinkReply, LinkRequest, MoveStats};
+use omx_mfs::wire::link::{
+    GuestUsage, KeeperCommand, KeeperReport, LinkReply, LinkRequest, MoveStats,
+};
 use omx_mfs::wire::plain::PlainFramed;
 use omx_mfs::wire::{
     AwayProcess, ControlReply, DecayHint, GuestProcess, JobHint, MigrateTarget, ProcessLocation,
@@ -60,6 +62,9 @@ struct Managed {
     last_failure: Option<String>,
     /// When the move in progress was requested.
     move_requested: Option<Instant>,
+    /// What its remote keeper last said it used (I/O summed since the
+    /// placement engine last took it).
+    away_usage: Option<GuestUsage>,
     waiters: Vec<oneshot::Sender<ControlReply>>,
 }
 
@@ -77,6 +82,7 @@ impl Managed {
             baseline: ProcessFigures::default(),
             last_failure: None,
             move_requested: None,
+            away_usage: None,
             waiters: Vec::new(),
         }
     }
@@ -129,6 +135,22 @@ impl Guest {
             .parse()
             .ok()
     }
+}
+
+/// Where one of this node's processes is, for the placement engine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Site {
+    Home,
+    Moving,
+    Away(NodeId),
+}
+
+/// One of this node's processes as the placement engine sees it.
+#[derive(Clone, Debug)]
+pub struct PlacementEntry {
+    pub pid: u32,
+    pub site: Site,
+    pub controls: ProcessControls,
 }
 
 /// Running totals for the daemon's metrics.
@@ -223,6 +245,15 @@ impl Migrations {
             guests: Mutex::new(HashMap::new()),
             spawning: Mutex::new(()),
         })
+    }
+
+    /// Where MFS is mounted here (DFSA reopens files through it).
+    fn mfs_root(&self) -> &std::path::Path {
+        self.config
+            .mfs
+            .mount
+            .as_deref()
+            .unwrap_or(std::path::Path::new("/mfs"))
     }
 
     /// Moves `pid` to `to`; with `wait`, answers when it is there.
@@ -426,6 +457,8 @@ impl Migrations {
             format!("--address={address}"),
             format!("--port={}", self.config.port),
             format!("--spin-us={}", self.config.forward_spin.as_micros()),
+            format!("--export={}", self.config.mfs.export.display()),
+            format!("--mfs={}", self.mfs_root().display()),
             format!("--daemon-fd={}", theirs.as_raw_fd()),
         ];
         let child = self.spawn_keeper(&args, &[theirs.into()])?;
@@ -541,6 +574,7 @@ impl Migrations {
             }
             KeeperReport::Home { moves, stats } => {
                 managed.location = Location::Home;
+                managed.away_usage = None;
                 managed.moves = moves;
                 managed.keeper = None;
                 let stats = managed.with_total(stats);
@@ -563,6 +597,24 @@ impl Migrations {
                 processes.remove(&pid);
             }
             KeeperReport::ForwardedCalls { .. } => {}
+            KeeperReport::Usage(usage) => {
+                let io = match managed.away_usage.take() {
+                    Some(mut before) => {
+                        for (node, bytes) in usage.io_by_node {
+                            match before.io_by_node.iter_mut().find(|(n, _)| *n == node) {
+                                Some((_, sum)) => *sum += bytes,
+                                None => before.io_by_node.push((node, bytes)),
+                            }
+                        }
+                        before.io_by_node
+                    }
+                    None => usage.io_by_node,
+                };
+                managed.away_usage = Some(GuestUsage {
+                    io_by_node: io,
+                    ..usage
+                });
+            }
             KeeperReport::Lost { node, reason } => {
                 error!("process {pid} was lost with node {node}: {reason}");
                 managed.answer_all(ControlReply::Refused {
@@ -653,6 +705,7 @@ impl Migrations {
                 format!("--guest-gid={}", me.config.guest_gid),
                 format!("--guest-root={}", me.config.guest_root.display()),
                 format!("--spin-us={}", me.config.forward_spin.as_micros()),
+                format!("--mfs={}", me.mfs_root().display()),
                 format!("--daemon-fd={}", theirs.as_raw_fd()),
                 format!("--link-fd={}", link.as_raw_fd()),
             ];
@@ -815,6 +868,42 @@ impl Migrations {
             .values()
             .filter(|m| m.location == Location::Migrating)
             .count()
+    }
+
+    /// This node's processes the placement engine may consider: every
+    /// process of the table (started by `mosrun`, or moved once), where it
+    /// is and its controls.
+    pub fn placement_entries(&self) -> Vec<PlacementEntry> {
+        let mut processes = self.processes.lock().expect("process table");
+        let pids: Vec<u32> = processes.keys().copied().collect();
+        for pid in pids {
+            Self::forget_if_gone(&mut processes, pid);
+        }
+        let mut entries: Vec<PlacementEntry> = processes
+            .iter()
+            .map(|(pid, m)| PlacementEntry {
+                pid: *pid,
+                site: match m.location {
+                    Location::Home => Site::Home,
+                    Location::Migrating => Site::Moving,
+                    Location::Away(node) => Site::Away(node),
+                },
+                controls: m.controls(),
+            })
+            .collect();
+        entries.sort_by_key(|e| e.pid);
+        entries
+    }
+
+    /// What the keeper of `pid` (away) reported it used, with the I/O
+    /// since the last call.
+    pub fn take_away_usage(&self, pid: u32) -> Option<GuestUsage> {
+        let mut processes = self.processes.lock().expect("process table");
+        let managed = processes.get_mut(&pid)?;
+        let usage = managed.away_usage.as_mut()?;
+        let taken = usage.clone();
+        usage.io_by_node.clear();
+        Some(taken)
     }
 
     /// Processes of this node running elsewhere, by pid.

@@ -5,6 +5,7 @@
 //! load every step, and answers the user's commands on the control socket.
 //! SIGHUP reloads the map; SIGTERM or SIGINT stops it cleanly.
 
+mod balancer;
 mod control;
 mod control_tree;
 mod metrics;
@@ -35,7 +36,7 @@ pub use node::Node;
 pub use settings::Settings;
 
 /// How long load figures are smoothed over.
-const LOAD_SMOOTHING: Duration = Duration::from_secs(2);
+pub(crate) const LOAD_SMOOTHING: Duration = Duration::from_secs(2);
 /// Peer connections kept open at once (an LRU beyond that).
 const MAX_PEER_LINKS: usize = 64;
 
@@ -142,10 +143,12 @@ pub fn run(config_path: &Path, metrics_addr: Option<std::net::SocketAddr>) -> an
             }
             None => None,
         };
+        let balancer = Arc::new(balancer::Balancer::new(node.clone(), migrations.clone()));
         let control_files = Arc::new(ControlFiles::new(
             node.clone(),
             migrations.clone(),
             exporter.clone(),
+            balancer.clone(),
             tokio::runtime::Handle::current(),
         ));
         let control_tree = match &config.control_tree {
@@ -176,6 +179,7 @@ pub fn run(config_path: &Path, metrics_addr: Option<std::net::SocketAddr>) -> an
         }
         tokio::spawn(node.clone().dispatch_inbound(inbound_rx));
         tokio::spawn(sample_load(node.clone()));
+        tokio::spawn(balancer.clone().run());
         tokio::spawn(gossip(node.clone(), outbox));
         tokio::spawn(control::serve(
             control_socket,

@@ -126,13 +126,39 @@ impl Node {
         if self.settings.get().quiet {
             return;
         }
-        let own = self.meter.lock().expect("meter lock").report();
+        let own = self.own_report();
         let mut transport = OutboxTransport { outbox };
         let mut rng = rand::rng();
         self.gossip
             .lock()
             .expect("gossip lock")
             .step(self.now(), own, &mut rng, &mut transport);
+    }
+
+    /// This node's load, with its switches: whether it takes guests and
+    /// whether automatic moves away from it are off.
+    pub fn own_report(&self) -> LoadReport {
+        let switches = self.settings.get();
+        LoadReport {
+            accepts_guests: !switches.block,
+            guests_stay: switches.stay,
+            ..self.meter.lock().expect("meter lock").report()
+        }
+    }
+
+    /// What gossip says of the other nodes that are up: their load and
+    /// how old that news is, in milliseconds.
+    pub fn others_loads(&self) -> Vec<(NodeId, LoadReport, u64)> {
+        let now = self.now();
+        let gossip = self.gossip.lock().expect("gossip lock");
+        gossip
+            .members()
+            .ids()
+            .iter()
+            .copied()
+            .filter(|n| *n != self.me && gossip.status(now, *n) == Some(NodeStatus::Up))
+            .filter_map(|n| gossip.entry(now, n).map(|(age, load)| (n, *load, age)))
+            .collect()
     }
 
     /// Takes in messages from other nodes until the listener stops.
@@ -208,7 +234,7 @@ impl Node {
         let now = self.now();
         let map = self.map();
         let gossip = self.gossip.lock().expect("gossip lock");
-        let own = self.meter.lock().expect("meter lock").report();
+        let own = self.own_report();
         let nodes = map
             .nodes()
             .map(|(node, address)| {

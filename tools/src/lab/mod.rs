@@ -33,7 +33,7 @@ use self::plan::{Host, PlannedNode};
 use crate::status;
 
 /// Where labs keep their files.
-const LABS_DIR: &str = "/run/omx-lab";
+pub const LABS_DIR: &str = "/run/omx-lab";
 /// The port lab nodes serve metrics on (Prometheus's node-exporter range).
 pub const DEFAULT_LAB_METRICS_PORT: u16 = 9464;
 /// How long a freshly started daemon may take to answer.
@@ -123,6 +123,10 @@ pub struct UpArgs {
     /// files through MFS (`false` to run file system test suites as root).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub mfs_root_squash: bool,
+    /// Whether the nodes move processes on their own (the placement
+    /// engine); `false` leaves every move to the user.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub balance: bool,
 }
 
 fn parse_lab_name(text: &str) -> Result<String, String> {
@@ -421,7 +425,10 @@ fn node_config(args: &UpArgs, node: &LabNode) -> String {
          \n\
          [mfs]\n\
          export = \"disk\"\n\
-         root_squash = {squash}\n",
+         root_squash = {squash}\n\
+         \n\
+         [placement]\n\
+         balance = {balance}\n",
         id = node.plan.id,
         lab = args.name.name,
         port = args.port,
@@ -430,6 +437,7 @@ fn node_config(args: &UpArgs, node: &LabNode) -> String {
         window = args.window,
         dirs = dirs.join(", "),
         squash = args.mfs_root_squash,
+        balance = args.balance,
     )
 }
 

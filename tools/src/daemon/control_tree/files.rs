@@ -9,6 +9,7 @@ use omx_mfs::fs::Exporter;
 use omx_mfs::wire::{ControlReply, DecayHint, JobHint, MigrateTarget, NodeState, NodeView};
 
 use super::entries::{Access, Entry, Kind};
+use crate::daemon::balancer::{Balancer, StatsView};
 use crate::daemon::migration::{self, ProcessControls};
 use crate::daemon::settings::{Refused, Switches};
 use crate::daemon::{Migrations, Node};
@@ -63,6 +64,7 @@ pub struct ControlFiles {
     node: Arc<Node>,
     migrations: Arc<Migrations>,
     exporter: Arc<Exporter>,
+    balancer: Arc<Balancer>,
     /// For moves and other work started from the FUSE threads.
     runtime: tokio::runtime::Handle,
 }
@@ -72,12 +74,14 @@ impl ControlFiles {
         node: Arc<Node>,
         migrations: Arc<Migrations>,
         exporter: Arc<Exporter>,
+        balancer: Arc<Balancer>,
         runtime: tokio::runtime::Handle,
     ) -> ControlFiles {
         ControlFiles {
             node,
             migrations,
             exporter,
+            balancer,
             runtime,
         }
     }
@@ -376,7 +380,7 @@ impl ControlFiles {
                 let runs_on = location
                     .node
                     .map_or_else(|| "home".to_string(), |n| n.to_string());
-                render_stats(&runs_on, pid, &controls)
+                render_stats(&runs_on, pid, &controls, self.balancer.stats_of(pid))
             }
             "decay" => format!(
                 "{} {}",
@@ -441,7 +445,10 @@ impl ControlFiles {
             "decay" => {
                 let now = ProcessFigures::of(pid).unwrap_or_default();
                 let change = |c: &mut ProcessControls| match value {
-                    "clear" => c.baseline = now,
+                    "clear" => {
+                        c.baseline = now;
+                        self.balancer.clear_stats(pid);
+                    }
                     "cpujob" => c.job = JobHint::Cpu,
                     "iojob" => c.job = JobHint::Io,
                     "anyjob" => c.job = JobHint::Unknown,
@@ -573,22 +580,46 @@ impl ProcessFigures {
 }
 
 /// `pid/N/stats`: figures since the last `clear`.
-fn render_stats(runs_on: &str, pid: u32, controls: &ProcessControls) -> String {
+/// Then the placement engine's decayed figures: how much of a CPU it
+/// wants and gets, and its I/O rate (bytes/s) by the node holding the
+/// files.
+fn render_stats(
+    runs_on: &str,
+    pid: u32,
+    controls: &ProcessControls,
+    decayed: Option<StatsView>,
+) -> String {
     let now = ProcessFigures::of(pid).unwrap_or_default();
     let since = controls.baseline;
-    if runs_on != "home" {
+    let mut text = if runs_on != "home" {
         // The home pid is the deputy: its figures are not the process's.
-        return format!(
+        format!(
             "node {runs_on}\ncpu_ms unknown (runs away)\nrss_bytes unknown (runs away)\nread_bytes unknown (runs away)\nwrite_bytes unknown (runs away)\n"
-        );
+        )
+    } else {
+        format!(
+            "node home\ncpu_ms {}\nrss_bytes {}\nread_bytes {}\nwrite_bytes {}\n",
+            now.cpu_ms.saturating_sub(since.cpu_ms),
+            now.rss_bytes,
+            now.read_bytes.saturating_sub(since.read_bytes),
+            now.write_bytes.saturating_sub(since.write_bytes),
+        )
+    };
+    if let Some(d) = decayed {
+        let io: Vec<String> = d
+            .io_rates
+            .iter()
+            .map(|(node, rate)| format!("{node}:{rate:.0}"))
+            .collect();
+        text.push_str(&format!(
+            "cpu_demand {:.3}\ncpu_share {:.3}\nmem_bytes {}\nio_rate_by_node {}\n",
+            d.demand,
+            d.cpu_share,
+            d.rss,
+            io.join(" ")
+        ));
     }
-    format!(
-        "node home\ncpu_ms {}\nrss_bytes {}\nread_bytes {}\nwrite_bytes {}\n",
-        now.cpu_ms.saturating_sub(since.cpu_ms),
-        now.rss_bytes,
-        now.read_bytes.saturating_sub(since.read_bytes),
-        now.write_bytes.saturating_sub(since.write_bytes),
-    )
+    text
 }
 
 fn parse_flag(name: &str, value: &str) -> Result<bool, ControlError> {

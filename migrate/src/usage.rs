@@ -1,0 +1,241 @@
+//! What a process uses, read from procfs: CPU time, resident memory, and
+//! file I/O by the node that holds each file. The placement engine's
+//! statistics are built from these samples, at home for processes that run
+//! there (and for deputies, whose forwarded I/O moves their offsets) and by
+//! remote keepers for their guests.
+
+use std::collections::HashMap;
+use std::io;
+use std::path::Path;
+
+/// One sample of a process.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// CPU time used since it started, nanoseconds.
+    pub cpu_ns: u64,
+    /// Resident memory, bytes.
+    pub rss: u64,
+    /// Runnable when sampled (state `R`: running, or waiting for a CPU
+    /// or for its cgroup's quota).
+    pub runnable: bool,
+    /// Its open regular files and their offsets.
+    pub files: Vec<FilePosition>,
+}
+
+/// An open regular file of a process.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FilePosition {
+    pub fd: i32,
+    pub holder: FileHolder,
+    pub pos: u64,
+}
+
+/// Which node holds a file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FileHolder {
+    /// Under `/mfs/<node>/`.
+    Node(u16),
+    /// A file of the node the process runs on, outside MFS.
+    Local,
+}
+
+/// Samples process `pid`. `mfs_root` is where MFS is mounted (`/mfs`).
+pub fn sample(pid: u32, mfs_root: &Path) -> io::Result<Usage> {
+    Ok(Usage {
+        cpu_ns: cpu_ns(pid)?,
+        rss: rss(pid)?,
+        runnable: runnable(pid)?,
+        files: files(pid, mfs_root),
+    })
+}
+
+/// CPU time from `schedstat` (nanoseconds), or from `stat` in clock ticks
+/// where the kernel has no scheduler statistics.
+fn cpu_ns(pid: u32) -> io::Result<u64> {
+    if let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/schedstat"))
+        && let Some(ns) = text.split_whitespace().next().and_then(|v| v.parse().ok())
+    {
+        return Ok(ns);
+    }
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let after = stat
+        .rfind(')')
+        .map(|i| &stat[i + 1..])
+        .ok_or_else(|| io::Error::other(format!("/proc/{pid}/stat has no command field")))?;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    // utime and stime are fields 14 and 15; `after` starts at field 3.
+    let ticks: u64 = fields
+        .get(11..13)
+        .map(|f| f.iter().filter_map(|v| v.parse::<u64>().ok()).sum())
+        .unwrap_or(0);
+    let per_second = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100)
+        .max(1) as u64;
+    Ok(ticks * (1_000_000_000 / per_second))
+}
+
+fn runnable(pid: u32) -> io::Result<bool> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let state = stat
+        .rfind(')')
+        .and_then(|i| stat[i + 1..].split_whitespace().next())
+        .ok_or_else(|| io::Error::other(format!("/proc/{pid}/stat has no state field")))?;
+    Ok(state == "R")
+}
+
+fn rss(pid: u32) -> io::Result<u64> {
+    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm"))?;
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+        .ok()
+        .flatten()
+        .unwrap_or(4096)
+        .max(1) as u64;
+    Ok(pages * page)
+}
+
+/// Open regular files with their offsets; descriptors that close while
+/// being read are skipped.
+fn files(pid: u32, mfs_root: &Path) -> Vec<FilePosition> {
+    let Ok(entries) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return Vec::new();
+    };
+    let mut files = Vec::new();
+    for entry in entries.flatten() {
+        let Some(fd) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
+            continue;
+        };
+        let Ok(target) = std::fs::read_link(entry.path()) else {
+            continue;
+        };
+        let Some(holder) = holder_of(&target, mfs_root) else {
+            continue;
+        };
+        let Some(pos) = position(pid, fd) else {
+            continue;
+        };
+        files.push(FilePosition { fd, holder, pos });
+    }
+    files.sort_by_key(|f| f.fd);
+    files
+}
+
+/// Which node holds the file an fd link names; `None` for what is not a
+/// file on a disk (pipes, sockets, anonymous inodes, devices, deleted
+/// files).
+pub fn holder_of(target: &Path, mfs_root: &Path) -> Option<FileHolder> {
+    let text = target.to_str()?;
+    if !text.starts_with('/') || text.ends_with(" (deleted)") || text.starts_with("/dev/") {
+        return None;
+    }
+    if let Ok(rest) = target.strip_prefix(mfs_root) {
+        let node = rest
+            .components()
+            .next()?
+            .as_os_str()
+            .to_str()?
+            .parse()
+            .ok()?;
+        return Some(FileHolder::Node(node));
+    }
+    if text.starts_with("/proc/") || text.starts_with("/sys/") {
+        return None;
+    }
+    Some(FileHolder::Local)
+}
+
+fn position(pid: u32, fd: i32) -> Option<u64> {
+    let info = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).ok()?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("pos:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Turns successive samples into bytes moved per file holder: the
+/// distance each descriptor's offset travelled since the last sample.
+/// (Positioned reads and writes that leave the offset alone are not seen.)
+#[derive(Debug, Default)]
+pub struct IoTracker {
+    last: HashMap<i32, (FileHolder, u64)>,
+}
+
+impl IoTracker {
+    pub fn new() -> IoTracker {
+        IoTracker::default()
+    }
+
+    /// Bytes moved since the previous call, by holder.
+    pub fn update(&mut self, files: &[FilePosition]) -> HashMap<FileHolder, u64> {
+        let mut moved: HashMap<FileHolder, u64> = HashMap::new();
+        let mut next = HashMap::with_capacity(files.len());
+        for f in files {
+            if let Some(&(holder, pos)) = self.last.get(&f.fd)
+                && holder == f.holder
+            {
+                *moved.entry(holder).or_default() += f.pos.abs_diff(pos);
+            }
+            next.insert(f.fd, (f.holder, f.pos));
+        }
+        self.last = next;
+        moved
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Seek, Write};
+
+    #[test]
+    fn holders_follow_the_path() {
+        let mfs = Path::new("/mfs");
+        assert_eq!(
+            holder_of(Path::new("/mfs/3/data/x"), mfs),
+            Some(FileHolder::Node(3))
+        );
+        assert_eq!(holder_of(Path::new("/mfs/here"), mfs), None);
+        assert_eq!(
+            holder_of(Path::new("/home/u/x"), mfs),
+            Some(FileHolder::Local)
+        );
+        assert_eq!(holder_of(Path::new("pipe:[1234]"), mfs), None);
+        assert_eq!(holder_of(Path::new("/dev/null"), mfs), None);
+        assert_eq!(holder_of(Path::new("/tmp/x (deleted)"), mfs), None);
+    }
+
+    #[test]
+    fn a_file_read_here_counts_its_bytes() {
+        let dir = std::env::temp_dir().join(format!("omx-usage-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("data");
+        std::fs::File::create(&path)
+            .unwrap()
+            .write_all(&vec![7u8; 100_000])
+            .unwrap();
+        let mut file = std::fs::File::open(&path).unwrap();
+        let me = std::process::id();
+        let mut tracker = IoTracker::new();
+        let before = sample(me, Path::new("/mfs")).unwrap();
+        assert!(before.rss > 0 && before.cpu_ns > 0);
+        tracker.update(&before.files);
+        let mut buffer = vec![0u8; 60_000];
+        file.read_exact(&mut buffer).unwrap();
+        let after = sample(me, Path::new("/mfs")).unwrap();
+        let moved = tracker.update(&after.files);
+        assert_eq!(moved.get(&FileHolder::Local), Some(&60_000));
+        file.seek(std::io::SeekFrom::Start(0)).unwrap();
+        let back = tracker.update(&sample(me, Path::new("/mfs")).unwrap().files);
+        assert_eq!(
+            back.get(&FileHolder::Local),
+            Some(&60_000),
+            "a seek back counts as distance"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

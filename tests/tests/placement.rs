@@ -1,0 +1,300 @@
+//! The placement engine in real labs: processes started on one node end
+//! where CPU, memory and their data are, and the controls hold them back.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use omx_tests::{Lab, stderr, stdout, wait_for};
+
+const CPU: &str = env!("CARGO_BIN_EXE_omx-test-cpu");
+const HOLD: &str = env!("CARGO_BIN_EXE_omx-test-hold");
+const READER: &str = env!("CARGO_BIN_EXE_omx-test-reader");
+
+/// A lab whose nodes move processes on their own.
+fn balancing_lab(name: &str, net: u8, nodes: u16, extra: &[&str]) -> Lab {
+    let mut args = vec!["--balance", "true"];
+    args.extend_from_slice(extra);
+    let lab = Lab::up(name, net, nodes, &args);
+    wait_for(Duration::from_secs(20), "all nodes up", || {
+        lab.all_see_all("up")
+    });
+    lab
+}
+
+/// Starts `command` on `node` under `mosrun` with `options`.
+fn mosrun(lab: &Lab, node: u16, options: &[&str], command: &[&str]) -> Child {
+    let omx = omx_tests::omx_bin();
+    let mut all = vec![omx.to_str().unwrap(), "mosrun"];
+    all.extend_from_slice(options);
+    all.extend_from_slice(command);
+    lab.spawn(node, &all, Stdio::null(), Stdio::piped())
+}
+
+/// Where each of `pids` (of `home`) runs: `home` or the node away.
+fn sites(lab: &Lab, home: u16, pids: &[u32]) -> BTreeMap<u32, u16> {
+    let away: BTreeMap<u32, u16> = lab
+        .status(home)
+        .and_then(|s| s.get("away").cloned())
+        .and_then(|a| a.as_array().cloned())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|p| Some((p["pid"].as_u64()? as u32, p["node"].as_u64()? as u16)))
+        .collect();
+    pids.iter()
+        .map(|pid| (*pid, away.get(pid).copied().unwrap_or(home)))
+        .collect()
+}
+
+/// How many of `pids` run on each node 1..=nodes.
+fn spread(lab: &Lab, home: u16, pids: &[u32]) -> Vec<usize> {
+    let sites = sites(lab, home, pids);
+    (1..=lab.nodes)
+        .map(|n| sites.values().filter(|s| **s == n).count())
+        .collect()
+}
+
+fn moves_of(lab: &Lab, home: u16, pid: u32) -> u64 {
+    lab.where_is(home, pid)["moves"].as_u64().unwrap_or(0)
+}
+
+fn end(children: &mut [Child]) {
+    for child in children.iter_mut() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+#[test]
+fn cpu_jobs_started_on_one_node_spread_in_proportion_to_speed() {
+    // One CPU each, at speeds 1x, 1x, 2x, 4x (a quota of 0.2 CPU is one
+    // CPU at a fifth of the machine's speed).
+    let lab = balancing_lab("pspeed", 54, 4, &["--cpus", "0.2,0.2,0.4,0.8"]);
+    let mut jobs: Vec<Child> = (0..8)
+        .map(|_| mosrun(&lab, 1, &[], &[CPU, "1000000000000"]))
+        .collect();
+    let pids: Vec<u32> = jobs.iter().map(Child::id).collect();
+    let target = vec![1, 1, 2, 4];
+    let mut held_since: Option<Instant> = None;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut last = Vec::new();
+    while Instant::now() < deadline {
+        last = spread(&lab, 1, &pids);
+        if last == target {
+            let since = *held_since.get_or_insert_with(Instant::now);
+            if since.elapsed() >= Duration::from_secs(10) {
+                break;
+            }
+        } else {
+            held_since = None;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let log = lab.log(1);
+    end(&mut jobs);
+    assert!(
+        held_since.is_some_and(|t| t.elapsed() >= Duration::from_secs(10)),
+        "8 jobs on speeds 1,1,2,4 should settle at {target:?} and stay; last spread {last:?}\n{}",
+        placement_lines(&log)
+    );
+    assert!(log.contains("placement: move"), "node 1 logs its decisions");
+}
+
+fn placement_lines(log: &str) -> String {
+    log.lines()
+        .filter(|l| l.contains("placement"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn locked_jobs_never_move_and_expel_empties_a_node() {
+    let lab = balancing_lab("plock", 55, 3, &["--cpus", "0.3"]);
+    let mut locked: Vec<Child> = (0..2)
+        .map(|_| mosrun(&lab, 1, &["-L"], &[CPU, "1000000000000"]))
+        .collect();
+    let mut free: Vec<Child> = (0..2)
+        .map(|_| mosrun(&lab, 1, &[], &[CPU, "1000000000000"]))
+        .collect();
+    let locked_pids: Vec<u32> = locked.iter().map(Child::id).collect();
+    let free_pids: Vec<u32> = free.iter().map(Child::id).collect();
+    wait_for(
+        Duration::from_secs(60),
+        "the unlocked jobs to leave node 1",
+        || sites(&lab, 1, &free_pids).values().all(|n| *n != 1),
+    );
+    // Four jobs on three equal nodes: the locked two make node 1 the
+    // busiest, yet they stay.
+    let watch_until = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < watch_until {
+        for pid in &locked_pids {
+            assert_eq!(moves_of(&lab, 1, *pid), 0, "locked process {pid} moved");
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
+    // expel on a node with a guest: it goes home or elsewhere, and no
+    // process comes back while the node is blocked.
+    let sites_now = sites(&lab, 1, &free_pids);
+    let host = *sites_now.values().next().unwrap();
+    let output = lab.omx(host, &["mosctl", "expel"]);
+    assert!(output.status.success(), "mosctl expel: {}", stderr(&output));
+    let guests = |lab: &Lab| {
+        lab.status(host)
+            .and_then(|s| s.get("guests").cloned())
+            .and_then(|g| g.as_array().map(Vec::len))
+            .unwrap_or(usize::MAX)
+    };
+    wait_for(
+        Duration::from_secs(30),
+        "node to be empty of guests",
+        || guests(&lab) == 0,
+    );
+    let watch_until = Instant::now() + Duration::from_secs(8);
+    while Instant::now() < watch_until {
+        assert_eq!(guests(&lab), 0, "a guest came back to expelled node {host}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    for pid in &locked_pids {
+        assert_eq!(moves_of(&lab, 1, *pid), 0, "locked process {pid} moved");
+    }
+    end(&mut locked);
+    end(&mut free);
+}
+
+#[test]
+fn a_node_short_of_memory_sends_a_process_away_before_it_runs_out() {
+    let lab = balancing_lab("pmem", 56, 3, &["--cpus", "0.3", "--mem", "1G"]);
+    let mut victim = mosrun(&lab, 1, &[], &[HOLD, "300", "600"]);
+    wait_ready(&mut victim);
+    // Filling its memory took CPU; from now on it only holds it. Its
+    // statistics start over, as a user clears them with the decay control.
+    let clear = format!("echo clear > /run/openMosix/pid/{}/decay", victim.id());
+    let cleared = lab.exec(1, &["sh", "-c", &clear]);
+    assert!(cleared.status.success(), "clear: {}", stderr(&cleared));
+    // With equal nodes, a process that uses memory but no CPU has no
+    // reason to move.
+    std::thread::sleep(Duration::from_secs(6));
+    assert_eq!(
+        sites(&lab, 1, &[victim.id()])[&victim.id()],
+        1,
+        "the process moved before memory ran short:\n{}",
+        placement_lines(&lab.log(1))
+    );
+    // The hog is locked: the other process has to make room.
+    let mut hog = mosrun(&lab, 1, &["-L"], &[HOLD, "600", "600"]);
+    wait_ready(&mut hog);
+    wait_for(
+        Duration::from_secs(30),
+        "the process to be ushered away",
+        || sites(&lab, 1, &[victim.id()])[&victim.id()] != 1,
+    );
+    let log = lab.log(1);
+    assert!(
+        log.lines()
+            .any(|l| l.contains("placement") && l.contains("ushers")),
+        "the move was memory ushering:\n{}",
+        placement_lines(&log)
+    );
+    // Both still run: nothing was killed for lack of memory.
+    for child in [&mut victim, &mut hog] {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "a process of node 1 died"
+        );
+    }
+    end(&mut [victim, hog]);
+}
+
+/// Waits for a `HOLD` program's "ready".
+fn wait_ready(child: &mut Child) {
+    let out = child.stdout.take().expect("piped stdout");
+    let mut line = String::new();
+    BufReader::new(out).read_line(&mut line).expect("read");
+    assert_eq!(line.trim(), "ready", "the program did not start");
+}
+
+#[test]
+fn a_job_reading_a_file_of_node_3_moves_to_node_3() {
+    let lab = balancing_lab("pio", 57, 3, &["--cpus", "0.5"]);
+    let disk = lab.dir().join("node-3").join("disk");
+    let data = disk.join("omx-placement-data");
+    let made = std::process::Command::new("dd")
+        .args([
+            "if=/dev/urandom",
+            &format!("of={}", data.display()),
+            "bs=1M",
+            "count=256",
+            "status=none",
+        ])
+        .status()
+        .expect("dd");
+    assert!(made.success());
+    std::fs::set_permissions(&data, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let native = lab.exec(3, &[READER, data.to_str().unwrap(), "1"]);
+    let native = stdout(&native);
+    let checksum = native.split("checksum ").nth(1).unwrap().trim().to_string();
+
+    let job = mosrun(&lab, 1, &[], &[READER, "/mfs/3/omx-placement-data", "16"]);
+    let pid = job.id();
+    wait_for(
+        Duration::from_secs(60),
+        "the reader to move to node 3",
+        || sites(&lab, 1, &[pid])[&pid] == 3,
+    );
+    let log = lab.log(1);
+    assert!(
+        log.lines()
+            .any(|l| l.contains("placement") && l.contains("of its I/O") && l.contains("node 3")),
+        "it moved for its I/O:\n{}",
+        placement_lines(&log)
+    );
+    let output = job.wait_with_output().expect("the reader ends");
+    let said = String::from_utf8_lossy(&output.stdout).to_string();
+    assert!(output.status.success(), "the reader failed: {said}");
+    assert_eq!(
+        said.trim(),
+        format!(
+            "read {} bytes, checksum {checksum}",
+            16u64 * 256 * 1024 * 1024
+        ),
+        "the data read while moving is the file's"
+    );
+    let _ = std::fs::remove_file(&data);
+}
+
+#[test]
+fn a_node_leaving_sends_its_guests_elsewhere_and_a_node_joining_takes_its_share() {
+    let lab = balancing_lab("pjoin", 58, 4, &["--cpus", "0.25"]);
+    let mut jobs: Vec<Child> = (0..8)
+        .map(|_| mosrun(&lab, 1, &[], &[CPU, "1000000000000"]))
+        .collect();
+    let pids: Vec<u32> = jobs.iter().map(Child::id).collect();
+    let even = |counts: &[usize], nodes: &[usize]| {
+        let on: Vec<usize> = nodes.iter().map(|n| counts[*n - 1]).collect();
+        on.iter().max().unwrap() - on.iter().min().unwrap() <= 1
+    };
+    wait_for(Duration::from_secs(90), "8 jobs spread 2 per node", || {
+        spread(&lab, 1, &pids) == vec![2, 2, 2, 2]
+    });
+
+    // Node 4 leaves: its guests go home, and node 1 places them on the
+    // nodes that remain.
+    let output = lab.omx(4, &["setpe", "-off"]);
+    assert!(output.status.success(), "setpe -off: {}", stderr(&output));
+    wait_for(Duration::from_secs(90), "the jobs spread over nodes 1-3", || {
+        let counts = spread(&lab, 1, &pids);
+        counts[3] == 0 && even(&counts, &[1, 2, 3])
+    });
+    for job in jobs.iter_mut() {
+        assert!(job.try_wait().unwrap().is_none(), "a job died when node 4 left");
+    }
+
+    // It comes back: the load spreads to it again.
+    lab.start(4);
+    wait_for(Duration::from_secs(90), "node 4 to take its share again", || {
+        spread(&lab, 1, &pids) == vec![2, 2, 2, 2]
+    });
+    end(&mut jobs);
+}

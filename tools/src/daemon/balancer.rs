@@ -1,0 +1,566 @@
+//! The placement engine at work. Every interval this node measures its own
+//! processes (those running here, and through their keepers' reports
+//! those away) and moves a few of them where the opportunity-cost model
+//! (`omx_dfsa::placement`) says they are cheapest to run.
+//!
+//! Each home decides for its own processes, wherever they run: it knows
+//! their figures and their controls, and only it can move them. A node's
+//! guests are decided by their homes, from the same gossip; the node says
+//! in its gossip whether it takes guests (`block`, `expel`) and whether
+//! they may leave it (`stay`).
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use omx_dfsa::placement::{self, Candidate, Decision, NodeLoad, Params};
+use omx_dfsa::stats::{Decay, Measurement, ProcessStats};
+use omx_mfs::NodeId;
+use omx_mfs::wire::{DecayHint, JobHint, MigrateTarget};
+use omx_migrate::usage::{self, FileHolder, IoTracker};
+use tracing::{debug, info, warn};
+
+use super::migration::{Migrations, PlacementEntry, Site};
+use super::node::Node;
+
+/// At most this many moves from one node per round: enough to spread a
+/// burst of jobs in a few rounds, few enough that the load figures the
+/// next decisions use are not all guesses.
+const MAX_MOVES_PER_ROUND: usize = 6;
+/// How long after its decision a move starts to show in load figures
+/// (the process must first stop, travel and start).
+const MOVE_LAG_MS: u64 = 500;
+/// A process the kernel interface says cannot move is not tried again
+/// for this long.
+const UNMOVABLE_RETRY_MS: u64 = 30_000;
+
+/// One process the balancer follows.
+struct Tracked {
+    /// Its program (`/proc/PID/exe`): a change means an execve, which
+    /// clears its statistics.
+    exe: Option<PathBuf>,
+    site: Site,
+    last_sample: Option<Instant>,
+    last_cpu_ns: Option<u64>,
+    io: IoTracker,
+    stats: ProcessStats,
+    /// When it last arrived where it runs, on the balancer's clock.
+    arrived_at_ms: Option<u64>,
+    unmovable_until_ms: u64,
+}
+
+impl Tracked {
+    fn new(site: Site) -> Tracked {
+        Tracked {
+            exe: None,
+            site,
+            last_sample: None,
+            last_cpu_ns: None,
+            io: IoTracker::new(),
+            stats: ProcessStats::new(),
+            arrived_at_ms: None,
+            unmovable_until_ms: 0,
+        }
+    }
+}
+
+/// A move's expected effect on the load figures until they show it.
+struct Adjustment {
+    node: NodeId,
+    runnable: f64,
+    mem: i64,
+    at_ms: u64,
+}
+
+/// A process's statistics as the control tree shows them.
+#[derive(Clone, Debug, Default)]
+pub struct StatsView {
+    pub demand: f64,
+    pub cpu_share: f64,
+    pub rss: u64,
+    pub io_rates: Vec<(NodeId, f64)>,
+}
+
+pub struct Balancer {
+    node: Arc<Node>,
+    migrations: Arc<Migrations>,
+    mfs_root: PathBuf,
+    started: Instant,
+    params: Params,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    tracked: HashMap<u32, Tracked>,
+    adjustments: Vec<Adjustment>,
+}
+
+impl Balancer {
+    pub fn new(node: Arc<Node>, migrations: Arc<Migrations>) -> Balancer {
+        let config = node.config();
+        let mfs_root = config
+            .mfs
+            .mount
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("/mfs"));
+        let params = Params {
+            min_residency_ms: config.placement.min_residency.as_millis() as u64,
+            ..Params::default()
+        };
+        Balancer {
+            node,
+            migrations,
+            mfs_root,
+            started: Instant::now(),
+            params,
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    /// Measures and decides every interval, for as long as the daemon runs.
+    pub async fn run(self: Arc<Self>) {
+        let interval = self.node.config().placement.interval;
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            let me = self.clone();
+            // /proc reads block: keep them off the async workers.
+            let _ = tokio::task::spawn_blocking(move || me.measure()).await;
+            if self.node.config().placement.balance {
+                self.round();
+            }
+        }
+    }
+
+    /// The statistics of `pid`, if it is followed.
+    pub fn stats_of(&self, pid: u32) -> Option<StatsView> {
+        let state = self.state.lock().expect("balancer state");
+        let t = state.tracked.get(&pid)?;
+        Some(StatsView {
+            demand: t.stats.demand(),
+            cpu_share: t.stats.cpu_share(),
+            rss: t.stats.rss(),
+            io_rates: t.stats.io_rates(),
+        })
+    }
+
+    /// Clears the statistics of `pid` (`decay` `clear`).
+    pub fn clear_stats(&self, pid: u32) {
+        if let Some(t) = self
+            .state
+            .lock()
+            .expect("balancer state")
+            .tracked
+            .get_mut(&pid)
+        {
+            t.stats.clear();
+        }
+    }
+
+    /// Samples every process it follows and updates their statistics.
+    fn measure(&self) {
+        let me = self.node.id();
+        let entries = self.entries();
+        let switches = self.node.settings().get();
+        let now = Instant::now();
+        let now_ms = self.now_ms();
+        let mut state = self.state.lock().expect("balancer state");
+        let present: HashSet<u32> = entries.iter().map(|e| e.pid).collect();
+        state.tracked.retain(|pid, _| present.contains(pid));
+        for entry in &entries {
+            let tracked = state
+                .tracked
+                .entry(entry.pid)
+                .or_insert_with(|| Tracked::new(entry.site));
+            if tracked.site != entry.site {
+                if entry.site != Site::Moving {
+                    tracked.arrived_at_ms = Some(now_ms);
+                    // CPU time restarts with each remote, and the home
+                    // offsets jump when a remote hands back its DFSA files.
+                    tracked.last_cpu_ns = None;
+                    tracked.io = IoTracker::new();
+                }
+                tracked.site = entry.site;
+            }
+            let decay = match entry.controls.decay {
+                DecayHint::None => Decay::None,
+                DecayHint::Fast => Decay::Rate {
+                    permille: switches.decay.fast,
+                    interval_ms: u64::from(switches.decay.interval_s) * 1000,
+                },
+                DecayHint::Default | DecayHint::Slow => Decay::Rate {
+                    permille: switches.decay.slow,
+                    interval_ms: u64::from(switches.decay.interval_s) * 1000,
+                },
+            };
+            // At home: the process itself. Away: its deputy, sampled only
+            // to see it is there; the remote keeper counts the I/O (its
+            // DFSA files), and the deputy's offsets jump when it hands them
+            // back, so they would count the same bytes twice.
+            let Ok(local) = usage::sample(entry.pid, &self.mfs_root) else {
+                continue;
+            };
+            let exe = std::fs::read_link(format!("/proc/{}/exe", entry.pid)).ok();
+            if tracked.exe.is_some() && exe != tracked.exe {
+                debug!(
+                    "process {} ran a new program: its statistics start over",
+                    entry.pid
+                );
+                tracked.stats.clear();
+            }
+            tracked.exe = exe;
+            let elapsed_ms = tracked
+                .last_sample
+                .map_or(0, |t| now.duration_since(t).as_millis() as u64);
+            tracked.last_sample = Some(now);
+            let mut io_by_node: HashMap<NodeId, u64> = HashMap::new();
+            let home_files = if entry.site == Site::Home {
+                &local.files[..]
+            } else {
+                &[]
+            };
+            for (holder, bytes) in tracked.io.update(home_files) {
+                let node = match holder {
+                    FileHolder::Node(n) => NodeId::new(n),
+                    FileHolder::Local => Some(me),
+                };
+                if let Some(node) = node {
+                    *io_by_node.entry(node).or_default() += bytes;
+                }
+            }
+            let (cpu_total, rss, runnable) = match entry.site {
+                Site::Home => (Some(local.cpu_ns), local.rss, local.runnable),
+                Site::Moving => continue,
+                Site::Away(_) => match self.migrations.take_away_usage(entry.pid) {
+                    Some(away) => {
+                        for (n, bytes) in away.io_by_node {
+                            if let Some(n) = NodeId::new(n) {
+                                *io_by_node.entry(n).or_default() += bytes;
+                            }
+                        }
+                        (Some(away.cpu_ns), away.rss, away.runnable)
+                    }
+                    // No report yet: keep what was known before it left.
+                    None => continue,
+                },
+            };
+            let cpu_ns = match (cpu_total, tracked.last_cpu_ns) {
+                (Some(now), Some(before)) if now >= before => now - before,
+                _ => 0,
+            };
+            tracked.last_cpu_ns = cpu_total;
+            if elapsed_ms == 0 {
+                continue;
+            }
+            tracked.stats.record(
+                &Measurement {
+                    elapsed_ms,
+                    cpu_ns,
+                    runnable,
+                    rss,
+                    io_by_node: io_by_node.into_iter().collect(),
+                },
+                decay,
+            );
+        }
+    }
+
+    /// This node's processes to follow: the process table's, and every
+    /// descendant at home of one of them (a `mosrun make` balances the
+    /// whole build), except omx's own programs.
+    fn entries(&self) -> Vec<PlacementEntry> {
+        let mut entries = self.migrations.placement_entries();
+        if entries.is_empty() {
+            // Nothing of ours to follow, and so no descendants to look for.
+            return entries;
+        }
+        let known: HashSet<u32> = entries.iter().map(|e| e.pid).collect();
+        let parents = parent_table();
+        let own_exe = std::env::current_exe().ok();
+        for (&pid, &parent) in &parents {
+            if known.contains(&pid) {
+                continue;
+            }
+            let mut ancestor = parent;
+            let mut steps = 0;
+            let inherited = loop {
+                if let Some(e) = entries.iter().find(|e| e.pid == ancestor) {
+                    break Some(e.controls.clone());
+                }
+                match parents.get(&ancestor) {
+                    Some(&p) if p > 1 && steps < 64 => {
+                        ancestor = p;
+                        steps += 1;
+                    }
+                    _ => break None,
+                }
+            };
+            let Some(controls) = inherited else { continue };
+            if own_exe.is_some() && std::fs::read_link(format!("/proc/{pid}/exe")).ok() == own_exe {
+                continue;
+            }
+            entries.push(PlacementEntry {
+                pid,
+                site: Site::Home,
+                controls: super::migration::ProcessControls {
+                    selected: None,
+                    baseline: Default::default(),
+                    ..controls
+                },
+            });
+        }
+        entries
+    }
+
+    /// One round of decisions: for this node's processes at each site.
+    fn round(&self) {
+        let switches = self.node.settings().get();
+        if switches.quiet {
+            return;
+        }
+        let me = self.node.id();
+        let now_ms = self.now_ms();
+        let own = self.node.own_report();
+        let mut loads: Vec<NodeLoad> = vec![NodeLoad::from_report(me, &own, 0, own.accepts_guests)];
+        let mut guests_stay: HashSet<NodeId> = HashSet::new();
+        let mut ages: HashMap<NodeId, u64> = HashMap::new();
+        for (node, report, age) in self.node.others_loads() {
+            if report.guests_stay {
+                guests_stay.insert(node);
+            }
+            ages.insert(node, age);
+            loads.push(NodeLoad::from_report(
+                node,
+                &report,
+                age,
+                report.accepts_guests,
+            ));
+        }
+        let mut state = self.state.lock().expect("balancer state");
+        // Load figures are smoothed (exponentially, `LOAD_SMOOTHING`): a
+        // move shows in them gradually, so the part of its effect they do
+        // not show yet is added to them, until it is negligible.
+        let tau_ms = super::LOAD_SMOOTHING.as_millis() as f64;
+        state.adjustments.retain_mut(|a| {
+            let measured_at = now_ms.saturating_sub(*ages.get(&a.node).unwrap_or(&0));
+            let shown_for = measured_at.saturating_sub(a.at_ms + MOVE_LAG_MS) as f64;
+            let unseen = (-shown_for / tau_ms).exp();
+            if unseen < 0.05 {
+                return false;
+            }
+            if let Some(l) = loads.iter_mut().find(|l| l.node == a.node) {
+                apply(l, a.runnable * unseen, (a.mem as f64 * unseen) as i64);
+            }
+            true
+        });
+        let mut by_site: HashMap<NodeId, Vec<u32>> = HashMap::new();
+        for (pid, t) in &state.tracked {
+            let site = match t.site {
+                Site::Home => me,
+                Site::Away(n) => n,
+                Site::Moving => continue,
+            };
+            by_site.entry(site).or_default().push(*pid);
+        }
+        let mut sites: Vec<NodeId> = by_site.keys().copied().collect();
+        sites.sort();
+        let controls: HashMap<u32, PlacementEntry> = self
+            .migrations
+            .placement_entries()
+            .into_iter()
+            .map(|e| (e.pid, e))
+            .collect();
+        for site in sites {
+            let stays = if site == me {
+                switches.stay || switches.lstay
+            } else {
+                guests_stay.contains(&site)
+            };
+            if stays {
+                continue;
+            }
+            let mut pids = by_site.remove(&site).unwrap_or_default();
+            pids.sort();
+            for _ in 0..MAX_MOVES_PER_ROUND {
+                let Some(here) = loads.iter().find(|l| l.node == site).cloned() else {
+                    break;
+                };
+                let others: Vec<NodeLoad> =
+                    loads.iter().filter(|l| l.node != site).cloned().collect();
+                let candidates: Vec<Candidate> = pids
+                    .iter()
+                    .filter_map(|pid| {
+                        let t = state.tracked.get(pid)?;
+                        let locked = controls.get(pid).is_some_and(|e| e.controls.locked);
+                        candidate(*pid, t, &here, me, locked, job_of(&controls, *pid), now_ms)
+                    })
+                    .collect();
+                let Some(decision) =
+                    placement::decide(&here, &others, &candidates, now_ms, &self.params)
+                else {
+                    break;
+                };
+                let c = candidates
+                    .iter()
+                    .find(|c| c.pid == decision.pid)
+                    .expect("decide picks a candidate")
+                    .clone();
+                pids.retain(|p| *p != decision.pid);
+                if !self.carry_out(&decision, site, me, now_ms, &mut state) {
+                    continue;
+                }
+                let demand = placement::cost::demand(&c, &here);
+                let moves = [
+                    (site, -demand, -(c.rss as i64)),
+                    (decision.to, demand, c.rss as i64),
+                ];
+                for (node, runnable, mem) in moves {
+                    if let Some(l) = loads.iter_mut().find(|l| l.node == node) {
+                        apply(l, runnable, mem);
+                    }
+                    state.adjustments.push(Adjustment {
+                        node,
+                        runnable,
+                        mem,
+                        at_ms: now_ms,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Starts the move; false if it could not start.
+    fn carry_out(
+        &self,
+        decision: &Decision,
+        site: NodeId,
+        me: NodeId,
+        now_ms: u64,
+        state: &mut State,
+    ) -> bool {
+        let pid = decision.pid;
+        if site == me {
+            match omx_migrate::constraints::reason_to_stay(pid as i32, 0) {
+                Ok(None) => {}
+                Ok(Some(reason)) => {
+                    debug!("process {pid} stays: {reason}");
+                    if let Some(t) = state.tracked.get_mut(&pid) {
+                        t.unmovable_until_ms = now_ms + UNMOVABLE_RETRY_MS;
+                    }
+                    return false;
+                }
+                Err(_) => return false,
+            }
+        }
+        let to = if decision.to == me {
+            MigrateTarget::Home
+        } else {
+            MigrateTarget::Node(decision.to.get())
+        };
+        match self.migrations.start_move(pid, to, Some(0), None) {
+            Ok(()) => {
+                info!("placement: {decision}");
+                if let Some(t) = state.tracked.get_mut(&pid) {
+                    t.site = Site::Moving;
+                    t.arrived_at_ms = Some(now_ms);
+                }
+                true
+            }
+            Err(reply) => {
+                warn!("placement could not move process {pid}: {reply:?}");
+                if let Some(t) = state.tracked.get_mut(&pid) {
+                    t.unmovable_until_ms = now_ms + UNMOVABLE_RETRY_MS;
+                }
+                false
+            }
+        }
+    }
+}
+
+fn job_of(controls: &HashMap<u32, PlacementEntry>, pid: u32) -> JobHint {
+    controls
+        .get(&pid)
+        .map_or(JobHint::Unknown, |e| e.controls.job)
+}
+
+/// A followed process as the decision code sees it, unless it may not
+/// move now.
+fn candidate(
+    pid: u32,
+    t: &Tracked,
+    site: &NodeLoad,
+    home: NodeId,
+    locked: bool,
+    job: JobHint,
+    now_ms: u64,
+) -> Option<Candidate> {
+    if !t.stats.measured() || locked || now_ms < t.unmovable_until_ms {
+        return None;
+    }
+    // The decision code estimates what a process wants from the CPU share
+    // it got under the site's contention; ours is measured directly, so
+    // express it as that share.
+    let contention = placement::cost::ratio(site.runnable, site.cpus).max(1.0);
+    let mut io_by_node = t.stats.io_rates();
+    match job {
+        // `cpujob`: its I/O is not a reason to move it.
+        JobHint::Cpu => io_by_node.clear(),
+        // `iojob`: its I/O draws it to its data even when slow.
+        JobHint::Io => {
+            let min = Params::default().io_min_rate;
+            if let Some(top) = io_by_node.iter_mut().max_by(|a, b| a.1.total_cmp(&b.1)) {
+                top.1 = top.1.max(min);
+            }
+        }
+        JobHint::Unknown => {}
+    }
+    Some(Candidate {
+        pid,
+        cpu_share: t.stats.demand() / contention,
+        rss: t.stats.rss(),
+        io_by_node,
+        movable: true,
+        arrived_at_ms: t.arrived_at_ms,
+        home,
+    })
+}
+
+fn apply(load: &mut NodeLoad, runnable: f64, mem: i64) {
+    load.runnable = (load.runnable + runnable).max(0.0);
+    load.mem_free = (load.mem_free as i64 - mem).clamp(0, load.mem_total as i64) as u64;
+}
+
+/// Every process's parent, from /proc.
+fn parent_table() -> HashMap<u32, u32> {
+    let mut parents = HashMap::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return parents;
+    };
+    for entry in dir.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let parent = stat
+            .rfind(')')
+            .and_then(|i| stat[i + 1..].split_whitespace().nth(1))
+            .and_then(|p| p.parse().ok());
+        if let Some(parent) = parent {
+            parents.insert(pid, parent);
+        }
+    }
+    parents
+}

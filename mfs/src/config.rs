@@ -389,7 +389,7 @@ impl NodeConfig {
         let placement = PlacementConfig {
             balance: raw.placement.balance.unwrap_or(true),
             interval: Duration::from_millis(match &raw.placement.interval_ms {
-                None => 1000,
+                None => 500,
                 Some(v) => check(
                     v,
                     (100..=60_000).contains(v.get_ref()),
@@ -539,7 +539,7 @@ mod tests {
     fn placement_is_on_by_default_and_checked() {
         let c = parse("").unwrap();
         assert!(c.placement.balance);
-        assert_eq!(c.placement.interval, Duration::from_secs(1));
+        assert_eq!(c.placement.interval, Duration::from_millis(500));
         assert_eq!(c.placement.min_residency, Duration::from_secs(5));
         let off =
             parse("[placement]\nbalance = false\ninterval_ms = 500\nmin_residency_ms = 0").unwrap();

@@ -65,7 +65,7 @@ pub struct Report {
 }
 
 /// The compressor and its options.
-const COMPRESS: [&str; 3] = ["gzip", "-6", "-c"];
+const COMPRESS: [&str; 4] = ["xz", "-6", "-T1", "-c"];
 
 pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     if args.nodes < 2 {
@@ -289,7 +289,7 @@ fn make_input(path: &Path, cpus: f64, seconds: f64) -> anyhow::Result<u64> {
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .spawn()
-        .context("cannot run gzip: install it (apt-get install gzip)")?;
+        .context("cannot run xz: install it (apt-get install xz-utils)")?;
     gzip.stdin.take().expect("piped").write_all(&sample)?;
     gzip.wait()?;
     let rate = sample.len() as f64 / started.elapsed().as_secs_f64().max(1e-3);

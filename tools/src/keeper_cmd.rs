@@ -90,7 +90,15 @@ fn identity(node: NodeId, key: &std::path::Path) -> anyhow::Result<Identity> {
     })
 }
 
+/// Keepers work for a process, at its priority, not the daemon's.
+fn leave_daemon_priority() {
+    if let Err(e) = omx_migrate::sys::set_nice(0) {
+        tracing::warn!("a keeper cannot return to the normal priority: {e}");
+    }
+}
+
 pub fn run_home(args: HomeKeeperArgs) -> anyhow::Result<ExitCode> {
+    leave_daemon_priority();
     let daemon = UnixStream::from(inherited_fd(args.daemon_fd).context("the daemon channel")?);
     let code = home::run(
         HomeArgs {
@@ -112,6 +120,7 @@ pub fn run_home(args: HomeKeeperArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub fn run_remote(args: RemoteKeeperArgs) -> anyhow::Result<ExitCode> {
+    leave_daemon_priority();
     let daemon = UnixStream::from(inherited_fd(args.daemon_fd).context("the daemon channel")?);
     let link = TcpStream::from(inherited_fd(args.link_fd).context("the link")?);
     let code = remote::run(

@@ -63,7 +63,7 @@ fn main() {
     let spread = get("spread_s").expect("spread_s");
     let home = get("at_home_s");
     println!(
-        "\n{} compressions of {} MiB on {} nodes of 1/{} CPU ({} moves)",
+        "\n{} compressions of {} MiB on {} nodes, each 1/{} of this machine's CPUs ({} moves)",
         report["jobs"],
         report["input_bytes"].as_u64().unwrap_or(0) >> 20,
         report["nodes"],

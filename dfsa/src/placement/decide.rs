@@ -132,7 +132,11 @@ fn balance(
             let net_there = model.net_cost(c, to.node);
             let there = model.cost_there(to, d, c.rss) + net_there;
             let saving = (here - there) / here;
-            let needed = params.stability_margin + move_ms / horizon;
+            // The margin guards against estimates (CPU demand, loads that
+            // change); the network part of the cost is the process's own
+            // measured traffic, which a move to its data removes for sure.
+            let uncertain = (here - net_here) / here;
+            let needed = params.stability_margin * uncertain + move_ms / horizon;
             if saving.is_nan() || saving <= needed {
                 continue;
             }

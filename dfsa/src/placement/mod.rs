@@ -126,9 +126,13 @@ pub struct Params {
 impl Default for Params {
     /// Margin 0.3 (a move must save 30% of the horizon beyond its cost),
     /// residency 5 s, migration 20 ms + 3 ms/MiB, horizon 10 s, ushering
-    /// below 10% free memory, information older than 10 s (20 gossip steps
-    /// of 500 ms) ignored, 1 Gbit/s network, I/O-bound = more than half of
-    /// at least 1 MiB/s with one node.
+    /// below 10% free memory, information older than 2 s (two gossip
+    /// steps of 1 s) ignored, 1 Gbit/s network, I/O-bound = more than half
+    /// of at least 1 MiB/s with one node.
+    ///
+    /// The age limit matters most at scale: every loaded node picks the
+    /// best target it knows, so old news of an idle node draws a herd to
+    /// it (the simulation in `docs/placement.md` measures it).
     fn default() -> Params {
         Params {
             stability_margin: 0.3,
@@ -137,7 +141,7 @@ impl Default for Params {
             migration_fixed_cost_ms: 20.0,
             horizon_ms: 10_000,
             memory_low_fraction: 0.1,
-            max_age_ms: 10_000,
+            max_age_ms: 2_000,
             net_bandwidth: 125e6,
             io_majority: 0.5,
             io_min_rate: 1024.0 * 1024.0,

@@ -232,7 +232,7 @@ fn aged_information_still_converges() {
     let nodes = (1..=4).map(|n| node(n, 10_000)).collect();
     let jobs = (1..=12).map(|p| job(p, 1)).collect();
     let mut sim = Sim::new(nodes, jobs);
-    sim.age_ms = 3_000;
+    sim.age_ms = 1_500;
     converge(&mut sim, 100);
     assert_eq!(sim.counts(), vec![3, 3, 3, 3]);
 }

@@ -6,6 +6,7 @@
 //! lose messages, and knows which nodes have crashed.
 
 pub mod gossip;
+pub mod placement;
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;

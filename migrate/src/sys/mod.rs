@@ -102,6 +102,18 @@ pub fn signal_dispositions(pid: i32) -> std::io::Result<(u64, u64, u64)> {
     Ok((mask("SigBlk:"), mask("SigIgn:"), mask("SigCgt:")))
 }
 
+/// Sets the nice value of the calling thread; threads and processes it
+/// starts afterwards inherit it.
+pub fn set_nice(value: i32) -> std::io::Result<()> {
+    // SAFETY: setpriority takes three integers; `who` 0 is the calling
+    // thread (Linux applies PRIO_PROCESS to one thread).
+    let result = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, value) };
+    if result == -1 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Sends signal number `signal` (any, real-time ones too) to `pid`.
 pub fn kill_raw(pid: i32, signal: i32) -> std::io::Result<()> {
     // SAFETY: kill takes two integers.

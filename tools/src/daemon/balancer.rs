@@ -24,9 +24,9 @@ use tracing::{debug, info, warn};
 use super::migration::{Migrations, PlacementEntry, Site};
 use super::node::Node;
 
-/// At most this many moves from one node per round: enough to spread a
-/// burst of jobs in a few rounds, few enough that the load figures the
-/// next decisions use are not all guesses.
+/// At most this many moves of this node's processes under way at once:
+/// enough to spread a burst of jobs in a few rounds, few enough that the
+/// load figures the next decisions use are not all guesses.
 const MAX_MOVES_PER_ROUND: usize = 6;
 /// How long after its decision a move starts to show in load figures
 /// (the process must first stop, travel and start).
@@ -65,12 +65,18 @@ impl Tracked {
     }
 }
 
-/// A move's expected effect on the load figures until they show it.
+/// A move's expected effect on one node's load figures until they show
+/// it.
 struct Adjustment {
+    /// The process moving, and where to.
+    pid: u32,
+    to: NodeId,
     node: NodeId,
     runnable: f64,
     mem: i64,
-    at_ms: u64,
+    /// When it arrived; `None` while it is on its way (a move from a busy
+    /// node can take seconds, and counts in full until it lands).
+    landed_at_ms: Option<u64>,
 }
 
 /// A process's statistics as the control tree shows them.
@@ -216,10 +222,6 @@ impl Balancer {
                 tracked.stats.clear();
             }
             tracked.exe = exe;
-            let elapsed_ms = tracked
-                .last_sample
-                .map_or(0, |t| now.duration_since(t).as_millis() as u64);
-            tracked.last_sample = Some(now);
             let mut io_by_node: HashMap<NodeId, u64> = HashMap::new();
             let home_files = if entry.site == Site::Home {
                 &local.files[..]
@@ -247,10 +249,16 @@ impl Balancer {
                         }
                         (Some(away.cpu_ns), away.rss, away.runnable)
                     }
-                    // No report yet: keep what was known before it left.
+                    // No report since the last round: keep the figures.
                     None => continue,
                 },
             };
+            // Measured since the last figures taken in (a remote keeper
+            // reports once a second, less often than this runs).
+            let elapsed_ms = tracked
+                .last_sample
+                .map_or(0, |t| now.duration_since(t).as_millis() as u64);
+            tracked.last_sample = Some(now);
             let cpu_ns = match (cpu_total, tracked.last_cpu_ns) {
                 (Some(now), Some(before)) if now >= before => now - before,
                 _ => 0,
@@ -327,6 +335,10 @@ impl Balancer {
         }
         let me = self.node.id();
         let now_ms = self.now_ms();
+        let params = Params {
+            max_age_ms: max_age_ms(self.node.map_len(), self.node.config().gossip.interval),
+            ..self.params.clone()
+        };
         let own = self.node.own_report();
         let mut loads: Vec<NodeLoad> = vec![NodeLoad::from_report(me, &own, 0, own.accepts_guests)];
         let mut guests_stay: HashSet<NodeId> = HashSet::new();
@@ -348,10 +360,28 @@ impl Balancer {
         // move shows in them gradually, so the part of its effect they do
         // not show yet is added to them, until it is negligible.
         let tau_ms = super::LOAD_SMOOTHING.as_millis() as f64;
-        state.adjustments.retain_mut(|a| {
-            let measured_at = now_ms.saturating_sub(*ages.get(&a.node).unwrap_or(&0));
-            let shown_for = measured_at.saturating_sub(a.at_ms + MOVE_LAG_MS) as f64;
-            let unseen = (-shown_for / tau_ms).exp();
+        let State {
+            tracked,
+            adjustments,
+        } = &mut *state;
+        adjustments.retain_mut(|a| {
+            if a.landed_at_ms.is_none() {
+                match tracked.get(&a.pid).map(|t| t.site) {
+                    Some(Site::Moving) => {}
+                    Some(Site::Home) if a.to == me => a.landed_at_ms = Some(now_ms),
+                    Some(Site::Away(n)) if a.to == n => a.landed_at_ms = Some(now_ms),
+                    // It did not go (or is gone): nothing to expect.
+                    _ => return false,
+                }
+            }
+            let unseen = match a.landed_at_ms {
+                None => 1.0,
+                Some(landed) => {
+                    let measured_at = now_ms.saturating_sub(*ages.get(&a.node).unwrap_or(&0));
+                    let shown_for = measured_at.saturating_sub(landed + MOVE_LAG_MS) as f64;
+                    (-shown_for / tau_ms).exp()
+                }
+            };
             if unseen < 0.05 {
                 return false;
             }
@@ -388,7 +418,14 @@ impl Balancer {
             }
             let mut pids = by_site.remove(&site).unwrap_or_default();
             pids.sort();
-            for _ in 0..MAX_MOVES_PER_ROUND {
+            // Moves still on their way count against this round's: each
+            // costs the sender CPU, and its effect is still a guess.
+            let in_flight = state
+                .tracked
+                .values()
+                .filter(|t| t.site == Site::Moving)
+                .count();
+            for _ in in_flight..MAX_MOVES_PER_ROUND {
                 let Some(here) = loads.iter().find(|l| l.node == site).cloned() else {
                     break;
                 };
@@ -403,7 +440,7 @@ impl Balancer {
                     })
                     .collect();
                 let Some(decision) =
-                    placement::decide(&here, &others, &candidates, now_ms, &self.params)
+                    placement::decide(&here, &others, &candidates, now_ms, &params)
                 else {
                     break;
                 };
@@ -426,10 +463,12 @@ impl Balancer {
                         apply(l, runnable, mem);
                     }
                     state.adjustments.push(Adjustment {
+                        pid: c.pid,
+                        to: decision.to,
                         node,
                         runnable,
                         mem,
-                        at_ms: now_ms,
+                        landed_at_ms: None,
                     });
                 }
             }
@@ -482,6 +521,16 @@ impl Balancer {
             }
         }
     }
+}
+
+/// How old news of a node may be to count. In a small cluster every node
+/// hears of every other within a few gossip steps and few homes decide at
+/// once: four steps show nearly all of it. In a large one, every loaded
+/// node would pick the same node that looked idle a while ago (the herd
+/// the simulation in docs/placement.md measures): two steps.
+fn max_age_ms(nodes: usize, gossip: std::time::Duration) -> u64 {
+    let steps = if nodes <= 64 { 4 } else { 2 };
+    (steps * gossip.as_millis() as u64).max(1000)
 }
 
 fn job_of(controls: &HashMap<u32, PlacementEntry>, pid: u32) -> JobHint {

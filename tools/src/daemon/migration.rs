@@ -895,15 +895,12 @@ impl Migrations {
         entries
     }
 
-    /// What the keeper of `pid` (away) reported it used, with the I/O
-    /// since the last call.
+    /// What the keeper of `pid` (away) reported it used since the last
+    /// call (the latest figures, with the I/O of every report summed), or
+    /// `None` if it reported nothing since.
     pub fn take_away_usage(&self, pid: u32) -> Option<GuestUsage> {
         let mut processes = self.processes.lock().expect("process table");
-        let managed = processes.get_mut(&pid)?;
-        let usage = managed.away_usage.as_mut()?;
-        let taken = usage.clone();
-        usage.io_by_node.clear();
-        Some(taken)
+        processes.get_mut(&pid)?.away_usage.take()
     }
 
     /// Processes of this node running elsewhere, by pid.

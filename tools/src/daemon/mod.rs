@@ -37,6 +37,8 @@ pub use settings::Settings;
 
 /// How long load figures are smoothed over.
 pub(crate) const LOAD_SMOOTHING: Duration = Duration::from_secs(2);
+/// The daemon's nice value.
+const DAEMON_NICE: i32 = -10;
 /// Peer connections kept open at once (an LRU beyond that).
 const MAX_PEER_LINKS: usize = 64;
 
@@ -57,6 +59,12 @@ pub fn run(config_path: &Path, metrics_addr: Option<std::net::SocketAddr>) -> an
         None => speed::calibrate(Duration::from_millis(500)),
     };
     let meter = LoadMeter::new(provider, speed, LOAD_SMOOTHING);
+    // The daemon decides and serves for every process of the node: like
+    // the kernel work it replaces, it must not wait behind them. Its
+    // threads, started below, inherit this; keepers go back to 0.
+    if let Err(e) = omx_migrate::sys::set_nice(DAEMON_NICE) {
+        warn!("cannot raise the daemon's priority (nice {DAEMON_NICE}): {e}");
+    }
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -132,6 +132,11 @@ impl Balancer {
     /// Measures and decides every interval, for as long as the daemon runs.
     pub async fn run(self: Arc<Self>) {
         let interval = self.node.config().placement.interval;
+        // A random phase: started in step with the load sampling, every
+        // round would be running when the load is sampled, and count as
+        // load itself.
+        let phase = rand::random_range(0..interval.as_millis().max(1) as u64);
+        tokio::time::sleep(std::time::Duration::from_millis(phase)).await;
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {

@@ -293,9 +293,11 @@ fn a_call_that_needs_home_brings_the_process_home_and_it_carries_on() {
     // process may have ended first.
     let home_again = format!("process {} is home again (it called", child.id());
     let waited = std::panic::catch_unwind(|| {
-        wait_for(Duration::from_secs(10), "the daemon to log the return", || {
-            lab.log(1).contains(&home_again)
-        })
+        wait_for(
+            Duration::from_secs(10),
+            "the daemon to log the return",
+            || lab.log(1).contains(&home_again),
+        )
     });
     assert!(waited.is_ok(), "{}", lab.log(1));
 }

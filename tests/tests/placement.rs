@@ -47,6 +47,17 @@ fn sites(lab: &Lab, home: u16, pids: &[u32]) -> BTreeMap<u32, u16> {
         .collect()
 }
 
+/// Every process of `home` that runs elsewhere.
+fn away_pids(lab: &Lab, home: u16) -> Vec<u32> {
+    lab.status(home)
+        .and_then(|s| s.get("away").cloned())
+        .and_then(|a| a.as_array().cloned())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|p| p["pid"].as_u64().map(|p| p as u32))
+        .collect()
+}
+
 /// How many of `pids` run on each node 1..=nodes.
 fn spread(lab: &Lab, home: u16, pids: &[u32]) -> Vec<usize> {
     let sites = sites(lab, home, pids);
@@ -111,25 +122,39 @@ fn placement_lines(log: &str) -> String {
 #[test]
 fn locked_jobs_never_move_and_expel_empties_a_node() {
     let lab = balancing_lab("plock", 55, 3, &["--cpus", "0.3"]);
-    let mut locked: Vec<Child> = (0..2)
-        .map(|_| mosrun(&lab, 1, &["-L"], &[CPU, "1000000000000"]))
-        .collect();
-    let mut free: Vec<Child> = (0..2)
-        .map(|_| mosrun(&lab, 1, &[], &[CPU, "1000000000000"]))
-        .collect();
+    // The second locked job is a shell whose child computes: the child
+    // is locked with it.
+    let mut locked: Vec<Child> = vec![
+        mosrun(&lab, 1, &["-L"], &[CPU, "1000000000000"]),
+        mosrun(
+            &lab,
+            1,
+            &["-L"],
+            &["sh", "-c", &format!("{CPU} 1000000000000; true")],
+        ),
+    ];
+    // One free job: once it left, a node stays idle, which would draw the
+    // locked shell's child if the lock did not hold for it.
+    let mut free: Vec<Child> = vec![mosrun(&lab, 1, &[], &[CPU, "1000000000000"])];
     let locked_pids: Vec<u32> = locked.iter().map(Child::id).collect();
     let free_pids: Vec<u32> = free.iter().map(Child::id).collect();
     wait_for(
         Duration::from_secs(60),
-        "the unlocked jobs to leave node 1",
+        "the unlocked job to leave node 1",
         || sites(&lab, 1, &free_pids).values().all(|n| *n != 1),
     );
-    // Four jobs on three equal nodes: the locked two make node 1 the
+    // Three jobs on three equal nodes: the locked two make node 1 the
     // busiest, yet they stay.
     let watch_until = Instant::now() + Duration::from_secs(10);
     while Instant::now() < watch_until {
         for pid in &locked_pids {
             assert_eq!(moves_of(&lab, 1, *pid), 0, "locked process {pid} moved");
+        }
+        for away in away_pids(&lab, 1) {
+            assert!(
+                free_pids.contains(&away),
+                "process {away} moved, but only {free_pids:?} may"
+            );
         }
         std::thread::sleep(Duration::from_millis(500));
     }
@@ -283,18 +308,27 @@ fn a_node_leaving_sends_its_guests_elsewhere_and_a_node_joining_takes_its_share(
     // nodes that remain.
     let output = lab.omx(4, &["setpe", "-off"]);
     assert!(output.status.success(), "setpe -off: {}", stderr(&output));
-    wait_for(Duration::from_secs(90), "the jobs spread over nodes 1-3", || {
-        let counts = spread(&lab, 1, &pids);
-        counts[3] == 0 && even(&counts, &[1, 2, 3])
-    });
+    wait_for(
+        Duration::from_secs(90),
+        "the jobs spread over nodes 1-3",
+        || {
+            let counts = spread(&lab, 1, &pids);
+            counts[3] == 0 && even(&counts, &[1, 2, 3])
+        },
+    );
     for job in jobs.iter_mut() {
-        assert!(job.try_wait().unwrap().is_none(), "a job died when node 4 left");
+        assert!(
+            job.try_wait().unwrap().is_none(),
+            "a job died when node 4 left"
+        );
     }
 
     // It comes back: the load spreads to it again.
     lab.start(4);
-    wait_for(Duration::from_secs(90), "node 4 to take its share again", || {
-        spread(&lab, 1, &pids) == vec![2, 2, 2, 2]
-    });
+    wait_for(
+        Duration::from_secs(90),
+        "node 4 to take its share again",
+        || spread(&lab, 1, &pids) == vec![2, 2, 2, 2],
+    );
     end(&mut jobs);
 }

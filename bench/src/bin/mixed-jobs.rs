@@ -88,7 +88,7 @@ fn main() {
         Policy::Omx,
         run(&lab, Policy::Omx, &trace, steps_per_s, &omx, &helper),
     ));
-    let moves = lab.log_all_moves();
+    let moves = moves_logged(&lab);
     drop(lab);
 
     let omx_mean = mean(&results.last().unwrap().1);
@@ -112,16 +112,11 @@ fn main() {
     println!("omx made {moves} automatic moves");
 }
 
-trait MovesLogged {
-    fn log_all_moves(&self) -> usize;
-}
-
-impl MovesLogged for Lab {
-    fn log_all_moves(&self) -> usize {
-        (1..=self.nodes)
-            .map(|n| self.log(n).matches("placement: move").count())
-            .sum()
-    }
+/// Automatic moves every node of `lab` logged.
+fn moves_logged(lab: &Lab) -> usize {
+    (1..=lab.nodes)
+        .map(|n| lab.log(n).matches("placement: move").count())
+        .sum()
 }
 
 fn make_trace(args: &Args) -> Vec<Job> {

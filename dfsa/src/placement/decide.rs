@@ -61,15 +61,20 @@ fn usher(
     Some(Decision {
         pid: c.pid,
         to: to.node,
-        reason: Reason::MemoryUshering {
-            from: me.node,
-            to: to.node,
-            free: me.mem_free,
-            total: me.mem_total,
-            rss: c.rss,
-            to_free: to.mem_free,
-        },
+        reason: ushering(me, to, c),
     })
+}
+
+/// Why `c` leaves `me` for `to`, when memory is the reason.
+fn ushering(me: &NodeLoad, to: &NodeLoad, c: &Candidate) -> Reason {
+    Reason::MemoryUshering {
+        from: me.node,
+        to: to.node,
+        free: me.mem_free,
+        total: me.mem_total,
+        rss: c.rss,
+        to_free: to.mem_free,
+    }
 }
 
 /// The node holding most of `c`'s I/O, with its share and rate, if `c` is
@@ -160,16 +165,7 @@ fn balance(
                 }
                 // Memory: the process makes room here where it costs
                 // less (fits() keeps the target above its low-water mark).
-                _ if mem_gain > cpu_gain.max(0.0) && mem_gain > net_gain => {
-                    Reason::MemoryUshering {
-                        from: me.node,
-                        to: to.node,
-                        free: me.mem_free,
-                        total: me.mem_total,
-                        rss: c.rss,
-                        to_free: to.mem_free,
-                    }
-                }
+                _ if mem_gain > cpu_gain.max(0.0) && mem_gain > net_gain => ushering(me, to, c),
                 _ if no_reversal(me, to, d) => Reason::LoadBalance {
                     from: me.node,
                     to: to.node,

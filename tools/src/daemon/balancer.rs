@@ -21,7 +21,7 @@ use omx_mfs::wire::{DecayHint, JobHint, MigrateTarget};
 use omx_migrate::usage::{self, FileHolder, IoTracker};
 use tracing::{debug, info, warn};
 
-use super::migration::{Migrations, PlacementEntry, Site};
+use super::migration::{Migrations, PlacementEntry, ProcessControls, Site};
 use super::node::Node;
 
 /// At most this many moves of this node's processes under way at once:
@@ -48,6 +48,8 @@ struct Tracked {
     /// When it last arrived where it runs, on the balancer's clock.
     arrived_at_ms: Option<u64>,
     unmovable_until_ms: u64,
+    /// Its controls (a descendant of a `mosrun` process has its).
+    controls: ProcessControls,
 }
 
 impl Tracked {
@@ -55,6 +57,7 @@ impl Tracked {
         Tracked {
             exe: None,
             site,
+            controls: ProcessControls::default(),
             last_sample: None,
             last_cpu_ns: None,
             io: IoTracker::new(),
@@ -190,6 +193,7 @@ impl Balancer {
                 .tracked
                 .entry(entry.pid)
                 .or_insert_with(|| Tracked::new(entry.site));
+            tracked.controls = entry.controls.clone();
             if tracked.site != entry.site {
                 if entry.site != Site::Moving {
                     tracked.arrived_at_ms = Some(now_ms);
@@ -294,18 +298,21 @@ impl Balancer {
             // Nothing of ours to follow, and so no descendants to look for.
             return entries;
         }
-        let known: HashSet<u32> = entries.iter().map(|e| e.pid).collect();
+        let known: HashMap<u32, ProcessControls> = entries
+            .iter()
+            .map(|e| (e.pid, e.controls.clone()))
+            .collect();
         let parents = parent_table();
         let own_exe = std::env::current_exe().ok();
         for (&pid, &parent) in &parents {
-            if known.contains(&pid) {
+            if known.contains_key(&pid) {
                 continue;
             }
             let mut ancestor = parent;
             let mut steps = 0;
             let inherited = loop {
-                if let Some(e) = entries.iter().find(|e| e.pid == ancestor) {
-                    break Some(e.controls.clone());
+                if let Some(controls) = known.get(&ancestor) {
+                    break Some(controls.clone());
                 }
                 match parents.get(&ancestor) {
                     Some(&p) if p > 1 && steps < 64 => {
@@ -322,7 +329,7 @@ impl Balancer {
             entries.push(PlacementEntry {
                 pid,
                 site: Site::Home,
-                controls: super::migration::ProcessControls {
+                controls: ProcessControls {
                     selected: None,
                     baseline: Default::default(),
                     ..controls
@@ -406,12 +413,6 @@ impl Balancer {
         }
         let mut sites: Vec<NodeId> = by_site.keys().copied().collect();
         sites.sort();
-        let controls: HashMap<u32, PlacementEntry> = self
-            .migrations
-            .placement_entries()
-            .into_iter()
-            .map(|e| (e.pid, e))
-            .collect();
         for site in sites {
             let stays = if site == me {
                 switches.stay || switches.lstay
@@ -439,9 +440,7 @@ impl Balancer {
                 let candidates: Vec<Candidate> = pids
                     .iter()
                     .filter_map(|pid| {
-                        let t = state.tracked.get(pid)?;
-                        let locked = controls.get(pid).is_some_and(|e| e.controls.locked);
-                        candidate(*pid, t, &here, me, locked, job_of(&controls, *pid), now_ms)
+                        candidate(*pid, state.tracked.get(pid)?, &here, me, now_ms, &params)
                     })
                     .collect();
                 let Some(decision) =
@@ -538,12 +537,6 @@ fn max_age_ms(nodes: usize, gossip: std::time::Duration) -> u64 {
     (steps * gossip.as_millis() as u64).max(1000)
 }
 
-fn job_of(controls: &HashMap<u32, PlacementEntry>, pid: u32) -> JobHint {
-    controls
-        .get(&pid)
-        .map_or(JobHint::Unknown, |e| e.controls.job)
-}
-
 /// A followed process as the decision code sees it, unless it may not
 /// move now.
 fn candidate(
@@ -551,11 +544,10 @@ fn candidate(
     t: &Tracked,
     site: &NodeLoad,
     home: NodeId,
-    locked: bool,
-    job: JobHint,
     now_ms: u64,
+    params: &Params,
 ) -> Option<Candidate> {
-    if !t.stats.measured() || locked || now_ms < t.unmovable_until_ms {
+    if !t.stats.measured() || t.controls.locked || now_ms < t.unmovable_until_ms {
         return None;
     }
     // The decision code estimates what a process wants from the CPU share
@@ -563,14 +555,13 @@ fn candidate(
     // express it as that share.
     let contention = placement::cost::ratio(site.runnable, site.cpus).max(1.0);
     let mut io_by_node = t.stats.io_rates();
-    match job {
+    match t.controls.job {
         // `cpujob`: its I/O is not a reason to move it.
         JobHint::Cpu => io_by_node.clear(),
         // `iojob`: its I/O draws it to its data even when slow.
         JobHint::Io => {
-            let min = Params::default().io_min_rate;
             if let Some(top) = io_by_node.iter_mut().max_by(|a, b| a.1.total_cmp(&b.1)) {
-                top.1 = top.1.max(min);
+                top.1 = top.1.max(params.io_min_rate);
             }
         }
         JobHint::Unknown => {}

@@ -203,14 +203,7 @@ impl<'a> Engine<'a> {
                 .collect()
         });
         let load_keys = nodes.iter().map(load_key).collect();
-        let source = JobSource::new(
-            &config.cluster,
-            config.utilisation,
-            config.work,
-            config.homes,
-            config.rss_mib,
-            config.seed,
-        );
+        let source = JobSource::for_config(config);
         let fastest_speed = config
             .cluster
             .iter()
@@ -554,11 +547,7 @@ impl<'a> Engine<'a> {
             }
             // Another move in the same round: this node's view of itself
             // and of the target, as the move leaves them.
-            let moved = candidates
-                .iter()
-                .position(|c| c.pid == decision.pid)
-                .expect("decide proposes a candidate");
-            let moved = candidates.swap_remove(moved);
+            let moved = take_candidate(&mut candidates, decision.pid);
             let demand = cost::demand(&moved, &me);
             me.runnable = (me.runnable - demand).max(0.0);
             me.mem_free += moved.rss;
@@ -673,11 +662,7 @@ impl<'a> Engine<'a> {
                 let Some(decision) = decision else {
                     break;
                 };
-                let moved = candidates
-                    .iter()
-                    .position(|c| c.pid == decision.pid)
-                    .expect("decide proposes a candidate");
-                let moved = candidates.swap_remove(moved);
+                let moved = take_candidate(&mut candidates, decision.pid);
                 let to = usize::from(decision.to.get()) - 1;
                 self.migrate(moved.pid as usize, site, to);
                 let demand = cost::demand(&moved, &here);
@@ -906,4 +891,13 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
     }
     let rank = (q * sorted.len() as f64).ceil() as usize;
     sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// Removes the candidate `decide` chose from `candidates`.
+fn take_candidate(candidates: &mut Vec<Candidate>, pid: u32) -> Candidate {
+    let at = candidates
+        .iter()
+        .position(|c| c.pid == pid)
+        .expect("decide proposes a candidate");
+    candidates.swap_remove(at)
 }

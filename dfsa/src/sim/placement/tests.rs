@@ -79,14 +79,7 @@ fn the_smoothed_load_follows_the_runnable_count_with_its_time_constant() {
 fn every_policy_finishes_every_job_with_exactly_its_work() {
     let config = small(6, 3);
     // The measured jobs, from the trace itself.
-    let mut source = JobSource::new(
-        &config.cluster,
-        config.utilisation,
-        config.work,
-        config.homes,
-        config.rss_mib,
-        config.seed,
-    );
+    let mut source = JobSource::for_config(&config);
     let window = config.warmup_ms..config.warmup_ms + config.measure_ms;
     let mut expected = 0;
     loop {

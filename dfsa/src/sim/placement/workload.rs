@@ -135,6 +135,18 @@ pub struct JobSource {
 }
 
 impl JobSource {
+    /// The job trace of a simulation's configuration.
+    pub fn for_config(config: &super::PlacementSimConfig) -> JobSource {
+        JobSource::new(
+            &config.cluster,
+            config.utilisation,
+            config.work,
+            config.homes,
+            config.rss_mib,
+            config.seed,
+        )
+    }
+
     pub fn new(
         cluster: &[NodeSpec],
         utilisation: f64,

@@ -83,6 +83,7 @@ fn requests_that_leave_the_export_or_name_nothing_get_an_errno() {
             handle: 9999,
             offset: 0,
             size: 10,
+            ahead: 0,
         },
     );
     assert_eq!(errno(read), libc::EBADF);
@@ -97,6 +98,7 @@ fn requests_that_leave_the_export_or_name_nothing_get_an_errno() {
             handle,
             offset: 0,
             size: 100,
+            ahead: 0,
         },
     );
     assert_eq!(data, FsResult::Data(b"exported".to_vec()));

@@ -330,3 +330,70 @@ fn pjdfstest_passes_on_this_nodes_and_another_nodes_files() {
         eprintln!("/mfs/{node}: {}", stdout(&output));
     }
 }
+
+/// A node reading another's file sequentially keeps what it read ahead,
+/// under a read lease of the owner. Any writer, on the owner's disk or
+/// through MFS from a third node, waits until that is dropped, so the
+/// reader's next read returns the new data.
+#[test]
+fn what_a_reader_read_ahead_never_hides_a_later_write() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::os::unix::fs::MetadataExt;
+    use std::process::Stdio;
+
+    let lab = lab("flease", 59, 3);
+    let file = disk(&lab, 2).join("big");
+    std::fs::write(&file, vec![b'a'; 1 << 20]).unwrap();
+    // Root of another node is nobody at the owner: let anyone write it.
+    std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o666)).unwrap();
+    let inode = std::fs::metadata(&file).unwrap().ino();
+    // Reads 8 KiB per line of input, answering with the block's first byte.
+    let script = "import sys\nf = open('/mfs/2/big', 'rb')\nfor _ in sys.stdin:\n    b = f.read(8192)\n    print(chr(b[0]) if b else 'EOF', flush=True)\n";
+    let mut reader = lab.spawn(
+        1,
+        &["python3", "-c", script],
+        Stdio::piped(),
+        Stdio::piped(),
+    );
+    let mut input = reader.stdin.take().unwrap();
+    let mut output = BufReader::new(reader.stdout.take().unwrap()).lines();
+    let mut next_block = move || {
+        writeln!(input).unwrap();
+        output.next().expect("the reader answers").unwrap()
+    };
+    assert_eq!(next_block(), "a");
+    assert_eq!(next_block(), "a");
+    // The owner holds a read lease on the file for node 1.
+    let locks = std::fs::read_to_string("/proc/locks").unwrap();
+    assert!(
+        locks.lines().any(|l| l.contains("LEASE")
+            && l.contains("READ")
+            && l.contains(&format!(":{inode} "))),
+        "no read lease on inode {inode}:\n{locks}"
+    );
+
+    // Rewritten in place on the owner's disk, not through MFS.
+    let started = Instant::now();
+    let mut writer = std::fs::OpenOptions::new().write(true).open(&file).unwrap();
+    writer.write_all(&vec![b'b'; 1 << 20]).unwrap();
+    drop(writer);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "the writer waited {:?} for node 1 to drop what it read ahead",
+        started.elapsed()
+    );
+    assert_eq!(next_block(), "b");
+
+    // Rewritten through MFS by node 3.
+    sh(
+        &lab,
+        3,
+        "head -c 1048576 /dev/zero | tr '\\0' c | dd of=/mfs/2/big conv=notrunc status=none",
+    );
+    assert_eq!(next_block(), "c");
+    // And truncated by node 3: the reader is at the end.
+    sh(&lab, 3, "truncate -s 8192 /mfs/2/big");
+    assert_eq!(next_block(), "EOF");
+    let _ = reader.kill();
+    let _ = reader.wait();
+}

@@ -6,7 +6,7 @@
 //! the same dozen left at home, and checks that every output is the same.
 
 use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
@@ -123,7 +123,10 @@ fn show(lab: &LabState, args: &DemoArgs) -> anyhow::Result<Report> {
     );
 
     let jobs = args.jobs.unwrap_or(args.nodes).max(1);
-    let input = lab_dir(lab).join("demo-input");
+    // On node 1's own disk, which it exports as /mfs/1: a file every node
+    // reaches, so a compression that moves reads it where it runs (DFSA)
+    // instead of asking node 1 for every block.
+    let input = lab.node(home)?.dir.join("disk").join("demo-input");
     let input_bytes = make_input(&input, lab.nodes[0].plan.cpus, args.job_seconds)?;
     println!(
         "\n== the job: `{} {}` ({} MiB of text), {} of them, all started on node {home}",
@@ -244,10 +247,6 @@ fn show(lab: &LabState, args: &DemoArgs) -> anyhow::Result<Report> {
         at_home_s,
         moves,
     })
-}
-
-fn lab_dir(lab: &LabState) -> PathBuf {
-    PathBuf::from(lab::LABS_DIR).join(&lab.name)
 }
 
 fn wait_until_all_up(lab: &LabState) -> anyhow::Result<()> {

@@ -90,7 +90,11 @@ fn identity(node: NodeId, key: &std::path::Path) -> anyhow::Result<Identity> {
     })
 }
 
-/// Keepers work for a process, at its priority, not the daemon's.
+/// A remote keeper starts the guest, which must run at a process's
+/// priority, not the daemon's. (A home keeper keeps the daemon's: it
+/// freezes and sends a process while that process's neighbours run, and
+/// at their priority a move out of a busy node of 1/6 CPU kept the process
+/// frozen for seconds.)
 fn leave_daemon_priority() {
     if let Err(e) = omx_migrate::sys::set_nice(0) {
         tracing::warn!("a keeper cannot return to the normal priority: {e}");
@@ -98,7 +102,6 @@ fn leave_daemon_priority() {
 }
 
 pub fn run_home(args: HomeKeeperArgs) -> anyhow::Result<ExitCode> {
-    leave_daemon_priority();
     let daemon = UnixStream::from(inherited_fd(args.daemon_fd).context("the daemon channel")?);
     let code = home::run(
         HomeArgs {

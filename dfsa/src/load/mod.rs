@@ -10,6 +10,7 @@
 mod cgroup;
 mod machine;
 mod procfs;
+mod service;
 pub mod speed;
 
 use std::time::{Duration, Instant};
@@ -17,6 +18,8 @@ use std::time::{Duration, Instant};
 pub use cgroup::CgroupLoad;
 pub use machine::MachineLoad;
 use omx_mfs::wire::LoadReport;
+use service::ServiceMeter;
+pub use service::ServicePids;
 
 /// The speed of the reference machine, in openMosix units.
 pub const REFERENCE_SPEED: u32 = 10_000;
@@ -72,6 +75,8 @@ pub struct LoadMeter {
     utilisation: f64,
     previous: Option<(Instant, Duration)>,
     latest: Option<LoadSample>,
+    /// omx's own processes, counted by the CPU they use.
+    service: Option<ServiceMeter>,
 }
 
 impl LoadMeter {
@@ -84,7 +89,14 @@ impl LoadMeter {
             utilisation: 0.0,
             previous: None,
             latest: None,
+            service: None,
         }
+    }
+
+    /// Counts the threads of `pids` (omx's own work on this node) by the
+    /// CPU they use rather than as runnable processes.
+    pub fn set_service(&mut self, pids: ServicePids) {
+        self.service = Some(ServiceMeter::new(pids));
     }
 
     pub fn speed(&self) -> u32 {
@@ -99,7 +111,21 @@ impl LoadMeter {
     pub fn update(&mut self, now: Instant) -> Result<(), LoadError> {
         let sample = self.provider.sample()?;
         let capacity = self.provider.capacity();
-        let runnable = f64::from(sample.runnable);
+        let runnable = match (&mut self.service, self.previous) {
+            (Some(service), previous) => {
+                let wall = previous.map_or(0.0, |(then, _)| {
+                    now.saturating_duration_since(then).as_secs_f64()
+                });
+                let cpu_capacity = capacity / capacity.ceil().max(1.0);
+                service::runnable_with_service(
+                    sample.runnable,
+                    service.sample(),
+                    wall,
+                    cpu_capacity,
+                )
+            }
+            (None, _) => f64::from(sample.runnable),
+        };
         match (self.runnable, self.previous) {
             (Some(smoothed), Some((then, _))) => {
                 let dt = now.saturating_duration_since(then).as_secs_f64();

@@ -23,12 +23,53 @@ use crate::NodeId;
 use crate::cluster_map::ClusterMap;
 use crate::transport::{Identity, connect};
 use crate::wire::PeerMessage;
-use crate::wire::fs::{Caller, FsOp, FsReply, FsRequest, FsResult, MAX_FS_FRAME};
+use crate::wire::fs::{Caller, FsAnswer, FsOp, FsRequest, FsResult, MAX_FS_FRAME, MAX_FS_IO};
 
 /// How long a caller waits for an owner that does not answer.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 
 type Waiter = sync_mpsc::SyncSender<FsResult>;
+
+/// How far past a sequential read the client asks to read ahead. A
+/// program reading 8 KiB at a time then asks the owner once per 512 KiB,
+/// not 64 times: each ask is a round trip that, on a busy node, may wait
+/// for a CPU at both ends.
+pub const READ_AHEAD: u32 = 512 << 10;
+
+/// What was read ahead of one open file, under a lease of its owner.
+#[derive(Default)]
+struct Kept {
+    offset: u64,
+    data: Vec<u8>,
+    /// `data` reaches the end of the file.
+    at_end: bool,
+    /// The latest lease the owner revoked: data read under it or an
+    /// earlier one is not kept.
+    revoked: u64,
+    /// Where the next read starts if the program reads sequentially.
+    next: u64,
+}
+
+impl Kept {
+    /// The `size` bytes at `offset`, if they are all kept (or the kept
+    /// data ends at the end of the file).
+    fn serve(&self, offset: u64, size: u32) -> Option<Vec<u8>> {
+        let end = self.offset + self.data.len() as u64;
+        if offset < self.offset || offset > end || (offset == end && !self.at_end) {
+            return None;
+        }
+        let wanted_end = offset.saturating_add(u64::from(size));
+        if wanted_end > end && !self.at_end {
+            return None;
+        }
+        let from = (offset - self.offset) as usize;
+        let to = (wanted_end.min(end) - self.offset) as usize;
+        Some(self.data[from..to].to_vec())
+    }
+}
+
+/// Read-ahead kept, by connection generation and handle.
+type KeptFiles = Arc<Mutex<HashMap<(u64, u64), Kept>>>;
 
 struct Queued {
     request: FsRequest,
@@ -53,6 +94,7 @@ pub struct FsClient {
     peers: Mutex<HashMap<NodeId, Arc<Peer>>>,
     next_id: AtomicU64,
     next_generation: AtomicU64,
+    kept: KeptFiles,
 }
 
 /// How long a call may wait.
@@ -81,6 +123,7 @@ impl FsClient {
             peers: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             next_generation: AtomicU64::new(1),
+            kept: Arc::new(Mutex::new(HashMap::new())),
         }
     }
 
@@ -134,6 +177,75 @@ impl FsClient {
         Err(Errno::ENOTCONN)
     }
 
+    /// Reads `size` bytes at `offset` of `handle`, open at `node` on
+    /// connection `generation`: from what was read ahead if it has them,
+    /// else from the owner, asking for more when the program reads
+    /// sequentially.
+    pub fn read(
+        &self,
+        node: NodeId,
+        caller: &Caller,
+        handle: u64,
+        generation: u64,
+        offset: u64,
+        size: u32,
+    ) -> Result<Vec<u8>, Errno> {
+        let key = (generation, handle);
+        let sequential = {
+            let mut kept = self.kept.lock().expect("kept lock");
+            let file = kept.entry(key).or_default();
+            if let Some(data) = file.serve(offset, size) {
+                file.next = offset + data.len() as u64;
+                return Ok(data);
+            }
+            file.next == offset
+        };
+        let ahead = if sequential {
+            READ_AHEAD.min(MAX_FS_IO.saturating_sub(size))
+        } else {
+            0
+        };
+        let op = FsOp::Read {
+            handle,
+            offset,
+            size,
+            ahead,
+        };
+        let (result, _) = self.call(node, caller, op, Some(generation), Wait::Bounded)?;
+        let mut kept = self.kept.lock().expect("kept lock");
+        let file = kept.entry(key).or_default();
+        match result {
+            FsResult::Leased { mut data, epoch } => {
+                let asked = u64::from(size) + u64::from(ahead);
+                if epoch > file.revoked && data.len() > size as usize {
+                    file.offset = offset;
+                    file.at_end = (data.len() as u64) < asked;
+                    file.data = data.clone();
+                }
+                data.truncate(size as usize);
+                file.next = offset + data.len() as u64;
+                Ok(data)
+            }
+            FsResult::Data(data) => {
+                file.next = offset + data.len() as u64;
+                Ok(data)
+            }
+            FsResult::Errno(e) => Err(Errno::from_raw(e)),
+            other => {
+                debug!("unexpected answer to a read: {other:?}");
+                Err(Errno::EIO)
+            }
+        }
+    }
+
+    /// Drops what was read ahead of a handle that is closed.
+    pub fn forget(&self, handle: u64, generation: u64) {
+        self.kept
+            .lock()
+            .expect("kept lock")
+            .remove(&(generation, handle));
+    }
+
     /// The live connection to `node`, made if needed.
     fn peer(&self, node: NodeId) -> Result<Arc<Peer>, Errno> {
         let mut peers = self.peers.lock().expect("peers lock");
@@ -156,15 +268,64 @@ impl FsClient {
         let identity = self.identity.clone();
         let port = self.port;
         let timeout = self.timeout;
+        let revokes = Revokes {
+            generation: peer.generation,
+            kept: self.kept.clone(),
+            acks: peer.queue.clone(),
+        };
+        let kept = self.kept.clone();
+        let generation = peer.generation;
         self.runtime.spawn(async move {
-            if let Err(e) = serve_peer(node, address, port, timeout, &identity, receiver).await {
+            let served = serve_peer(node, address, port, timeout, &identity, receiver, revokes);
+            if let Err(e) = served.await {
                 warn!("MFS connection to node {node} failed: {e}");
             }
             failed.store(true, Ordering::Relaxed);
+            // Its handles are gone, and what was read through them.
+            kept.lock()
+                .expect("kept lock")
+                .retain(|(g, _), _| *g != generation);
         });
         Ok(peer)
     }
 }
+
+/// What a connection needs to honour the owner's revokes.
+struct Revokes {
+    generation: u64,
+    kept: KeptFiles,
+    /// The connection's own queue, for the confirmations.
+    acks: mpsc::UnboundedSender<Queued>,
+}
+
+impl Revokes {
+    /// Drops what was read ahead of `handle` under lease `epoch` or an
+    /// earlier one, then confirms (the owner's writer waits for that).
+    fn revoke(&self, handle: u64, epoch: u64) {
+        {
+            let mut kept = self.kept.lock().expect("kept lock");
+            let file = kept.entry((self.generation, handle)).or_default();
+            file.revoked = file.revoked.max(epoch);
+            file.data = Vec::new();
+        }
+        let (waiter, _) = sync_mpsc::sync_channel(1);
+        let request = FsRequest {
+            id: CONFIRMATION_ID,
+            caller: Caller {
+                uid: 0,
+                gid: 0,
+                groups: Vec::new(),
+                pid: 0,
+            },
+            op: FsOp::Revoked { handle, epoch },
+        };
+        let _ = self.acks.send(Queued { request, waiter });
+    }
+}
+
+/// The id of confirmations, whose answers nobody waits for (the client
+/// numbers its requests from 1).
+const CONFIRMATION_ID: u64 = 0;
 
 /// Connects to `node`, then carries requests and answers until the
 /// connection fails. Dropping the queue and the waiters tells every caller.
@@ -175,6 +336,7 @@ async fn serve_peer(
     timeout: Duration,
     identity: &Identity,
     mut queue: mpsc::UnboundedReceiver<Queued>,
+    revokes: Revokes,
 ) -> Result<(), String> {
     let stream = tokio::time::timeout(timeout, TcpStream::connect((address, port)))
         .await
@@ -195,13 +357,14 @@ async fn serve_peer(
     let answers = waiting.clone();
     let mut receiving = tokio::spawn(async move {
         loop {
-            match reader.recv::<FsReply>().await {
-                Ok(Some(reply)) => {
+            match reader.recv::<FsAnswer>().await {
+                Ok(Some(FsAnswer::Reply(reply))) => {
                     let waiter = answers.lock().expect("waiters lock").remove(&reply.id);
                     if let Some(waiter) = waiter {
                         let _ = waiter.try_send(reply.result);
                     }
                 }
+                Ok(Some(FsAnswer::Revoke { handle, epoch })) => revokes.revoke(handle, epoch),
                 Ok(None) => return "the owner closed the connection".to_string(),
                 Err(e) => return e.to_string(),
             }
@@ -214,7 +377,9 @@ async fn serve_peer(
                     break Ok(());
                 };
                 let id = request.id;
-                waiting.lock().expect("waiters lock").insert(id, waiter);
+                if id != CONFIRMATION_ID {
+                    waiting.lock().expect("waiters lock").insert(id, waiter);
+                }
                 if let Err(e) = writer.send(&request).await {
                     break Err(e.to_string());
                 }

@@ -26,7 +26,7 @@ use nix::sys::stat::{FileStat, Mode, SFlag};
 use nix::sys::time::TimeSpec;
 
 use super::creds::{Credentials, run_as};
-use super::sys;
+use super::{lease, sys};
 use crate::wire::fs::{
     Attr, DirEntry, FsOp, FsResult, LockSpec, MAX_FS_IO, SetAttrs, SetTime, StatFs,
 };
@@ -36,11 +36,84 @@ pub const DIR_ENTRIES_PER_REPLY: usize = 4096;
 
 /// An open file at the owner.
 struct OpenFile {
+    handle: u64,
     file: File,
     /// The access mode it was opened with (for lock descriptors).
     access: OFlag,
     /// One descriptor per lock owner holding locks through this file.
     lock_fds: Mutex<HashMap<u64, Arc<File>>>,
+    lease: Mutex<LeaseState>,
+}
+
+/// The read lease of an open file, for the node that opened it.
+#[derive(Default)]
+struct LeaseState {
+    held: bool,
+    /// Counts the leases taken on this handle: what was read under one is
+    /// revoked by its number.
+    epoch: u64,
+    revoker: Option<Arc<dyn Revoker>>,
+}
+
+/// Takes back, from the node that opened a handle, what it kept under a
+/// read lease: returns once the node confirmed (or did not in time).
+pub trait Revoker: Send + Sync {
+    fn revoke(&self, handle: u64, epoch: u64);
+}
+
+impl OpenFile {
+    /// The epoch of this handle's read lease, taken now if need be; `None`
+    /// if there is none (someone may write the file).
+    fn lease_for(self: &Arc<Self>, revoker: &Arc<dyn Revoker>) -> Option<u64> {
+        if self.access != OFlag::O_RDONLY {
+            return None;
+        }
+        let mut state = self.lease.lock().expect("lease lock");
+        if !state.held {
+            let me: Arc<dyn lease::LeaseHolder> = self.clone();
+            if !lease::take(&self.file, Arc::downgrade(&me)) {
+                return None;
+            }
+            state.held = true;
+            state.epoch += 1;
+            state.revoker = Some(revoker.clone());
+        }
+        Some(state.epoch)
+    }
+
+    /// Reads up to `size` bytes at `offset`, short only at the end.
+    fn read_full(&self, offset: u64, size: u32) -> Result<Vec<u8>, Errno> {
+        let mut data = vec![0u8; size.min(MAX_FS_IO) as usize];
+        let mut filled = 0;
+        while filled < data.len() {
+            match self
+                .file
+                .read_at(&mut data[filled..], offset + filled as u64)
+            {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) if filled == 0 => return Err(io_errno(e)),
+                Err(_) => break,
+            }
+        }
+        data.truncate(filled);
+        Ok(data)
+    }
+}
+
+impl lease::LeaseHolder for OpenFile {
+    fn on_break(&self) {
+        let (epoch, revoker) = {
+            let mut state = self.lease.lock().expect("lease lock");
+            let held = std::mem::take(&mut state.held);
+            (state.epoch, state.revoker.take().filter(|_| held))
+        };
+        if let Some(revoker) = revoker {
+            revoker.revoke(self.handle, epoch);
+        }
+        lease::release(&self.file);
+    }
 }
 
 /// This node's exported tree.
@@ -168,7 +241,23 @@ impl Exporter {
         let target = if path.is_empty() { os(b".") } else { os(path) };
         // A symbolic link met on the way gives ELOOP: the asker follows
         // links, one lookup at a time.
-        openat2(self.root.as_fd(), target, how)
+        match openat2(self.root.as_fd(), target, how) {
+            // A read lease of another node (see `lease`) makes a
+            // non-blocking open for writing fail, where the asker would
+            // have got its file: the break is under way, wait for it.
+            Err(Errno::EWOULDBLOCK) if flags.contains(OFlag::O_NONBLOCK) => {
+                let how = OpenHow::new()
+                    .flags((flags - OFlag::O_NONBLOCK) | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW)
+                    .mode(mode)
+                    .resolve(
+                        ResolveFlag::RESOLVE_BENEATH
+                            | ResolveFlag::RESOLVE_NO_SYMLINKS
+                            | ResolveFlag::RESOLVE_NO_MAGICLINKS,
+                    );
+                openat2(self.root.as_fd(), target, how)
+            }
+            other => other,
+        }
     }
 
     /// An O_PATH descriptor of the object itself.
@@ -215,9 +304,11 @@ impl Exporter {
         let handle = self.next_handle.fetch_add(1, Ordering::Relaxed);
         let access = OFlag::from_bits_truncate(flags & libc::O_ACCMODE);
         let open = OpenFile {
+            handle,
             file,
             access,
             lock_fds: Mutex::new(HashMap::new()),
+            lease: Mutex::new(LeaseState::default()),
         };
         self.files
             .lock()
@@ -238,6 +329,32 @@ impl Exporter {
             Ok(result) => result,
             Err(errno) => FsResult::Errno(errno as i32),
         }
+    }
+
+    /// A read of another node that would keep `ahead` more bytes: under a
+    /// read lease of the handle (which `revoker` takes back before anyone
+    /// writes the file), the data and what follows; without one, the
+    /// data alone.
+    pub fn read_ahead(
+        &self,
+        credentials: &Credentials,
+        handle: u64,
+        offset: u64,
+        size: u32,
+        ahead: u32,
+        revoker: &Arc<dyn Revoker>,
+    ) -> FsResult {
+        let result = run_as(credentials, || {
+            let open = self.file(handle)?;
+            Ok(match open.lease_for(revoker) {
+                Some(epoch) => FsResult::Leased {
+                    data: open.read_full(offset, size.saturating_add(ahead))?,
+                    epoch,
+                },
+                None => FsResult::Data(open.read_full(offset, size)?),
+            })
+        });
+        result.unwrap_or_else(|errno: Errno| FsResult::Errno(errno as i32))
     }
 
     fn run(&self, op: FsOp) -> Result<FsResult, Errno> {
@@ -332,29 +449,15 @@ impl Exporter {
                     attr,
                 }
             }
+            // Reading ahead needs a lease, and so a node to revoke it
+            // from: see `read_ahead`.
             FsOp::Read {
                 handle,
                 offset,
                 size,
-            } => {
-                let open = self.file(handle)?;
-                let mut data = vec![0u8; size.min(MAX_FS_IO) as usize];
-                let mut filled = 0;
-                while filled < data.len() {
-                    match open
-                        .file
-                        .read_at(&mut data[filled..], offset + filled as u64)
-                    {
-                        Ok(0) => break,
-                        Ok(n) => filled += n,
-                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                        Err(e) if filled == 0 => return Err(io_errno(e)),
-                        Err(_) => break,
-                    }
-                }
-                data.truncate(filled);
-                FsResult::Data(data)
-            }
+                ahead: _,
+            } => FsResult::Data(self.file(handle)?.read_full(offset, size)?),
+            FsOp::Revoked { .. } => return Err(Errno::EINVAL),
             FsOp::Write {
                 handle,
                 offset,

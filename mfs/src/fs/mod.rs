@@ -5,7 +5,8 @@
 //! - [`export`]: the owner's side, operations on this node's files run as
 //!   the caller ([`creds`]).
 //! - [`server`]: serves other nodes' MFS connections with it.
-//! - [`client`]: asks other nodes.
+//! - [`client`]: asks other nodes, keeping what it read ahead of a file
+//!   while the owner's read [`lease`] lasts.
 //! - [`fuse`]: the tree the kernel sees, dispatching each operation to the
 //!   owner; [`mount`] puts it at `/mfs`.
 
@@ -13,6 +14,8 @@ pub mod client;
 pub mod creds;
 pub mod export;
 pub mod fuse;
+#[allow(unsafe_code)]
+pub mod lease;
 pub mod mount;
 pub mod server;
 pub mod stats;

@@ -3,21 +3,61 @@
 //! Files the connection opened are closed when it ends, which also
 //! releases every lock its callers held.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
 use super::creds::{Credentials, Squash};
-use super::export::Exporter;
+use super::export::{Exporter, Revoker};
 use crate::NodeId;
 use crate::transport::SecureChannel;
-use crate::wire::fs::{FsOp, FsReply, FsRequest, FsResult, MAX_FS_FRAME};
+use crate::wire::fs::{FsAnswer, FsOp, FsReply, FsRequest, FsResult, MAX_FS_FRAME};
 
 /// Answers queued for the writer before requests wait.
 const ANSWER_QUEUE: usize = 256;
+/// How long a writer of this node waits for a node to confirm it dropped
+/// what it read ahead (then it goes on, and the node is warned of in the
+/// log: it did not answer in time).
+const REVOKE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Takes back the read leases of one connection's handles.
+struct ConnectionRevoker {
+    from: NodeId,
+    answers: mpsc::Sender<FsAnswer>,
+    confirmations: Mutex<HashMap<(u64, u64), std::sync::mpsc::SyncSender<()>>>,
+}
+
+impl Revoker for ConnectionRevoker {
+    fn revoke(&self, handle: u64, epoch: u64) {
+        let (confirmed, confirmation) = std::sync::mpsc::sync_channel(1);
+        let key = (handle, epoch);
+        self.confirmations
+            .lock()
+            .expect("confirmations lock")
+            .insert(key, confirmed);
+        // A connection that ended has nothing left to revoke.
+        if self
+            .answers
+            .blocking_send(FsAnswer::Revoke { handle, epoch })
+            .is_ok()
+            && confirmation.recv_timeout(REVOKE_TIMEOUT).is_err()
+        {
+            warn!(
+                "node {} did not confirm within {REVOKE_TIMEOUT:?} that it dropped what it read \
+                 ahead of a file about to be written",
+                self.from
+            );
+        }
+        self.confirmations
+            .lock()
+            .expect("confirmations lock")
+            .remove(&key);
+    }
+}
 
 /// Serves `from`'s MFS connection until it closes.
 pub async fn serve(
@@ -28,7 +68,7 @@ pub async fn serve(
 ) {
     channel.limit_frames(MAX_FS_FRAME);
     let (mut reader, mut writer) = channel.split();
-    let (answers, mut to_send) = mpsc::channel::<FsReply>(ANSWER_QUEUE);
+    let (answers, mut to_send) = mpsc::channel::<FsAnswer>(ANSWER_QUEUE);
     let writing = tokio::spawn(async move {
         while let Some(reply) = to_send.recv().await {
             if writer.send(&reply).await.is_err() {
@@ -37,6 +77,11 @@ pub async fn serve(
         }
     });
     let handles: Arc<Mutex<HashSet<u64>>> = Arc::new(Mutex::new(HashSet::new()));
+    let revoker = Arc::new(ConnectionRevoker {
+        from,
+        answers: answers.clone(),
+        confirmations: Mutex::new(HashMap::new()),
+    });
     loop {
         let request = match reader.recv::<FsRequest>().await {
             Ok(Some(request)) => request,
@@ -49,15 +94,35 @@ pub async fn serve(
                 break;
             }
         };
+        // A writer of this node waits for this confirmation: never behind
+        // a blocking thread.
+        if let FsOp::Revoked { handle, epoch } = request.op {
+            let waiting = revoker
+                .confirmations
+                .lock()
+                .expect("confirmations lock")
+                .remove(&(handle, epoch));
+            if let Some(confirmed) = waiting {
+                let _ = confirmed.try_send(());
+            }
+            let reply = FsReply {
+                id: request.id,
+                result: FsResult::Done,
+            };
+            let _ = answers.send(FsAnswer::Reply(reply)).await;
+            continue;
+        }
         let exporter = exporter.clone();
         let answers = answers.clone();
         let handles = handles.clone();
+        let revoker: Arc<dyn Revoker> = revoker.clone();
         tokio::task::spawn_blocking(move || {
             let id = request.id;
-            let result = answer(&exporter, from, request, squash, &handles);
-            let _ = answers.blocking_send(FsReply { id, result });
+            let result = answer(&exporter, from, request, squash, &handles, &revoker);
+            let _ = answers.blocking_send(FsAnswer::Reply(FsReply { id, result }));
         });
     }
+    drop(revoker);
     drop(answers);
     let _ = writing.await;
     for handle in handles.lock().expect("handles lock").drain() {
@@ -71,6 +136,7 @@ fn answer(
     request: FsRequest,
     squash: Squash,
     handles: &Mutex<HashSet<u64>>,
+    revoker: &Arc<dyn Revoker>,
 ) -> FsResult {
     if exporter.refuses_remote() {
         debug!("refusing an MFS request of node {from}: this node is set to nomfs");
@@ -97,7 +163,15 @@ fn answer(
     }
     let releases = matches!(request.op, FsOp::Release { .. });
     let credentials = Credentials::of(&request.caller, true, squash);
-    let result = exporter.execute(&credentials, request.op);
+    let result = match request.op {
+        FsOp::Read {
+            handle,
+            offset,
+            size,
+            ahead,
+        } if ahead > 0 => exporter.read_ahead(&credentials, handle, offset, size, ahead, revoker),
+        op => exporter.execute(&credentials, op),
+    };
     if let FsResult::Opened { handle, .. } = &result {
         handles.lock().expect("handles lock").insert(*handle);
     }

@@ -4,7 +4,9 @@
 //! A connection becomes an MFS connection with `PeerMessage::OpenFs`; from
 //! then on the client sends [`FsRequest`]s and the owner answers each with
 //! an [`FsReply`] carrying the same `id`, in any order (requests run
-//! concurrently at the owner). Paths are relative to the owner's exported
+//! concurrently at the owner), inside an [`FsAnswer`]; the owner may also
+//! take back a read lease ([`FsAnswer::Revoke`], see `fs::lease`), which
+//! the client confirms with [`FsOp::Revoked`]. Paths are relative to the owner's exported
 //! root, one component per name, never `..`; the owner checks that.
 
 use rkyv::{Archive, Deserialize, Serialize};
@@ -123,10 +125,19 @@ pub enum FsOp {
         flags: i32,
         mode: u32,
     },
+    /// `ahead`: bytes past the request the client would like to keep
+    /// (it reads sequentially). The owner sends them only under a read
+    /// lease, as [`FsResult::Leased`].
     Read {
         handle: u64,
         offset: u64,
         size: u32,
+        ahead: u32,
+    },
+    /// The client dropped what it kept of `handle` under lease `epoch`.
+    Revoked {
+        handle: u64,
+        epoch: u64,
     },
     Write {
         handle: u64,
@@ -247,6 +258,18 @@ pub struct FsReply {
     pub result: FsResult,
 }
 
+/// What the owner sends on an MFS connection.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub enum FsAnswer {
+    Reply(FsReply),
+    /// Someone is about to write the file open as `handle`: drop what was
+    /// kept of it under lease `epoch` (or any earlier), then confirm.
+    Revoke {
+        handle: u64,
+        epoch: u64,
+    },
+}
+
 /// What an operation gave: an errno, or its value.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub enum FsResult {
@@ -258,6 +281,13 @@ pub enum FsResult {
         attr: Attr,
     },
     Data(Vec<u8>),
+    /// Data read under read lease `epoch`: the bytes asked for, then up
+    /// to `ahead` more, which stay valid until the lease is revoked. Short
+    /// only at the end of the file.
+    Leased {
+        data: Vec<u8>,
+        epoch: u64,
+    },
     Written(u32),
     Entries(Vec<DirEntry>),
     StatFs(StatFs),

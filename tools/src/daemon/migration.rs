@@ -860,6 +860,18 @@ impl Migrations {
         &self.counters
     }
 
+    /// The deputies: this node's processes that are away or moving, whose
+    /// home side only serves the remote.
+    pub fn deputies(&self) -> Vec<u32> {
+        self.processes
+            .lock()
+            .expect("process table")
+            .iter()
+            .filter(|(_, m)| m.location != Location::Home)
+            .map(|(pid, _)| *pid)
+            .collect()
+    }
+
     /// How many of this node's processes are moving now.
     pub fn moving(&self) -> usize {
         self.processes

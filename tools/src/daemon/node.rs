@@ -112,6 +112,12 @@ impl Node {
         self.started.elapsed().as_millis() as Millis
     }
 
+    /// Names omx's own processes on this node, which the load counts by
+    /// the CPU they use.
+    pub fn set_service_pids(&self, pids: omx_dfsa::load::ServicePids) {
+        self.meter.lock().expect("meter lock").set_service(pids);
+    }
+
     pub fn sample_load(&self) -> Result<(), LoadError> {
         self.meter
             .lock()

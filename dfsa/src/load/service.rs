@@ -126,14 +126,24 @@ mod tests {
             0,
             "threads count from their first sample"
         );
-        let started = std::time::Instant::now();
+        // Spin until this thread used 30 ms of CPU, however busy the
+        // machine is.
+        let cpu_ns = || {
+            std::fs::read_to_string("/proc/thread-self/schedstat")
+                .expect("this thread's schedstat")
+                .split_whitespace()
+                .next()
+                .and_then(|n| n.parse::<u64>().ok())
+                .expect("CPU nanoseconds")
+        };
+        let started = cpu_ns();
         let mut x = 0u64;
-        while started.elapsed() < std::time::Duration::from_millis(30) {
+        while cpu_ns() - started < 30_000_000 {
             x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
         }
         let sample = meter.sample();
         assert!(
-            sample.cpu_ns >= 20_000_000,
+            sample.cpu_ns >= 30_000_000,
             "30 ms of spinning shows as {} ns",
             sample.cpu_ns
         );

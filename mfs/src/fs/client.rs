@@ -216,14 +216,14 @@ impl FsClient {
         let file = kept.entry(key).or_default();
         match result {
             FsResult::Leased { mut data, epoch } => {
-                let asked = u64::from(size) + u64::from(ahead);
-                if epoch > file.revoked && data.len() > size as usize {
-                    file.offset = offset;
-                    file.at_end = (data.len() as u64) < asked;
-                    file.data = data.clone();
-                }
-                data.truncate(size as usize);
+                let at_end = (data.len() as u64) < u64::from(size) + u64::from(ahead);
+                let read_ahead = data.split_off(data.len().min(size as usize));
                 file.next = offset + data.len() as u64;
+                if epoch > file.revoked {
+                    file.offset = file.next;
+                    file.at_end = at_end;
+                    file.data = read_ahead;
+                }
                 Ok(data)
             }
             FsResult::Data(data) => {

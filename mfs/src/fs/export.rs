@@ -230,31 +230,26 @@ impl Exporter {
     /// Opens `path` beneath the root, following no symbolic link.
     fn open_beneath(&self, path: &[u8], flags: OFlag, mode: Mode) -> Result<OwnedFd, Errno> {
         let path = checked(path)?;
-        let how = OpenHow::new()
-            .flags(flags | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW)
-            .mode(mode)
-            .resolve(
-                ResolveFlag::RESOLVE_BENEATH
-                    | ResolveFlag::RESOLVE_NO_SYMLINKS
-                    | ResolveFlag::RESOLVE_NO_MAGICLINKS,
-            );
         let target = if path.is_empty() { os(b".") } else { os(path) };
-        // A symbolic link met on the way gives ELOOP: the asker follows
-        // links, one lookup at a time.
-        match openat2(self.root.as_fd(), target, how) {
+        let open = |flags: OFlag| {
+            let how = OpenHow::new()
+                .flags(flags | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW)
+                .mode(mode)
+                .resolve(
+                    ResolveFlag::RESOLVE_BENEATH
+                        | ResolveFlag::RESOLVE_NO_SYMLINKS
+                        | ResolveFlag::RESOLVE_NO_MAGICLINKS,
+                );
+            // A symbolic link met on the way gives ELOOP: the asker follows
+            // links, one lookup at a time.
+            openat2(self.root.as_fd(), target, how)
+        };
+        match open(flags) {
             // A read lease of another node (see `lease`) makes a
             // non-blocking open for writing fail, where the asker would
-            // have got its file: the break is under way, wait for it.
+            // have got its file: the recall is under way, wait for it.
             Err(Errno::EWOULDBLOCK) if flags.contains(OFlag::O_NONBLOCK) => {
-                let how = OpenHow::new()
-                    .flags((flags - OFlag::O_NONBLOCK) | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW)
-                    .mode(mode)
-                    .resolve(
-                        ResolveFlag::RESOLVE_BENEATH
-                            | ResolveFlag::RESOLVE_NO_SYMLINKS
-                            | ResolveFlag::RESOLVE_NO_MAGICLINKS,
-                    );
-                openat2(self.root.as_fd(), target, how)
+                open(flags - OFlag::O_NONBLOCK)
             }
             other => other,
         }

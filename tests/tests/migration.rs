@@ -58,6 +58,43 @@ fn a_cpu_loop_moved_around_prints_the_same_checksum() {
     );
 }
 
+/// The nice value of `pid`, field 19 of its stat line.
+fn nice_of(pid: u32) -> i32 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after_name = &stat[stat.rfind(')').unwrap() + 1..];
+    after_name
+        .split_whitespace()
+        .nth(16)
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn a_process_keeps_its_nice_value_through_its_moves() {
+    // The home keeper raises a frozen process to its own priority while
+    // it captures or restores it, and must give its own value back.
+    let lab = lab("mnice", 60);
+    let mut child = lab.spawn(
+        1,
+        &["nice", "-n", "7", CPU, "1000000000000"],
+        Stdio::null(),
+        Stdio::null(),
+    );
+    let pid = child.id();
+    wait_for(Duration::from_secs(10), "nice to start the program", || {
+        std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|e| e.ends_with("omx-test-cpu"))
+    });
+    assert_eq!(nice_of(pid), 7);
+    for to in ROUND_TRIP {
+        lab.migrate(1, pid, to)
+            .unwrap_or_else(|e| panic!("migrate to {to}: {e}"));
+        assert_eq!(nice_of(pid), 7, "after the move to {to}");
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
 #[test]
 fn half_a_gigabyte_of_memory_survives_every_move() {
     let lab = lab("mmem", 22);

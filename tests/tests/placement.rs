@@ -133,14 +133,29 @@ fn locked_jobs_never_move_and_expel_empties_a_node() {
             &["sh", "-c", &format!("{CPU} 1000000000000; true")],
         ),
     ];
-    // One free job: once it left, a node stays idle, which would draw the
-    // locked shell's child if the lock did not hold for it.
-    let mut free: Vec<Child> = vec![mosrun(&lab, 1, &[], &[CPU, "1000000000000"])];
+    // One free job, the child of an unlocked shell (its descendants are
+    // followed and moved too): once it left, a node stays idle, which
+    // would draw the locked shell's child if the lock did not hold for it.
+    let mut free: Vec<Child> = vec![mosrun(
+        &lab,
+        1,
+        &[],
+        &["sh", "-c", &format!("{CPU} 1000000000000; true")],
+    )];
     let locked_pids: Vec<u32> = locked.iter().map(Child::id).collect();
-    let free_pids: Vec<u32> = free.iter().map(Child::id).collect();
+    let shell = free[0].id();
+    let mut free_pids: Vec<u32> = Vec::new();
+    wait_for(Duration::from_secs(10), "the free shell's child", || {
+        free_pids = std::fs::read_to_string(format!("/proc/{shell}/task/{shell}/children"))
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect();
+        !free_pids.is_empty()
+    });
     wait_for(
         Duration::from_secs(60),
-        "the unlocked job to leave node 1",
+        "the unlocked shell's child to leave node 1",
         || sites(&lab, 1, &free_pids).values().all(|n| *n != 1),
     );
     // Three jobs on three equal nodes: the locked two make node 1 the

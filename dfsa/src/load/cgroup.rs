@@ -6,6 +6,7 @@
 //! directory): each figure is read from whichever listed directory has the
 //! file for it.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -22,7 +23,7 @@ pub struct CgroupLoad {
 impl CgroupLoad {
     pub fn new(dirs: Vec<PathBuf>) -> Result<CgroupLoad, LoadError> {
         let mut machine = MachineLoad::new();
-        let machine_memory = machine.sample()?.mem_total;
+        let machine_memory = machine.sample(&HashSet::new())?.mem_total;
         let provider = CgroupLoad {
             dirs,
             machine_capacity: machine.capacity(),
@@ -49,7 +50,7 @@ impl CgroupLoad {
             .find(|p| p.exists())
     }
 
-    fn runnable(&self) -> Result<u32, LoadError> {
+    fn runnable(&self, service_tids: &HashSet<u32>) -> Result<u32, LoadError> {
         let tasks = self.find_any(&["tasks", "cgroup.threads"])?;
         let me = nix::unistd::gettid().as_raw();
         let mut count = 0;
@@ -57,7 +58,7 @@ impl CgroupLoad {
             tasks.parent().expect("a file in a directory"),
             tasks.file_name().expect("a file name"),
         )? {
-            if tid == me {
+            if tid == me || service_tids.contains(&(tid as u32)) {
                 continue;
             }
             // A task may exit between listing and reading: skip it.
@@ -144,10 +145,10 @@ impl LoadProvider for CgroupLoad {
         quota.map_or(self.machine_capacity, |q| q.min(self.machine_capacity))
     }
 
-    fn sample(&mut self) -> Result<LoadSample, LoadError> {
+    fn sample(&mut self, service_tids: &HashSet<u32>) -> Result<LoadSample, LoadError> {
         let (mem_total, mem_free, mem_raw_free) = self.memory()?;
         Ok(LoadSample {
-            runnable: self.runnable()?,
+            runnable: self.runnable(service_tids)?,
             cpu_time: self.cpu_time()?,
             mem_total,
             mem_free,
@@ -226,13 +227,37 @@ mod tests {
         fake_v1(&dir, 50_000);
         let mut cgroup = CgroupLoad::new(vec![dir.clone()]).unwrap();
         assert_eq!(cgroup.capacity(), 0.5);
-        let sample = cgroup.sample().unwrap();
+        let sample = cgroup.sample(&HashSet::new()).unwrap();
         assert_eq!(sample.runnable, 0, "the reading thread is not counted");
         assert_eq!(sample.cpu_time, Duration::from_millis(2500));
         assert_eq!(sample.mem_total, 1 << 30);
         assert_eq!(sample.mem_free, (1 << 30) - (1 << 28));
         assert!(sample.mem_raw_free <= sample.mem_free);
         assert_eq!(sample.cpu_pressure, None);
+
+        // A spinning thread in a child cgroup is runnable, unless it is
+        // one of the service's.
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+        let spinner = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                tid_tx.send(nix::unistd::gettid().as_raw() as u32).unwrap();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::hint::spin_loop();
+                }
+            })
+        };
+        let spinning = tid_rx.recv().unwrap();
+        std::fs::write(dir.join("child").join("tasks"), format!("{spinning}\n")).unwrap();
+        assert_eq!(cgroup.sample(&HashSet::new()).unwrap().runnable, 1);
+        assert_eq!(
+            cgroup.sample(&HashSet::from([spinning])).unwrap().runnable,
+            0,
+            "a service thread is counted by its CPU elsewhere"
+        );
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        spinner.join().unwrap();
 
         std::fs::write(dir.join("cpu.cfs_quota_us"), "-1\n").unwrap();
         assert!(cgroup.capacity() >= 1.0, "no quota: the machine's CPUs");

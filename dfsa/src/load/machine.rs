@@ -1,9 +1,10 @@
 //! Load of the whole machine, from /proc and PSI.
 
+use std::collections::HashSet;
 use std::path::Path;
 use std::time::Duration;
 
-use super::procfs::{format_error, keyed_u64, psi_some_avg10, read};
+use super::procfs::{format_error, keyed_u64, psi_some_avg10, read, stat_state};
 use super::{LoadError, LoadProvider, LoadSample};
 
 /// Readings for a node that is a whole machine.
@@ -38,13 +39,22 @@ impl LoadProvider for MachineLoad {
         self.capacity
     }
 
-    fn sample(&mut self) -> Result<LoadSample, LoadError> {
+    fn sample(&mut self, service_tids: &HashSet<u32>) -> Result<LoadSample, LoadError> {
         let stat_path = Path::new("/proc/stat");
         let stat = read(stat_path)?;
         // procs_running counts the thread reading it.
+        let me = nix::unistd::gettid().as_raw() as u32;
+        let service_running = service_tids
+            .iter()
+            .filter(|&&tid| tid != me)
+            .filter(|tid| {
+                std::fs::read_to_string(format!("/proc/{tid}/stat"))
+                    .is_ok_and(|s| stat_state(&s) == Some('R'))
+            })
+            .count() as u64;
         let runnable = keyed_u64(&stat, "procs_running")
             .ok_or_else(|| format_error(stat_path, "no procs_running line"))?
-            .saturating_sub(1) as u32;
+            .saturating_sub(1 + service_running) as u32;
         let cpu_line = stat
             .lines()
             .find(|l| l.starts_with("cpu "))
@@ -93,7 +103,7 @@ mod tests {
     #[test]
     fn reads_this_machine() {
         let mut machine = MachineLoad::new();
-        let sample = machine.sample().unwrap();
+        let sample = machine.sample(&HashSet::new()).unwrap();
         assert!(machine.capacity() >= 1.0);
         assert!(sample.mem_total > 0);
         assert!(sample.mem_free <= sample.mem_total);

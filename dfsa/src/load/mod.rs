@@ -13,6 +13,7 @@ mod procfs;
 mod service;
 pub mod speed;
 
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 pub use cgroup::CgroupLoad;
@@ -27,7 +28,8 @@ pub const REFERENCE_SPEED: u32 = 10_000;
 /// One instantaneous reading of a node's resources.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LoadSample {
-    /// Tasks runnable right now, not counting the one taking the reading.
+    /// Tasks runnable right now, not counting the one taking the reading
+    /// nor the service's threads it was given.
     pub runnable: u32,
     /// CPU time consumed so far by everything the provider covers.
     pub cpu_time: Duration,
@@ -47,7 +49,9 @@ pub struct LoadSample {
 pub trait LoadProvider: Send {
     /// Processing capacity in CPUs (fractional for a quota-limited node).
     fn capacity(&self) -> f64;
-    fn sample(&mut self) -> Result<LoadSample, LoadError>;
+    /// A reading whose runnable count leaves out `service_tids` (omx's
+    /// own threads, counted by the CPU they use instead).
+    fn sample(&mut self, service_tids: &HashSet<u32>) -> Result<LoadSample, LoadError>;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -109,22 +113,21 @@ impl LoadMeter {
 
     /// Takes a reading at `now` and folds it into the smoothed figures.
     pub fn update(&mut self, now: Instant) -> Result<(), LoadError> {
-        let sample = self.provider.sample()?;
+        let service = self.service.as_mut().map(ServiceMeter::sample);
+        let no_service = HashSet::new();
+        let sample = self
+            .provider
+            .sample(service.as_ref().map_or(&no_service, |s| &s.tids))?;
         let capacity = self.provider.capacity();
-        let runnable = match (&mut self.service, self.previous) {
-            (Some(service), previous) => {
-                let wall = previous.map_or(0.0, |(then, _)| {
+        let runnable = match service {
+            Some(service) => {
+                let wall = self.previous.map_or(0.0, |(then, _)| {
                     now.saturating_duration_since(then).as_secs_f64()
                 });
                 let cpu_capacity = capacity / capacity.ceil().max(1.0);
-                service::runnable_with_service(
-                    sample.runnable,
-                    service.sample(),
-                    wall,
-                    cpu_capacity,
-                )
+                service::runnable_with_service(sample.runnable, service.cpu_ns, wall, cpu_capacity)
             }
-            (None, _) => f64::from(sample.runnable),
+            None => f64::from(sample.runnable),
         };
         match (self.runnable, self.previous) {
             (Some(smoothed), Some((then, _))) => {
@@ -189,7 +192,7 @@ mod tests {
         fn capacity(&self) -> f64 {
             self.capacity
         }
-        fn sample(&mut self) -> Result<LoadSample, LoadError> {
+        fn sample(&mut self, _: &HashSet<u32>) -> Result<LoadSample, LoadError> {
             Ok(self.samples.remove(0))
         }
     }

@@ -1,10 +1,13 @@
 //! The rules that keep decisions from oscillating.
 //!
 //! - A process that arrived less than `min_residency_ms` ago stays.
-//! - A load-balancing move must leave the receiver no more loaded (per
-//!   reference CPU) than the sender: each such move lowers
-//!   `sum(runnable^2 / capacity)` by at least `d^2 (1/c_i + 1/c_j)`, so
-//!   the same load cannot travel back.
+//! - A load-balancing move of `d` must leave the receiver, counting three
+//!   quarters of `d`, no more loaded (per reference CPU) than the sender
+//!   keeping a quarter of it: each such move lowers
+//!   `sum(runnable^2 / capacity)` by at least `d^2 (1/c_i + 1/c_j) / 2`,
+//!   so the same load cannot travel back. (Counting all of `d` at both
+//!   ends would keep a second job home whenever the idle receiver shows
+//!   any background load at all, such as its own daemon's.)
 //! - No move may leave the receiver short of memory (it would usher back).
 
 use super::{Candidate, NodeLoad, Params};
@@ -16,11 +19,12 @@ pub fn may_move(c: &Candidate, now_ms: u64, params: &Params) -> bool {
             .is_none_or(|t| now_ms.saturating_sub(t) >= params.min_residency_ms)
 }
 
-/// Moving `demand` from `from` to `to` leaves `to` no more loaded than
-/// `from`.
+/// Moving `demand` from `from` to `to` lowers `sum(runnable^2 /
+/// capacity)` by at least `demand^2 (1/c_from + 1/c_to) / 2`.
 pub fn no_reversal(from: &NodeLoad, to: &NodeLoad, demand: f64) -> bool {
-    let to_after = super::cost::ratio(to.runnable + demand, to.capacity());
-    let from_after = super::cost::ratio((from.runnable - demand).max(0.0), from.capacity());
+    let part = 0.75 * demand;
+    let to_after = super::cost::ratio(to.runnable + part, to.capacity());
+    let from_after = super::cost::ratio((from.runnable - part).max(0.0), from.capacity());
     to_after <= from_after
 }
 

@@ -114,6 +114,32 @@ pub fn set_nice(value: i32) -> std::io::Result<()> {
     Ok(())
 }
 
+/// The nice value of thread `tid` (field 19 of its `/proc` stat line).
+pub fn nice_of(tid: i32) -> std::io::Result<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{tid}/stat"))?;
+    stat.rfind(')')
+        .and_then(|i| stat[i + 1..].split_whitespace().nth(16))
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("/proc/{tid}/stat has no nice value"),
+            )
+        })
+}
+
+/// Sets the nice value of thread `tid`.
+pub fn set_nice_of(tid: i32, value: i32) -> std::io::Result<()> {
+    let who = libc::id_t::try_from(tid)
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    // SAFETY: setpriority takes three integers.
+    let result = unsafe { libc::setpriority(libc::PRIO_PROCESS, who, value) };
+    if result == -1 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Sends signal number `signal` (any, real-time ones too) to `pid`.
 pub fn kill_raw(pid: i32, signal: i32) -> std::io::Result<()> {
     // SAFETY: kill takes two integers.

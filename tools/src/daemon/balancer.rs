@@ -217,11 +217,20 @@ impl Balancer {
                     interval_ms: u64::from(switches.decay.interval_s) * 1000,
                 },
             };
-            // At home: the process itself. Away: its deputy, sampled only
-            // to see it is there; the remote keeper counts the I/O (its
-            // DFSA files), and the deputy's offsets jump when it hands them
-            // back, so they would count the same bytes twice.
-            let Ok(local) = usage::sample(entry.pid, &self.mfs_root) else {
+            // At home: the process itself. Away: its deputy, only checked
+            // to be there; the remote keeper counts the I/O (its DFSA
+            // files), and the deputy's offsets jump when it hands them
+            // back, so they would count the same bytes twice. (Sampling
+            // every deputy's files twice a second was a good part of what
+            // a home serving eleven remotes spent.)
+            let local = if entry.site == Site::Home {
+                match usage::sample(entry.pid, &self.mfs_root) {
+                    Ok(local) => Some(local),
+                    Err(_) => continue,
+                }
+            } else if std::path::Path::new(&format!("/proc/{}", entry.pid)).exists() {
+                None
+            } else {
                 continue;
             };
             let exe = std::fs::read_link(format!("/proc/{}/exe", entry.pid)).ok();
@@ -234,11 +243,7 @@ impl Balancer {
             }
             tracked.exe = exe;
             let mut io_by_node: HashMap<NodeId, u64> = HashMap::new();
-            let home_files = if entry.site == Site::Home {
-                &local.files[..]
-            } else {
-                &[]
-            };
+            let home_files = local.as_ref().map_or(&[][..], |l| &l.files[..]);
             for (holder, bytes) in tracked.io.update(home_files) {
                 let node = match holder {
                     FileHolder::Node(n) => NodeId::new(n),
@@ -249,7 +254,10 @@ impl Balancer {
                 }
             }
             let (cpu_total, rss, runnable) = match entry.site {
-                Site::Home => (Some(local.cpu_ns), local.rss, local.runnable),
+                Site::Home => match &local {
+                    Some(local) => (Some(local.cpu_ns), local.rss, local.runnable),
+                    None => continue,
+                },
                 Site::Moving => continue,
                 Site::Away(_) => match self.migrations.take_away_usage(entry.pid) {
                     Some(away) => {

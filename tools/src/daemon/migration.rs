@@ -2,7 +2,7 @@
 //! away (and their keepers), which guests this node hosts, and the
 //! connections other nodes hand over for keepers.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -192,6 +192,9 @@ pub struct Migrations {
     /// Held while a keeper is spawned: descriptors meant for one keeper
     /// must not leak into another spawned at the same time.
     spawning: Mutex<()>,
+    /// Every keeper this daemon started that has not ended (omx's own
+    /// work, which the load counts by the CPU it uses).
+    keepers: Mutex<HashSet<u32>>,
 }
 
 /// Field 22 of /proc/PID/stat: when the process started.
@@ -244,6 +247,7 @@ impl Migrations {
             processes: Mutex::new(HashMap::new()),
             guests: Mutex::new(HashMap::new()),
             spawning: Mutex::new(()),
+            keepers: Mutex::new(HashSet::new()),
         })
     }
 
@@ -486,8 +490,24 @@ impl Migrations {
             .stdin(std::process::Stdio::null())
             .kill_on_drop(false)
             .spawn();
+        if let Some(pid) = spawned.as_ref().ok().and_then(tokio::process::Child::id) {
+            self.keepers.lock().expect("keepers").insert(pid);
+        }
         // Our copies of the child's ends close when `fds` is dropped.
         spawned
+    }
+
+    /// Waits for a keeper to end, and forgets it.
+    async fn reap_keeper(
+        &self,
+        child: &mut tokio::process::Child,
+    ) -> std::io::Result<std::process::ExitStatus> {
+        let pid = child.id();
+        let status = child.wait().await;
+        if let Some(pid) = pid {
+            self.keepers.lock().expect("keepers").remove(&pid);
+        }
+        status
     }
 
     async fn run_home_keeper(
@@ -524,7 +544,7 @@ impl Migrations {
                 },
             }
         }
-        let status = child.wait().await;
+        let status = self.reap_keeper(&mut child).await;
         let mut processes = self.processes.lock().expect("process table");
         if let Some(managed) = processes.get_mut(&pid)
             && managed.keeper.is_some()
@@ -733,7 +753,7 @@ impl Migrations {
             tokio::spawn(async move {
                 run_guest_keeper(home, home_pid, ours, orders_rx).await;
                 let mut child = child;
-                let _ = child.wait().await;
+                let _ = me.reap_keeper(&mut child).await;
                 me.guests.lock().expect("guests").remove(&id);
             });
         }))
@@ -862,6 +882,20 @@ impl Migrations {
 
     /// The deputies: this node's processes that are away or moving, whose
     /// home side only serves the remote.
+    /// omx's own processes on this node besides the daemon: its keepers,
+    /// and the deputies of processes away.
+    pub fn service_pids(&self) -> Vec<u32> {
+        let mut pids: Vec<u32> = self
+            .keepers
+            .lock()
+            .expect("keepers")
+            .iter()
+            .copied()
+            .collect();
+        pids.extend(self.deputies());
+        pids
+    }
+
     pub fn deputies(&self) -> Vec<u32> {
         self.processes
             .lock()

@@ -98,11 +98,11 @@ pub fn run(config_path: &Path, metrics_addr: Option<std::net::SocketAddr>) -> an
             node.map_receiver(),
             settings.clone(),
         )?);
-        let deputies = Arc::downgrade(&migrations);
+        let service = Arc::downgrade(&migrations);
         node.set_service_pids(Box::new(move || {
-            let mut pids = daemon_and_keepers();
-            if let Some(migrations) = deputies.upgrade() {
-                pids.extend(migrations.deputies());
+            let mut pids = vec![std::process::id()];
+            if let Some(migrations) = service.upgrade() {
+                pids.extend(migrations.service_pids());
             }
             pids
         }));
@@ -255,25 +255,6 @@ async fn serve_mfs(
             squash,
         ));
     }
-}
-
-/// This daemon and its children (the keepers of processes leaving,
-/// away and visiting): omx's own work on this node.
-fn daemon_and_keepers() -> Vec<u32> {
-    let mut pids = vec![std::process::id()];
-    let Ok(threads) = std::fs::read_dir("/proc/self/task") else {
-        return pids;
-    };
-    for thread in threads.flatten() {
-        if let Ok(children) = std::fs::read_to_string(thread.path().join("children")) {
-            pids.extend(
-                children
-                    .split_whitespace()
-                    .filter_map(|c| c.parse::<u32>().ok()),
-            );
-        }
-    }
-    pids
 }
 
 /// Samples the load at the configured rate.

@@ -45,6 +45,11 @@ pub struct Measurement {
     pub cpu_ns: u64,
     /// Whether it was runnable when sampled.
     pub runnable: bool,
+    /// The fraction of the time it ran or waited to run, where known
+    /// (`schedstat`): what it wanted of a CPU, and a steadier figure than
+    /// its state at one instant (a sleeper caught awake would count as
+    /// wanting a whole CPU).
+    pub wanted: Option<f64>,
     pub rss: u64,
     /// File bytes it moved, by the node holding the file.
     pub io_by_node: Vec<(NodeId, u64)>,
@@ -84,7 +89,11 @@ impl ProcessStats {
         };
         let blend = |old: f64, new: f64| old * kept + new * (1.0 - kept);
         let share = (m.cpu_ns as f64 / 1e9 / seconds).max(0.0);
-        let wanted = if m.runnable { 1.0 } else { share.min(1.0) };
+        let wanted = match m.wanted {
+            Some(wanted) => wanted.clamp(0.0, 1.0),
+            None if m.runnable => 1.0,
+            None => share.min(1.0),
+        };
         self.demand = blend(self.demand, wanted);
         self.cpu_share = blend(self.cpu_share, share);
         for rate in self.io_rates.values_mut() {
@@ -141,6 +150,7 @@ mod tests {
             elapsed_ms: 1000,
             cpu_ns: cpu_ms * 1_000_000,
             runnable,
+            wanted: None,
             rss: 1 << 20,
             io_by_node: io.iter().map(|&(n, b)| (node(n), b)).collect(),
         }
@@ -154,6 +164,32 @@ mod tests {
         permille: DEFAULT_FAST_DECAY,
         interval_ms: 1000,
     };
+
+    #[test]
+    fn the_time_it_wanted_to_run_beats_its_state_at_one_instant() {
+        // A sleeper caught awake: runnable at the sample, but it ran or
+        // waited to run 2% of the second.
+        let mut s = ProcessStats::new();
+        s.record(
+            &Measurement {
+                wanted: Some(0.02),
+                ..second(20, true, &[])
+            },
+            SLOW,
+        );
+        assert!((s.demand() - 0.02).abs() < 1e-9, "{}", s.demand());
+        // A job sharing a CPU with eleven others got a twelfth of it but
+        // wanted all of it.
+        let mut s = ProcessStats::new();
+        s.record(
+            &Measurement {
+                wanted: Some(1.0),
+                ..second(83, false, &[])
+            },
+            SLOW,
+        );
+        assert_eq!(s.demand(), 1.0);
+    }
 
     #[test]
     fn the_first_measurement_counts_in_full() {

@@ -18,6 +18,10 @@ pub struct Usage {
     /// Runnable when sampled (state `R`: running, or waiting for a CPU
     /// or for its cgroup's quota).
     pub runnable: bool,
+    /// Time spent runnable but waiting to run since it started (waiting
+    /// for a CPU or for its cgroup's quota), nanoseconds, where the kernel
+    /// keeps scheduler statistics.
+    pub wait_ns: Option<u64>,
     /// Its open regular files and their offsets.
     pub files: Vec<FilePosition>,
 }
@@ -45,8 +49,19 @@ pub fn sample(pid: u32, mfs_root: &Path) -> io::Result<Usage> {
         cpu_ns: cpu_ns(pid)?,
         rss: rss(pid)?,
         runnable: runnable(pid)?,
+        wait_ns: wait_ns(pid),
         files: files(pid, mfs_root),
     })
+}
+
+/// The second figure of `schedstat`: time waiting on a run queue.
+fn wait_ns(pid: u32) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/schedstat"))
+        .ok()?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
 }
 
 /// CPU time from `schedstat` (nanoseconds), or from `stat` in clock ticks

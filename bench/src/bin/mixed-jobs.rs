@@ -183,15 +183,23 @@ fn run(
             command.push(send);
         }
         command.extend_from_slice(&[helper, "work", "cpu", &steps]);
-        let child = lab.spawn(job.home, &command, Stdio::null(), Stdio::null());
-        running.push((Instant::now(), job.alone_s, child));
+        let mut child = lab.spawn(job.home, &command, Stdio::null(), Stdio::null());
+        let began = Instant::now();
+        let alone = job.alone_s;
+        // Each job's end is taken when it ends, not when its turn to be
+        // waited for comes (a short job behind a long one in the trace
+        // would count the long one's time).
+        running.push(std::thread::spawn(move || {
+            let status = child.wait().expect("wait");
+            (status, began.elapsed().as_secs_f64() / alone)
+        }));
     }
     let slowdowns: Vec<f64> = running
         .into_iter()
-        .map(|(began, alone, mut child)| {
-            let status = child.wait().expect("wait");
+        .map(|waiter| {
+            let (status, slowdown) = waiter.join().expect("waiter thread");
             assert!(status.success(), "a job failed: {status}");
-            began.elapsed().as_secs_f64() / alone
+            slowdown
         })
         .collect();
     eprintln!(

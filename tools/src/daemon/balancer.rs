@@ -45,6 +45,8 @@ struct Tracked {
     site: Site,
     last_sample: Option<Instant>,
     last_cpu_ns: Option<u64>,
+    /// Time waiting to run so far (`schedstat`), at the last sample.
+    last_wait_ns: Option<u64>,
     io: IoTracker,
     stats: ProcessStats,
     /// When it last arrived where it runs, on the balancer's clock.
@@ -62,6 +64,7 @@ impl Tracked {
             controls: ProcessControls::default(),
             last_sample: None,
             last_cpu_ns: None,
+            last_wait_ns: None,
             io: IoTracker::new(),
             stats: ProcessStats::new(),
             arrived_at_ms: None,
@@ -167,7 +170,10 @@ impl Balancer {
         })
     }
 
-    /// Clears the statistics of `pid` (`decay` `clear`).
+    /// Clears the statistics of `pid` (`decay` `clear`): they start over
+    /// from what it does after the clear (the next sample is only a new
+    /// starting point, or the CPU it used just before would count in
+    /// full).
     pub fn clear_stats(&self, pid: u32) {
         if let Some(t) = self
             .state
@@ -177,6 +183,9 @@ impl Balancer {
             .get_mut(&pid)
         {
             t.stats.clear();
+            t.last_sample = None;
+            t.last_cpu_ns = None;
+            t.last_wait_ns = None;
         }
     }
 
@@ -202,6 +211,7 @@ impl Balancer {
                     // CPU time restarts with each remote, and the home
                     // offsets jump when a remote hands back its DFSA files.
                     tracked.last_cpu_ns = None;
+                    tracked.last_wait_ns = None;
                     tracked.io = IoTracker::new();
                 }
                 tracked.site = entry.site;
@@ -253,9 +263,9 @@ impl Balancer {
                     *io_by_node.entry(node).or_default() += bytes;
                 }
             }
-            let (cpu_total, rss, runnable) = match entry.site {
+            let (cpu_total, wait_total, rss, runnable) = match entry.site {
                 Site::Home => match &local {
-                    Some(local) => (Some(local.cpu_ns), local.rss, local.runnable),
+                    Some(local) => (Some(local.cpu_ns), local.wait_ns, local.rss, local.runnable),
                     None => continue,
                 },
                 Site::Moving => continue,
@@ -266,7 +276,7 @@ impl Balancer {
                                 *io_by_node.entry(n).or_default() += bytes;
                             }
                         }
-                        (Some(away.cpu_ns), away.rss, away.runnable)
+                        (Some(away.cpu_ns), None, away.rss, away.runnable)
                     }
                     // No report since the last round: keep the figures.
                     None => continue,
@@ -283,6 +293,14 @@ impl Balancer {
                 _ => 0,
             };
             tracked.last_cpu_ns = cpu_total;
+            // What it wanted of a CPU: the time it ran or waited to run.
+            let wanted = match (wait_total, tracked.last_wait_ns, elapsed_ms) {
+                (Some(now), Some(before), ms) if now >= before && ms > 0 => {
+                    Some((cpu_ns + (now - before)) as f64 / 1e6 / ms as f64)
+                }
+                _ => None,
+            };
+            tracked.last_wait_ns = wait_total;
             if elapsed_ms == 0 {
                 continue;
             }
@@ -291,6 +309,7 @@ impl Balancer {
                     elapsed_ms,
                     cpu_ns,
                     runnable,
+                    wanted,
                     rss,
                     io_by_node: io_by_node.into_iter().collect(),
                 },

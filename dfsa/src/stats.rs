@@ -167,28 +167,21 @@ mod tests {
 
     #[test]
     fn the_time_it_wanted_to_run_beats_its_state_at_one_instant() {
+        let demand = |wanted, cpu_ms, runnable| {
+            let mut s = ProcessStats::new();
+            let m = Measurement {
+                wanted: Some(wanted),
+                ..second(cpu_ms, runnable, &[])
+            };
+            s.record(&m, SLOW);
+            s.demand()
+        };
         // A sleeper caught awake: runnable at the sample, but it ran or
         // waited to run 2% of the second.
-        let mut s = ProcessStats::new();
-        s.record(
-            &Measurement {
-                wanted: Some(0.02),
-                ..second(20, true, &[])
-            },
-            SLOW,
-        );
-        assert!((s.demand() - 0.02).abs() < 1e-9, "{}", s.demand());
+        assert!((demand(0.02, 20, true) - 0.02).abs() < 1e-9);
         // A job sharing a CPU with eleven others got a twelfth of it but
         // wanted all of it.
-        let mut s = ProcessStats::new();
-        s.record(
-            &Measurement {
-                wanted: Some(1.0),
-                ..second(83, false, &[])
-            },
-            SLOW,
-        );
-        assert_eq!(s.demand(), 1.0);
+        assert_eq!(demand(1.0, 83, false), 1.0);
     }
 
     #[test]

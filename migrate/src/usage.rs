@@ -45,33 +45,30 @@ pub enum FileHolder {
 
 /// Samples process `pid`. `mfs_root` is where MFS is mounted (`/mfs`).
 pub fn sample(pid: u32, mfs_root: &Path) -> io::Result<Usage> {
+    let schedstat = schedstat(pid);
     Ok(Usage {
-        cpu_ns: cpu_ns(pid)?,
+        cpu_ns: match schedstat {
+            Some((cpu_ns, _)) => cpu_ns,
+            None => cpu_ns_from_stat(pid)?,
+        },
         rss: rss(pid)?,
         runnable: runnable(pid)?,
-        wait_ns: wait_ns(pid),
+        wait_ns: schedstat.map(|(_, wait_ns)| wait_ns),
         files: files(pid, mfs_root),
     })
 }
 
-/// The second figure of `schedstat`: time waiting on a run queue.
-fn wait_ns(pid: u32) -> Option<u64> {
-    std::fs::read_to_string(format!("/proc/{pid}/schedstat"))
-        .ok()?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
+/// CPU time and time waiting on a run queue (nanoseconds), where the
+/// kernel keeps scheduler statistics.
+fn schedstat(pid: u32) -> Option<(u64, u64)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/schedstat")).ok()?;
+    let mut figures = text.split_whitespace().map(|v| v.parse::<u64>().ok());
+    Some((figures.next()??, figures.next()??))
 }
 
-/// CPU time from `schedstat` (nanoseconds), or from `stat` in clock ticks
-/// where the kernel has no scheduler statistics.
-fn cpu_ns(pid: u32) -> io::Result<u64> {
-    if let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/schedstat"))
-        && let Some(ns) = text.split_whitespace().next().and_then(|v| v.parse().ok())
-    {
-        return Ok(ns);
-    }
+/// CPU time from `stat` in clock ticks, where the kernel has no scheduler
+/// statistics.
+fn cpu_ns_from_stat(pid: u32) -> io::Result<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     let after = stat
         .rfind(')')

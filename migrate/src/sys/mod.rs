@@ -105,13 +105,7 @@ pub fn signal_dispositions(pid: i32) -> std::io::Result<(u64, u64, u64)> {
 /// Sets the nice value of the calling thread; threads and processes it
 /// starts afterwards inherit it.
 pub fn set_nice(value: i32) -> std::io::Result<()> {
-    // SAFETY: setpriority takes three integers; `who` 0 is the calling
-    // thread (Linux applies PRIO_PROCESS to one thread).
-    let result = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, value) };
-    if result == -1 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
+    set_nice_of(0, value)
 }
 
 /// The nice value of thread `tid` (field 19 of its `/proc` stat line).
@@ -128,7 +122,8 @@ pub fn nice_of(tid: i32) -> std::io::Result<i32> {
         })
 }
 
-/// Sets the nice value of thread `tid`.
+/// Sets the nice value of thread `tid` (0: the calling thread; Linux
+/// applies PRIO_PROCESS to one thread).
 pub fn set_nice_of(tid: i32, value: i32) -> std::io::Result<()> {
     let who = libc::id_t::try_from(tid)
         .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;

@@ -880,8 +880,6 @@ impl Migrations {
         &self.counters
     }
 
-    /// The deputies: this node's processes that are away or moving, whose
-    /// home side only serves the remote.
     /// omx's own processes on this node besides the daemon: its keepers,
     /// and the deputies of processes away.
     pub fn service_pids(&self) -> Vec<u32> {
@@ -896,6 +894,8 @@ impl Migrations {
         pids
     }
 
+    /// The deputies: this node's processes that are away or moving, whose
+    /// home side only serves the remote.
     pub fn deputies(&self) -> Vec<u32> {
         self.processes
             .lock()

@@ -151,21 +151,30 @@ fn balance(
             let cpu_gain = model.cost_here(me, d, 0) - model.cost_there(to, d, 0);
             let net_gain = net_here - net_there;
             let mem_gain = (here - there) - cpu_gain - net_gain;
-            let reason = match io {
-                // The network part dominates the saving.
-                Some((n, io_share, io_rate)) if n == to.node && 2.0 * net_gain >= here - there => {
-                    Reason::IoLocality {
-                        from: me.node,
-                        to: to.node,
-                        io_share,
-                        io_rate,
-                        saving,
-                        move_ms,
-                    }
+            let to_its_files = |io_share, io_rate| Reason::IoLocality {
+                from: me.node,
+                to: to.node,
+                io_share,
+                io_rate,
+                saving,
+                move_ms,
+            };
+            let io_here = match io {
+                Some((n, io_share, io_rate)) if n == to.node && net_gain > 0.0 => {
+                    Some((io_share, io_rate))
                 }
+                _ => None,
+            };
+            let reason = match io_here {
+                // The network part dominates the saving.
+                Some((share, rate)) if 2.0 * net_gain >= here - there => to_its_files(share, rate),
                 // Memory: the process makes room here where it costs
                 // less (fits() keeps the target above its low-water mark).
                 _ if mem_gain > cpu_gain.max(0.0) && mem_gain > net_gain => ushering(me, to, c),
+                // The CPU part passes the rules against reversal, and the
+                // network part is what makes its files' node better than
+                // another as idle: the operator is told it follows them.
+                Some((share, rate)) if no_reversal(me, to, d) => to_its_files(share, rate),
                 _ if no_reversal(me, to, d) => Reason::LoadBalance {
                     from: me.node,
                     to: to.node,

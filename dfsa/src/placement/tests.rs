@@ -310,6 +310,28 @@ fn io_bound_job_goes_to_its_files() {
     );
 }
 
+/// A reader of node 3's files on a node its file service keeps busy: the
+/// CPU part of the saving is as large on node 2 as on node 3, so it is
+/// its I/O that picks node 3, and the operator is told so.
+#[test]
+fn a_reader_on_a_busy_node_is_said_to_go_to_its_files() {
+    let small = |n| SimNode {
+        cpus: 0.5,
+        background: 0.05,
+        ..node(n, 10_000)
+    };
+    let mut nodes: Vec<SimNode> = (1..=3).map(small).collect();
+    // The daemon serving the reader's remote reads shares node 1's CPU.
+    nodes[0].background = 0.4;
+    let mut jobs = vec![job(1, 1)];
+    jobs[0].demand = 0.6;
+    jobs[0].io = vec![(id(3), 40e6)];
+    let sim = Sim::new(nodes, jobs);
+    let d = sim.decide_on(0).expect("the reader must move");
+    assert_eq!(d.to, id(3), "{d}");
+    assert!(matches!(d.reason, Reason::IoLocality { .. }), "{d}");
+}
+
 #[test]
 fn just_arrived_job_stays_until_residency() {
     let p = Params::default();

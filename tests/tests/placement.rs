@@ -347,3 +347,61 @@ fn a_node_leaving_sends_its_guests_elsewhere_and_a_node_joining_takes_its_share(
     );
     end(&mut jobs);
 }
+
+/// `cpu_demand` of `pid` in `home`'s control tree, once it is measured.
+fn cpu_demand(lab: &Lab, home: u16, pid: u32) -> Option<f64> {
+    let out = lab.exec(home, &["cat", &format!("/run/openMosix/pid/{pid}/stats")]);
+    stdout(&out)
+        .lines()
+        .find_map(|l| l.strip_prefix("cpu_demand "))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// A process busy a third of the time wants a third of a CPU, at home and
+/// away: its demand is the time it ran or waited to run, measured by the
+/// kernel where it runs, not its state at the instants it was sampled
+/// (which, caught awake, says it wants a whole CPU for a while).
+#[test]
+fn a_process_busy_a_third_of_the_time_wants_a_third_of_a_cpu_at_home_and_away() {
+    let lab = balancing_lab("pduty", 62, 2, &["--cpus", "0.5"]);
+    let duty = "import time\n\
+                while True:\n\
+                \x20   t = time.monotonic()\n\
+                \x20   while time.monotonic() - t < 0.01: pass\n\
+                \x20   time.sleep(0.02)\n";
+    let job = mosrun(&lab, 1, &["-L"], &["python3", "-c", duty]);
+    let pid = job.id();
+    // Each clear makes the next measurement count in full: a sample of
+    // its state caught awake would read as a whole CPU.
+    let first_measurements = |place: &str| {
+        let mut seen = Vec::new();
+        for _ in 0..5 {
+            let _ = lab.exec(
+                1,
+                &[
+                    "sh",
+                    "-c",
+                    &format!("echo {pid} > /run/openMosix/decay/clear"),
+                ],
+            );
+            let mut demand = None;
+            wait_for(Duration::from_secs(10), "a measurement", || {
+                demand = cpu_demand(&lab, 1, pid);
+                demand.is_some()
+            });
+            seen.push(demand.unwrap());
+        }
+        assert!(
+            seen.iter().all(|d| (0.15..=0.6).contains(d)),
+            "busy a third of the time {place}, it wanted {seen:?} of a CPU"
+        );
+    };
+    wait_for(Duration::from_secs(10), "a measurement", || {
+        cpu_demand(&lab, 1, pid).is_some()
+    });
+    first_measurements("at home");
+    lab.migrate(1, pid, "2").expect("it moves to node 2");
+    assert_eq!(sites(&lab, 1, &[pid])[&pid], 2);
+    first_measurements("on node 2");
+    end(&mut [job]);
+}

@@ -198,7 +198,11 @@ fn run(
         .into_iter()
         .map(|waiter| {
             let (status, slowdown) = waiter.join().expect("waiter thread");
-            assert!(status.success(), "a job failed: {status}");
+            assert!(
+                status.success(),
+                "a job failed: {status}; what the nodes warned of:\n{}",
+                warnings(lab)
+            );
             slowdown
         })
         .collect();
@@ -208,6 +212,21 @@ fn run(
         started.elapsed().as_secs_f64()
     );
     slowdowns
+}
+
+/// Every warning and error the nodes of `lab` logged, by node: what a
+/// failed job's keepers said before the lab is removed with their logs.
+fn warnings(lab: &Lab) -> String {
+    (1..=lab.nodes)
+        .flat_map(|n| {
+            lab.log(n)
+                .lines()
+                .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+                .map(|l| format!("node {n}: {l}"))
+                .collect::<Vec<_>>()
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// The node with the lowest load in `home`'s view (itself included).

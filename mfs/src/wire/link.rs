@@ -170,6 +170,10 @@ pub struct GuestUsage {
     /// Whether it was runnable (running or waiting for a CPU, state `R`)
     /// when sampled: averaged over samples, how much CPU it would use.
     pub runnable: bool,
+    /// Time spent waiting for a CPU since it started on this node
+    /// (`schedstat`), nanoseconds, where the kernel keeps it: with
+    /// `cpu_ns`, what it wanted of a CPU, a steadier figure than `runnable`.
+    pub wait_ns: Option<u64>,
     /// Bytes of file I/O the process did there itself (DFSA) since the
     /// last report, by the node holding the file.
     pub io_by_node: Vec<(u16, u64)>,

@@ -529,6 +529,7 @@ impl Remote {
             cpu_ns: sample.cpu_ns,
             rss: sample.rss,
             runnable: sample.runnable,
+            wait_ns: sample.wait_ns,
             io_by_node,
         }))?;
         Ok(())

@@ -158,10 +158,11 @@ impl Balancer {
         }
     }
 
-    /// The statistics of `pid`, if it is followed.
+    /// The statistics of `pid`, if it is followed and was measured since
+    /// it was last cleared (before that they would read as all zero).
     pub fn stats_of(&self, pid: u32) -> Option<StatsView> {
         let state = self.state.lock().expect("balancer state");
-        let t = state.tracked.get(&pid)?;
+        let t = state.tracked.get(&pid).filter(|t| t.stats.measured())?;
         Some(StatsView {
             demand: t.stats.demand(),
             cpu_share: t.stats.cpu_share(),
@@ -276,7 +277,7 @@ impl Balancer {
                                 *io_by_node.entry(n).or_default() += bytes;
                             }
                         }
-                        (Some(away.cpu_ns), None, away.rss, away.runnable)
+                        (Some(away.cpu_ns), away.wait_ns, away.rss, away.runnable)
                     }
                     // No report since the last round: keep the figures.
                     None => continue,

@@ -66,33 +66,62 @@ fn schedstat(pid: u32) -> Option<(u64, u64)> {
     Some((figures.next()??, figures.next()??))
 }
 
-/// CPU time from `stat` in clock ticks, where the kernel has no scheduler
-/// statistics.
-fn cpu_ns_from_stat(pid: u32) -> io::Result<u64> {
+/// The fields of `/proc/PID/stat` after the command name (field 3 on).
+fn stat_fields(pid: u32) -> io::Result<Vec<String>> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     let after = stat
         .rfind(')')
         .map(|i| &stat[i + 1..])
         .ok_or_else(|| io::Error::other(format!("/proc/{pid}/stat has no command field")))?;
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    // utime and stime are fields 14 and 15; `after` starts at field 3.
+    Ok(after.split_whitespace().map(str::to_string).collect())
+}
+
+fn clock_ticks_per_second() -> u64 {
+    nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100)
+        .max(1) as u64
+}
+
+/// CPU time from `stat` in clock ticks, where the kernel has no scheduler
+/// statistics.
+fn cpu_ns_from_stat(pid: u32) -> io::Result<u64> {
+    let fields = stat_fields(pid)?;
+    // utime and stime are fields 14 and 15; `fields` starts at field 3.
     let ticks: u64 = fields
         .get(11..13)
         .map(|f| f.iter().filter_map(|v| v.parse::<u64>().ok()).sum())
         .unwrap_or(0);
-    let per_second = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
-        .ok()
-        .flatten()
-        .unwrap_or(100)
-        .max(1) as u64;
-    Ok(ticks * (1_000_000_000 / per_second))
+    Ok(ticks * (1_000_000_000 / clock_ticks_per_second()))
+}
+
+/// When process `pid` started, in clock ticks after boot (field 22 of
+/// `/proc/PID/stat`): with the pid, it names one process, not a later one
+/// that reused the number.
+pub fn start_ticks(pid: u32) -> io::Result<u64> {
+    stat_fields(pid)?
+        .get(19)
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| io::Error::other(format!("/proc/{pid}/stat has no start time")))
+}
+
+/// How long ago process `pid` started (to clock-tick precision): its CPU
+/// and wait times so far were spent in this long.
+pub fn age(pid: u32) -> io::Result<std::time::Duration> {
+    let ticks = start_ticks(pid)?;
+    let started =
+        std::time::Duration::from_nanos(ticks * (1_000_000_000 / clock_ticks_per_second()));
+    let now =
+        nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME).map_err(io::Error::from)?;
+    let now = std::time::Duration::from(now);
+    Ok(now.saturating_sub(started))
 }
 
 fn runnable(pid: u32) -> io::Result<bool> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let state = stat
-        .rfind(')')
-        .and_then(|i| stat[i + 1..].split_whitespace().next())
+    let fields = stat_fields(pid)?;
+    let state = fields
+        .first()
         .ok_or_else(|| io::Error::other(format!("/proc/{pid}/stat has no state field")))?;
     Ok(state == "R")
 }
@@ -203,6 +232,31 @@ impl IoTracker {
 mod tests {
     use super::*;
     use std::io::{Read, Seek, Write};
+
+    #[test]
+    fn a_child_is_as_old_as_the_time_since_it_was_started() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
+        let started = std::time::Instant::now();
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let age = age(child.id()).unwrap();
+        let real = started.elapsed();
+        let _ = child.kill();
+        let _ = child.wait();
+        // Clock ticks are 10 ms at most.
+        assert!(
+            age + std::time::Duration::from_millis(20) >= real,
+            "{age:?} vs {real:?}"
+        );
+        assert!(
+            age <= real + std::time::Duration::from_millis(20),
+            "{age:?} vs {real:?}"
+        );
+        // This process has run longer than its child.
+        assert!(super::age(std::process::id()).unwrap() >= age);
+    }
 
     #[test]
     fn holders_follow_the_path() {

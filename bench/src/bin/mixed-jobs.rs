@@ -30,6 +30,13 @@ struct Args {
     longest: f64,
     #[arg(long, default_value_t = 7)]
     seed: u64,
+    /// Also print each job's slowdown under each policy.
+    #[arg(long)]
+    per_job: bool,
+    /// Run omx's policy only (with `OMX_KEEP_LAB=1`, to read its lab's
+    /// logs afterwards).
+    #[arg(long)]
+    omx_only: bool,
 }
 
 /// One job of the trace.
@@ -52,7 +59,8 @@ fn main() {
     let args = Args::parse();
     let (omx, helper) = omx_bench::lab_binaries();
     // Calibrate: how many million loop steps a lab node runs per second.
-    let lab = Lab::up("bmix", 203, args.nodes, &["--balance", "false"]);
+    let balance = if args.omx_only { "true" } else { "false" };
+    let mut lab = Lab::up("bmix", 203, args.nodes, &["--balance", balance]);
     omx_tests::wait_for(Duration::from_secs(30), "nodes up", || {
         lab.all_see_all("up")
     });
@@ -73,17 +81,19 @@ fn main() {
         steps_per_s
     );
     let mut results = Vec::new();
-    for policy in [Policy::RoundRobin, Policy::LeastLoaded] {
-        results.push((
-            policy,
-            run(&lab, policy, &trace, steps_per_s, &omx, &helper),
-        ));
+    if !args.omx_only {
+        for policy in [Policy::RoundRobin, Policy::LeastLoaded] {
+            results.push((
+                policy,
+                run(&lab, policy, &trace, steps_per_s, &omx, &helper),
+            ));
+        }
+        drop(lab);
+        lab = Lab::up("bmix", 203, args.nodes, &["--balance", "true"]);
+        omx_tests::wait_for(Duration::from_secs(30), "nodes up", || {
+            lab.all_see_all("up")
+        });
     }
-    drop(lab);
-    let lab = Lab::up("bmix", 203, args.nodes, &["--balance", "true"]);
-    omx_tests::wait_for(Duration::from_secs(30), "nodes up", || {
-        lab.all_see_all("up")
-    });
     results.push((
         Policy::Omx,
         run(&lab, Policy::Omx, &trace, steps_per_s, &omx, &helper),
@@ -110,6 +120,26 @@ fn main() {
         );
     }
     println!("omx made {moves} automatic moves");
+    if args.per_job {
+        print!(
+            "\n{:>4} {:>8} {:>5} {:>8}",
+            "job", "arrives", "home", "alone"
+        );
+        for (policy, _) in &results {
+            print!(" {:>12}", format!("{policy:?}"));
+        }
+        println!();
+        for (i, job) in trace.iter().enumerate() {
+            print!(
+                "{i:>4} {:>7.1}s {:>5} {:>7.1}s",
+                job.arrives_s, job.home, job.alone_s
+            );
+            for (_, slowdowns) in &results {
+                print!(" {:>12.2}", slowdowns[i]);
+            }
+            println!();
+        }
+    }
 }
 
 /// Automatic moves every node of `lab` logged.

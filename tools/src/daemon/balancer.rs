@@ -34,6 +34,13 @@ const MOVE_LAG_MS: u64 = 500;
 /// A process the kernel interface says cannot move is not tried again
 /// for this long.
 const UNMOVABLE_RETRY_MS: u64 = 30_000;
+/// A process younger than this is too young for its life so far to say
+/// what it wants: its first figures come a round later.
+const FIRST_MEASUREMENT_MIN: std::time::Duration = std::time::Duration::from_millis(100);
+/// After a program starts, the round that judges it waits this much
+/// beyond [`FIRST_MEASUREMENT_MIN`] (ticks are 10 ms; `mosrun` registers
+/// before it runs the program).
+const NEW_PROGRAM_SLACK: std::time::Duration = std::time::Duration::from_millis(50);
 /// How many generations below a followed process are followed too.
 const MAX_DESCENDANT_DEPTH: usize = 64;
 
@@ -54,6 +61,9 @@ struct Tracked {
     unmovable_until_ms: u64,
     /// Its controls (a descendant of a `mosrun` process has its).
     controls: ProcessControls,
+    /// Not sampled yet: its CPU and wait times so far make its first
+    /// measurement.
+    unseen: bool,
 }
 
 impl Tracked {
@@ -69,6 +79,7 @@ impl Tracked {
             stats: ProcessStats::new(),
             arrived_at_ms: None,
             unmovable_until_ms: 0,
+            unseen: true,
         }
     }
 }
@@ -148,7 +159,16 @@ impl Balancer {
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            ticker.tick().await;
+            tokio::select! {
+                _ = ticker.tick() => {}
+                () = self.migrations.started.notified() => {
+                    // A program just started: give it the time to say
+                    // what it wants, then judge it (and the rest of a
+                    // burst with it) without waiting out the round.
+                    tokio::time::sleep(FIRST_MEASUREMENT_MIN + NEW_PROGRAM_SLACK).await;
+                    ticker.reset();
+                }
+            }
             let me = self.clone();
             // /proc reads block: keep them off the async workers.
             let _ = tokio::task::spawn_blocking(move || me.measure()).await;
@@ -184,6 +204,8 @@ impl Balancer {
             .get_mut(&pid)
         {
             t.stats.clear();
+            // Restart now, not from its start.
+            t.unseen = false;
             t.last_sample = None;
             t.last_cpu_ns = None;
             t.last_wait_ns = None;
@@ -283,6 +305,23 @@ impl Balancer {
                     None => continue,
                 },
             };
+            // A process seen for the first time at home, and runnable: its
+            // CPU and wait times run from its start, so its life so far is
+            // its first measurement, and a job is judged at the first round
+            // that sees it, not a round later (half a second of a burst).
+            // One asleep is judged a round later: a shell that started its
+            // child and waits for it was busy all its short life.
+            if std::mem::take(&mut tracked.unseen) && runnable && entry.site == Site::Home {
+                let started = usage::age(entry.pid)
+                    .ok()
+                    .filter(|age| *age >= FIRST_MEASUREMENT_MIN)
+                    .and_then(|age| now.checked_sub(age));
+                if let Some(started) = started {
+                    tracked.last_sample = Some(started);
+                    tracked.last_cpu_ns = Some(0);
+                    tracked.last_wait_ns = wait_total.map(|_| 0);
+                }
+            }
             // Measured since the last figures taken in (a remote keeper
             // reports once a second, less often than this runs).
             let elapsed_ms = tracked

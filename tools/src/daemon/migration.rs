@@ -195,16 +195,14 @@ pub struct Migrations {
     /// Every keeper this daemon started that has not ended (omx's own
     /// work, which the load counts by the CPU it uses).
     keepers: Mutex<HashSet<u32>>,
+    /// Told of each program `mosrun` starts: the balancer looks at it
+    /// soon, not at its next round.
+    pub started: tokio::sync::Notify,
 }
 
-/// Field 22 of /proc/PID/stat: when the process started.
+/// When the process started (clock ticks after boot).
 fn start_time(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat[stat.rfind(')')? + 1..]
-        .split_whitespace()
-        .nth(19)?
-        .parse()
-        .ok()
+    omx_migrate::usage::start_ticks(pid).ok()
 }
 
 impl Migrations {
@@ -248,6 +246,7 @@ impl Migrations {
             guests: Mutex::new(HashMap::new()),
             spawning: Mutex::new(()),
             keepers: Mutex::new(HashSet::new()),
+            started: tokio::sync::Notify::new(),
         })
     }
 
@@ -416,6 +415,7 @@ impl Migrations {
         }
         let send_to = options.send_to.clone();
         Self::entry(&mut self.processes.lock().expect("process table"), pid).options = options;
+        self.started.notify_one();
         if let Some(first) = self.pick(&send_to) {
             let me = self.clone();
             tokio::spawn(async move {

@@ -376,7 +376,7 @@ fn a_process_busy_a_third_of_the_time_wants_a_third_of_a_cpu_at_home_and_away() 
     let first_measurements = |place: &str| {
         let mut seen = Vec::new();
         for _ in 0..5 {
-            let _ = lab.exec(
+            let cleared = lab.exec(
                 1,
                 &[
                     "sh",
@@ -384,6 +384,7 @@ fn a_process_busy_a_third_of_the_time_wants_a_third_of_a_cpu_at_home_and_away() 
                     &format!("echo {pid} > /run/openMosix/decay/clear"),
                 ],
             );
+            assert!(cleared.status.success(), "clear: {}", stderr(&cleared));
             let mut demand = None;
             wait_for(Duration::from_secs(10), "a measurement", || {
                 demand = cpu_demand(&lab, 1, pid);

@@ -118,6 +118,22 @@ impl Lab {
         }
     }
 
+    /// `GET PATH` from node `node`'s metrics endpoint (inside the node,
+    /// with bash's /dev/tcp): the whole response.
+    pub fn http_get(&self, node: u16, path: &str) -> String {
+        let script = format!(
+            "exec 3<>/dev/tcp/{}/9464; printf 'GET {path} HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n' >&3; cat <&3",
+            self.address(node)
+        );
+        let output = self.exec(node, &["bash", "-c", &script]);
+        assert!(
+            output.status.success(),
+            "metrics of node {node}: {}",
+            stderr(&output)
+        );
+        stdout(&output)
+    }
+
     pub fn address(&self, node: u16) -> String {
         let prefix = self.subnet.trim_end_matches(".0");
         format!("{prefix}.{node}")
@@ -283,4 +299,16 @@ impl Drop for Lab {
             panic!("lab down failed: {}", stderr(&output));
         }
     }
+}
+
+/// The value of the sample `name` (with its labels, as printed) in a
+/// metrics page.
+pub fn sample(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no {name} in:\n{metrics}"))
+        .trim()
+        .parse()
+        .unwrap()
 }

@@ -6,7 +6,7 @@
 use std::process::{Child, Stdio};
 use std::time::Duration;
 
-use omx_tests::{Lab, stderr, stdout, wait_for};
+use omx_tests::{Lab, sample, stderr, stdout, wait_for};
 
 const CPU: &str = env!("CARGO_BIN_EXE_omx-test-cpu");
 const SEQUENCE: &str = env!("CARGO_BIN_EXE_omx-test-sequence");
@@ -555,44 +555,17 @@ fn setpe_off_sends_guests_home_brings_processes_home_and_stops() {
     );
 }
 
-/// `GET PATH` from node `node`'s metrics endpoint (inside the node, with
-/// bash's /dev/tcp): the whole response.
-fn http_get(lab: &Lab, node: u16, path: &str) -> String {
-    let script = format!(
-        "exec 3<>/dev/tcp/{}/9464; printf 'GET {path} HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n' >&3; cat <&3",
-        lab.address(node)
-    );
-    let output = lab.exec(node, &["bash", "-c", &script]);
-    assert!(
-        output.status.success(),
-        "metrics of node {node}: {}",
-        stderr(&output)
-    );
-    stdout(&output)
-}
-
-/// The value of the sample `name` (with its labels, as printed).
-fn sample(metrics: &str, name: &str) -> f64 {
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-        .unwrap_or_else(|| panic!("no {name} in:\n{metrics}"))
-        .trim()
-        .parse()
-        .unwrap()
-}
-
 #[test]
 fn metrics_count_moves_forwarded_calls_and_mfs_traffic() {
     let lab = lab("metrics", 50);
-    let before = http_get(&lab, 1, "/metrics");
+    let before = lab.http_get(1, "/metrics");
     assert!(before.starts_with("HTTP/1.1 200 OK"), "{before}");
     assert_eq!(sample(&before, "omx_node_up{node=\"2\"}"), 1.0);
     assert!(sample(&before, "omx_node_speed{node=\"1\"}") > 0.0);
     assert!(sample(&before, "omx_node_memory_total_bytes{node=\"3\"}") > 0.0);
     assert!(sample(&before, "omx_gossip_age_seconds{node=\"2\"}") < 5.0);
     assert_eq!(sample(&before, "omx_migrations_out_total"), 0.0);
-    assert!(http_get(&lab, 1, "/other").starts_with("HTTP/1.1 404"));
+    assert!(lab.http_get(1, "/other").starts_with("HTTP/1.1 404"));
 
     // A writer moved to node 2: its writes are forwarded home.
     let mut writer = Killed(lab.spawn(1, &[SEQUENCE, "100000", "5"], Stdio::null(), Stdio::null()));
@@ -601,14 +574,14 @@ fn metrics_count_moves_forwarded_calls_and_mfs_traffic() {
     wait_for(
         Duration::from_secs(10),
         "forwarded calls to be counted",
-        || sample(&http_get(&lab, 1, "/metrics"), "omx_forwarded_calls_total") > 10.0,
+        || sample(&lab.http_get(1, "/metrics"), "omx_forwarded_calls_total") > 10.0,
     );
     lab.migrate(1, writer.0.id(), "home").unwrap();
-    let after = http_get(&lab, 1, "/metrics");
+    let after = lab.http_get(1, "/metrics");
     assert_eq!(sample(&after, "omx_migrations_out_total"), 1.0);
     assert_eq!(sample(&after, "omx_migrations_home_total"), 1.0);
     assert_eq!(
-        sample(&http_get(&lab, 2, "/metrics"), "omx_migrations_in_total"),
+        sample(&lab.http_get(2, "/metrics"), "omx_migrations_in_total"),
         1.0
     );
     let _ = writer.0.kill();
@@ -626,7 +599,7 @@ fn metrics_count_moves_forwarded_calls_and_mfs_traffic() {
         stdout(&lab.exec(1, &["cat", "/mfs/3/m"])),
         "hello-metrics\n"
     );
-    let mfs = http_get(&lab, 1, "/metrics");
+    let mfs = lab.http_get(1, "/metrics");
     assert!(sample(&mfs, "omx_mfs_operations_total{owner=\"remote\"}") >= 2.0);
     assert!(sample(&mfs, "omx_mfs_read_bytes_total") >= 14.0);
 }

@@ -37,6 +37,63 @@ fn disk(lab: &Lab, node: u16) -> PathBuf {
     lab.dir().join(format!("node-{node}/disk"))
 }
 
+/// A python3 program in a node that answers each line of input with one
+/// line; killed when dropped.
+struct Asker {
+    child: std::process::Child,
+    input: std::process::ChildStdin,
+    output: std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+}
+
+impl Asker {
+    fn start(lab: &Lab, node: u16, script: &str) -> Asker {
+        use std::io::BufRead;
+        use std::process::Stdio;
+        let mut child = lab.spawn(
+            node,
+            &["python3", "-c", script],
+            Stdio::piped(),
+            Stdio::piped(),
+        );
+        let input = child.stdin.take().unwrap();
+        let output = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        Asker {
+            child,
+            input,
+            output,
+        }
+    }
+
+    fn ask(&mut self, line: &str) -> String {
+        use std::io::Write;
+        writeln!(self.input, "{line}").unwrap();
+        self.output.next().expect("the program answers").unwrap()
+    }
+}
+
+impl Drop for Asker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Rewrites `file` on its owner's disk (not through MFS) with `len`
+/// bytes `byte`; the writer must not wait long for readers of other
+/// nodes to drop what they read ahead.
+fn rewrite_promptly(file: &std::path::Path, byte: u8, len: usize) {
+    use std::io::Write;
+    let started = Instant::now();
+    let mut writer = std::fs::OpenOptions::new().write(true).open(file).unwrap();
+    writer.write_all(&vec![byte; len]).unwrap();
+    drop(writer);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "the writer waited {:?} for other nodes to drop what they read ahead",
+        started.elapsed()
+    );
+}
+
 /// A world-writable directory on node 2's disk, made by root at node 2.
 fn shared_dir(lab: &Lab) {
     sh(lab, 2, "mkdir -m 1777 /mfs/2/pub");
@@ -337,9 +394,7 @@ fn pjdfstest_passes_on_this_nodes_and_another_nodes_files() {
 /// reader's next read returns the new data.
 #[test]
 fn what_a_reader_read_ahead_never_hides_a_later_write() {
-    use std::io::{BufRead, BufReader, Write};
     use std::os::unix::fs::MetadataExt;
-    use std::process::Stdio;
 
     let lab = lab("flease", 59, 3);
     let file = disk(&lab, 2).join("big");
@@ -349,18 +404,8 @@ fn what_a_reader_read_ahead_never_hides_a_later_write() {
     let inode = std::fs::metadata(&file).unwrap().ino();
     // Reads 8 KiB per line of input, answering with the block's first byte.
     let script = "import sys\nf = open('/mfs/2/big', 'rb')\nfor _ in sys.stdin:\n    b = f.read(8192)\n    print(chr(b[0]) if b else 'EOF', flush=True)\n";
-    let mut reader = lab.spawn(
-        1,
-        &["python3", "-c", script],
-        Stdio::piped(),
-        Stdio::piped(),
-    );
-    let mut input = reader.stdin.take().unwrap();
-    let mut output = BufReader::new(reader.stdout.take().unwrap()).lines();
-    let mut next_block = move || {
-        writeln!(input).unwrap();
-        output.next().expect("the reader answers").unwrap()
-    };
+    let mut reader = Asker::start(&lab, 1, script);
+    let mut next_block = move || reader.ask("");
     assert_eq!(next_block(), "a");
     assert_eq!(next_block(), "a");
     // The owner holds a read lease on the file for node 1.
@@ -373,15 +418,7 @@ fn what_a_reader_read_ahead_never_hides_a_later_write() {
     );
 
     // Rewritten in place on the owner's disk, not through MFS.
-    let started = Instant::now();
-    let mut writer = std::fs::OpenOptions::new().write(true).open(&file).unwrap();
-    writer.write_all(&vec![b'b'; 1 << 20]).unwrap();
-    drop(writer);
-    assert!(
-        started.elapsed() < Duration::from_secs(2),
-        "the writer waited {:?} for node 1 to drop what it read ahead",
-        started.elapsed()
-    );
+    rewrite_promptly(&file, b'b', 1 << 20);
     assert_eq!(next_block(), "b");
 
     // Rewritten through MFS by node 3.
@@ -394,6 +431,118 @@ fn what_a_reader_read_ahead_never_hides_a_later_write() {
     // And truncated by node 3: the reader is at the end.
     sh(&lab, 3, "truncate -s 8192 /mfs/2/big");
     assert_eq!(next_block(), "EOF");
-    let _ = reader.kill();
-    let _ = reader.wait();
+}
+
+/// A sequential reader of another node's file in 1 MiB blocks keeps the
+/// next blocks in flight (under a read lease of the owner, which
+/// `/proc/locks` shows), yet a rewrite on the owner's disk is what its
+/// next read returns; and a reader at the end of the file sees what a
+/// writer appends, although it was told the end under a lease.
+#[test]
+fn a_reader_keeping_blocks_in_flight_sees_rewrites_and_appends() {
+    use std::io::Write;
+    use std::os::unix::fs::MetadataExt;
+
+    let lab = lab("fahead", 63, 2);
+    let file = disk(&lab, 2).join("big");
+    std::fs::write(&file, vec![b'a'; 4 << 20]).unwrap();
+    let inode = std::fs::metadata(&file).unwrap().ino();
+    // Each line of input is a size to read; the answer is the first
+    // byte read and how many bytes came, or EOF.
+    let script = "import sys\nf = open('/mfs/2/big', 'rb', buffering=0)\nfor line in sys.stdin:\n    b = f.read(int(line))\n    print(chr(b[0]) + ' ' + str(len(b)) if b else 'EOF', flush=True)\n";
+    let mut reader = Asker::start(&lab, 1, script);
+    let mut read = move |size: usize| reader.ask(&size.to_string());
+    const MIB: usize = 1 << 20;
+    assert_eq!(read(MIB), format!("a {MIB}"));
+    // The blocks after it are asked for under a lease.
+    wait_for(Duration::from_secs(5), "a read lease for node 1", || {
+        std::fs::read_to_string("/proc/locks")
+            .unwrap()
+            .lines()
+            .any(|l| l.contains("LEASE") && l.contains("READ") && l.contains(&format!(":{inode} ")))
+    });
+
+    rewrite_promptly(&file, b'b', 4 << 20);
+    for _ in 1..4 {
+        assert_eq!(read(MIB), format!("b {MIB}"));
+    }
+    // At the end, in small reads: the end is known under a lease.
+    assert_eq!(read(8192), "EOF");
+    assert_eq!(read(8192), "EOF");
+    let mut appender = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&file)
+        .unwrap();
+    appender.write_all(&[b'd'; 1000]).unwrap();
+    drop(appender);
+    assert_eq!(read(8192), "d 1000");
+    assert_eq!(read(8192), "EOF");
+}
+
+/// The kernel keeps the entries of another node's directories, so a path
+/// walk asks the owner only for its last name; yet a directory renamed,
+/// replaced or removed at the owner is seen at once, since every
+/// operation goes to the owner by its whole path.
+#[test]
+fn kept_directory_entries_never_hide_a_rename_or_a_replacement_at_the_owner() {
+    let lab = lab("fdirs", 64, 2);
+    let disk2 = disk(&lab, 2);
+    std::fs::create_dir_all(disk2.join("d/e")).unwrap();
+    std::fs::write(disk2.join("d/e/f"), "one").unwrap();
+    // Each line of input is a path; the answer is what stat says of it.
+    let script = "import os, stat, sys\nfor line in sys.stdin:\n    try:\n        st = os.stat(line.strip())\n        print('dir' if stat.S_ISDIR(st.st_mode) else 'file ' + str(st.st_size), flush=True)\n    except OSError as e:\n        print(os.strerror(e.errno), flush=True)\n";
+    let mut asker = Asker::start(&lab, 1, script);
+    let mut stat = move |path: &str| asker.ask(path);
+    let remote_ops = || {
+        omx_tests::sample(
+            &lab.http_get(1, "/metrics"),
+            "omx_mfs_operations_total{owner=\"remote\"}",
+        )
+    };
+
+    assert_eq!(stat("/mfs/2/d/e/f"), "file 3");
+    // Walking the path again asks only for its last name and the stat:
+    // /mfs/2, d and e are kept.
+    let before = remote_ops();
+    for _ in 0..10 {
+        assert_eq!(stat("/mfs/2/d/e/f"), "file 3");
+    }
+    let per_stat = (remote_ops() - before) / 10.0;
+    assert!(
+        per_stat <= 2.0,
+        "a stat of /mfs/2/d/e/f took {per_stat} operations at node 2: the directories' entries are not kept"
+    );
+
+    // Renamed at the owner: the old path is gone, the new one works.
+    std::fs::rename(disk2.join("d"), disk2.join("z")).unwrap();
+    assert_eq!(stat("/mfs/2/d/e/f"), "No such file or directory");
+    assert_eq!(stat("/mfs/2/z/e/f"), "file 3");
+    // A new directory of the old name is the one used.
+    std::fs::create_dir_all(disk2.join("d/e")).unwrap();
+    std::fs::write(disk2.join("d/e/g"), "two!").unwrap();
+    assert_eq!(stat("/mfs/2/d/e/g"), "file 4");
+    assert_eq!(stat("/mfs/2/d/e/f"), "No such file or directory");
+    // A directory found under a new name carries what is below it along.
+    std::fs::rename(disk2.join("z"), disk2.join("y")).unwrap();
+    assert_eq!(stat("/mfs/2/y/e/f"), "file 3");
+    assert_eq!(stat("/mfs/2/y/e"), "dir");
+    // Replaced by a file at the owner.
+    std::fs::remove_dir_all(disk2.join("d")).unwrap();
+    std::fs::write(disk2.join("d"), "plain").unwrap();
+    assert_eq!(stat("/mfs/2/d"), "file 5");
+    assert_eq!(stat("/mfs/2/d/e"), "Not a directory");
+    // Renamed through MFS from node 1 itself (root of node 1 is nobody
+    // at node 2: in a directory anyone may write).
+    let open_dir = disk2.join("w");
+    std::fs::create_dir(&open_dir).unwrap();
+    std::fs::set_permissions(
+        &open_dir,
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    std::fs::rename(disk2.join("y"), open_dir.join("y")).unwrap();
+    assert_eq!(stat("/mfs/2/w/y/e/f"), "file 3");
+    sh(&lab, 1, "mv /mfs/2/w/y /mfs/2/w/x");
+    assert_eq!(stat("/mfs/2/w/x/e/f"), "file 3");
+    assert_eq!(stat("/mfs/2/w/y/e/f"), "No such file or directory");
 }

@@ -44,9 +44,14 @@ struct Args {
     /// Files created, stat'ed and unlinked in each metadata pass.
     #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..))]
     files: u64,
-    /// Metadata passes per target; the medians are reported.
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
+    /// Metadata passes per target in each round.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
     meta_rounds: u64,
+    /// Rounds: each measures every target in turn, so that a slow spell
+    /// of the disk or the VM falls on all of them alike; each figure is
+    /// the median over the rounds.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
+    rounds: u64,
     /// MiB pushed over plain TCP from node 1 to node 2 in each of 3 rounds.
     #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u64).range(1..))]
     tcp_mib: u64,
@@ -95,6 +100,23 @@ struct Figures {
     create_per_s: f64,
     stat_per_s: f64,
     unlink_per_s: f64,
+}
+
+impl Figures {
+    /// Each figure's median over `rounds`.
+    fn median(rounds: &[Figures]) -> Figures {
+        let of =
+            |field: fn(&Figures) -> f64| median(&mut rounds.iter().map(field).collect::<Vec<_>>());
+        Figures {
+            seq_write_mib_s: of(|f| f.seq_write_mib_s),
+            seq_read_mib_s: of(|f| f.seq_read_mib_s),
+            randread_iops: of(|f| f.randread_iops),
+            randread_mib_s: of(|f| f.randread_mib_s),
+            create_per_s: of(|f| f.create_per_s),
+            stat_per_s: of(|f| f.stat_per_s),
+            unlink_per_s: of(|f| f.unlink_per_s),
+        }
+    }
 }
 
 /// A row of the table: its label, its figure, whether it is a throughput
@@ -161,22 +183,36 @@ fn main() -> anyhow::Result<()> {
         _sshd = Some(sshd);
     }
 
-    let mut measured: Vec<(Target, Figures)> = Vec::new();
-    for target in TARGETS {
-        if !args.targets.contains(&target) {
-            continue;
+    let chosen: Vec<Target> = TARGETS
+        .into_iter()
+        .filter(|t| args.targets.contains(t))
+        .collect();
+    let mut rounds: Vec<Vec<Figures>> = vec![Vec::new(); chosen.len()];
+    for round in 1..=args.rounds {
+        for (target, figures) in chosen.iter().zip(&mut rounds) {
+            let dir = match target {
+                Target::Native => disk(1),
+                Target::MfsLocal => PathBuf::from("/mfs/1/bench"),
+                Target::MfsRemote => PathBuf::from("/mfs/2/bench"),
+                Target::Sshfs => work.0.join("mnt"),
+            };
+            eprintln!(
+                "mfs-io: round {round}/{}: measuring {} ({})",
+                args.rounds,
+                target.name(),
+                dir.display()
+            );
+            figures
+                .push(measure(&lab, &helper, &dir, &args).with_context(|| {
+                    format!("measuring {} in {}", target.name(), dir.display())
+                })?);
         }
-        let dir = match target {
-            Target::Native => disk(1),
-            Target::MfsLocal => PathBuf::from("/mfs/1/bench"),
-            Target::MfsRemote => PathBuf::from("/mfs/2/bench"),
-            Target::Sshfs => work.0.join("mnt"),
-        };
-        eprintln!("mfs-io: measuring {} ({})", target.name(), dir.display());
-        let figures = measure(&lab, &helper, &dir, &args)
-            .with_context(|| format!("measuring {} in {}", target.name(), dir.display()))?;
-        measured.push((target, figures));
     }
+    let measured: Vec<(Target, Figures)> = chosen
+        .into_iter()
+        .zip(rounds)
+        .map(|(target, figures)| (target, Figures::median(&figures)))
+        .collect();
 
     let get = |target: Target| measured.iter().find(|(t, _)| *t == target).map(|(_, f)| *f);
     let checks = checks(&get, tcp);
@@ -194,6 +230,7 @@ fn main() -> anyhow::Result<()> {
             "rand_seconds": args.rand_seconds,
             "files": args.files,
             "meta_rounds": args.meta_rounds,
+            "rounds": args.rounds,
             "tcp_mib_s": tcp,
             "targets": targets,
             "checks": checks,
@@ -704,9 +741,10 @@ fn print_table(args: &Args, get: &dyn Fn(Target) -> Option<Figures>, tcp: f64, c
          (node 2's disk); sshfs = node 2's disk over sshfs (sshd in node 2, aes128-gcm).\n\
          fio, buffered: {} MiB written (with a final fsync) and read in 1 MiB blocks, then {} s of\n\
          4 KiB random reads over it, each after dropping the kernel's caches. {} files of 1 KiB\n\
-         created, stat'ed (after dropping the kernel's caches) and unlinked: medians of {} passes.\n\
+         created, stat'ed (after dropping the kernel's caches) and unlinked, {} pass(es) a round.\n\
+         every figure: the median of {} rounds, each measuring all targets in turn.\n\
          plain TCP: node 1 -> node 2, median of {TCP_ROUNDS} x {} MiB.\n\ntargets (issue 4):",
-        args.file_mib, args.rand_seconds, args.files, args.meta_rounds, args.tcp_mib
+        args.file_mib, args.rand_seconds, args.files, args.meta_rounds, args.rounds, args.tcp_mib
     );
     for check in checks {
         let (mark, ratio) = match check.ratio {

@@ -36,6 +36,18 @@ type Waiter = sync_mpsc::SyncSender<FsResult>;
 /// for a CPU at both ends.
 pub const READ_AHEAD: u32 = 512 << 10;
 
+/// How many reads ahead a sequential reader keeps in flight, each of up
+/// to [`MAX_FS_IO`] bytes. While the program takes one, the owner reads,
+/// encrypts and sends the next: the network, the owner and this node work
+/// at the same time instead of in turn.
+pub const PREFETCH_DEPTH: usize = 2;
+
+/// A read ahead asked of the owner and not yet answered.
+struct Prefetch {
+    offset: u64,
+    answer: sync_mpsc::Receiver<FsResult>,
+}
+
 /// What was read ahead of one open file, under a lease of its owner.
 #[derive(Default)]
 struct Kept {
@@ -48,13 +60,20 @@ struct Kept {
     revoked: u64,
     /// Where the next read starts if the program reads sequentially.
     next: u64,
+    /// Reads ahead in flight, in file order, each following the one
+    /// before (the first follows `data`).
+    prefetches: std::collections::VecDeque<Prefetch>,
+    /// The owner answered the last read ahead without a lease (someone
+    /// has the file open for writing): reading further ahead would be
+    /// wasted until it grants one again.
+    unleased: bool,
 }
 
 impl Kept {
     /// The `size` bytes at `offset`, if they are all kept (or the kept
     /// data ends at the end of the file).
     fn serve(&self, offset: u64, size: u32) -> Option<Vec<u8>> {
-        let end = self.offset + self.data.len() as u64;
+        let end = self.end();
         if offset < self.offset || offset > end || (offset == end && !self.at_end) {
             return None;
         }
@@ -65,6 +84,56 @@ impl Kept {
         let from = (offset - self.offset) as usize;
         let to = (wanted_end.min(end) - self.offset) as usize;
         Some(self.data[from..to].to_vec())
+    }
+
+    fn end(&self) -> u64 {
+        self.offset + self.data.len() as u64
+    }
+
+    /// Takes in the answer to the read ahead at `offset`: data read
+    /// under a lease that was not revoked since follows what is kept
+    /// (whatever the program already took is dropped). Anything else
+    /// ends the reading ahead.
+    fn absorb(&mut self, offset: u64, answer: FsResult) {
+        match answer {
+            FsResult::Leased { data, epoch } if epoch > self.revoked && offset == self.end() => {
+                let at_end = data.len() < MAX_FS_IO as usize;
+                let taken = self.next.clamp(self.offset, self.end());
+                if taken == self.end() {
+                    self.data = data;
+                } else {
+                    let mut joined = self.data.split_off((taken - self.offset) as usize);
+                    joined.extend_from_slice(&data);
+                    self.data = joined;
+                }
+                self.offset = taken;
+                self.at_end = at_end;
+            }
+            FsResult::Leased { .. } => self.prefetches.clear(),
+            _ => {
+                self.unleased = true;
+                self.prefetches.clear();
+            }
+        }
+    }
+
+    /// Where the next read ahead would start, if one should be asked:
+    /// the program reads sequentially, the owner grants leases, the end
+    /// of the file is not reached and fewer than [`PREFETCH_DEPTH`] are
+    /// in flight.
+    fn next_prefetch(&self) -> Option<u64> {
+        if self.unleased || self.at_end || self.prefetches.len() >= PREFETCH_DEPTH {
+            return None;
+        }
+        let end = self.end();
+        if self.next < self.offset || self.next > end {
+            return None;
+        }
+        Some(
+            self.prefetches
+                .back()
+                .map_or(end, |p| p.offset + u64::from(MAX_FS_IO)),
+        )
     }
 }
 
@@ -138,6 +207,21 @@ impl FsClient {
         generation: Option<u64>,
         wait: Wait,
     ) -> Result<(FsResult, u64), Errno> {
+        let (answer, generation) = self.submit(node, caller, op, generation)?;
+        self.wait(node, &answer, wait)
+            .map(|result| (result, generation))
+    }
+
+    /// Sends `op` to `node` as `caller` without waiting: the answer will
+    /// come on the returned receiver. Returns it and the connection's
+    /// generation.
+    fn submit(
+        &self,
+        node: NodeId,
+        caller: &Caller,
+        op: FsOp,
+        generation: Option<u64>,
+    ) -> Result<(sync_mpsc::Receiver<FsResult>, u64), Errno> {
         let (tx, rx) = sync_mpsc::sync_channel(1);
         let request = FsRequest {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
@@ -155,19 +239,7 @@ impl FsClient {
                 return Err(Errno::EIO);
             }
             match peer.queue.send(queued) {
-                Ok(()) => {
-                    let outcome = match wait {
-                        Wait::Bounded => rx.recv_timeout(self.timeout).map_err(|e| match e {
-                            sync_mpsc::RecvTimeoutError::Timeout => {
-                                debug!("node {node} did not answer within {:?}", self.timeout);
-                                Errno::EIO
-                            }
-                            sync_mpsc::RecvTimeoutError::Disconnected => Errno::ENOTCONN,
-                        }),
-                        Wait::WhileConnected => rx.recv().map_err(|_| Errno::ENOTCONN),
-                    };
-                    return outcome.map(|result| (result, peer.generation));
-                }
+                Ok(()) => return Ok((rx, peer.generation)),
                 Err(mpsc::error::SendError(back)) => {
                     peer.failed.store(true, Ordering::Relaxed);
                     queued = back;
@@ -177,10 +249,30 @@ impl FsClient {
         Err(Errno::ENOTCONN)
     }
 
+    /// The answer to a request sent to `node`, within the bounds of `wait`.
+    fn wait(
+        &self,
+        node: NodeId,
+        answer: &sync_mpsc::Receiver<FsResult>,
+        wait: Wait,
+    ) -> Result<FsResult, Errno> {
+        match wait {
+            Wait::Bounded => answer.recv_timeout(self.timeout).map_err(|e| match e {
+                sync_mpsc::RecvTimeoutError::Timeout => {
+                    debug!("node {node} did not answer within {:?}", self.timeout);
+                    Errno::EIO
+                }
+                sync_mpsc::RecvTimeoutError::Disconnected => Errno::ENOTCONN,
+            }),
+            Wait::WhileConnected => answer.recv().map_err(|_| Errno::ENOTCONN),
+        }
+    }
+
     /// Reads `size` bytes at `offset` of `handle`, open at `node` on
     /// connection `generation`: from what was read ahead if it has them,
     /// else from the owner, asking for more when the program reads
-    /// sequentially.
+    /// sequentially. A sequential reader also keeps up to
+    /// [`PREFETCH_DEPTH`] reads ahead in flight.
     pub fn read(
         &self,
         node: NodeId,
@@ -191,15 +283,36 @@ impl FsClient {
         size: u32,
     ) -> Result<Vec<u8>, Errno> {
         let key = (generation, handle);
-        let sequential = {
+        loop {
+            let prefetch = {
+                let mut kept = self.kept.lock().expect("kept lock");
+                let file = kept.entry(key).or_default();
+                if let Some(data) = file.serve(offset, size) {
+                    file.next = offset + data.len() as u64;
+                    self.prefetch(node, caller, key, file);
+                    return Ok(data);
+                }
+                if file.next != offset {
+                    // Not sequential: what is in flight is of no use.
+                    file.prefetches.clear();
+                    break;
+                }
+                match file.prefetches.pop_front() {
+                    Some(prefetch) => prefetch,
+                    None => break,
+                }
+            };
+            // The bytes are on their way: wait for them, not for a new ask.
+            let answer = self.wait(node, &prefetch.answer, Wait::Bounded)?;
             let mut kept = self.kept.lock().expect("kept lock");
-            let file = kept.entry(key).or_default();
-            if let Some(data) = file.serve(offset, size) {
-                file.next = offset + data.len() as u64;
-                return Ok(data);
-            }
-            file.next == offset
-        };
+            kept.entry(key).or_default().absorb(prefetch.offset, answer);
+        }
+        let sequential = self
+            .kept
+            .lock()
+            .expect("kept lock")
+            .get(&key)
+            .is_some_and(|f| f.next == offset);
         let ahead = if sequential {
             READ_AHEAD.min(MAX_FS_IO.saturating_sub(size))
         } else {
@@ -219,21 +332,58 @@ impl FsClient {
                 let at_end = (data.len() as u64) < u64::from(size) + u64::from(ahead);
                 let read_ahead = data.split_off(data.len().min(size as usize));
                 file.next = offset + data.len() as u64;
+                file.prefetches.clear();
+                file.unleased = false;
+                file.offset = file.next;
                 if epoch > file.revoked {
-                    file.offset = file.next;
                     file.at_end = at_end;
                     file.data = read_ahead;
+                } else {
+                    file.at_end = false;
+                    file.data = Vec::new();
+                }
+                if sequential {
+                    self.prefetch(node, caller, key, file);
                 }
                 Ok(data)
             }
             FsResult::Data(data) => {
                 file.next = offset + data.len() as u64;
+                // Nothing is kept from here: without a lease, not even
+                // where the file ends.
+                file.prefetches.clear();
+                file.offset = file.next;
+                file.at_end = false;
+                file.data = Vec::new();
+                file.unleased = ahead > 0;
+                if sequential {
+                    self.prefetch(node, caller, key, file);
+                }
                 Ok(data)
             }
             FsResult::Errno(e) => Err(Errno::from_raw(e)),
             other => {
                 debug!("unexpected answer to a read: {other:?}");
                 Err(Errno::EIO)
+            }
+        }
+    }
+
+    /// Asks the owner for the next reads ahead of a sequential reader of
+    /// `key`, as many as [`Kept::next_prefetch`] allows. They run under
+    /// a lease, as any read ahead: an answer without one is dropped.
+    fn prefetch(&self, node: NodeId, caller: &Caller, key: (u64, u64), file: &mut Kept) {
+        let (generation, handle) = key;
+        while let Some(offset) = file.next_prefetch() {
+            let op = FsOp::Read {
+                handle,
+                offset,
+                size: 0,
+                ahead: MAX_FS_IO,
+            };
+            match self.submit(node, caller, op, Some(generation)) {
+                Ok((answer, _)) => file.prefetches.push_back(Prefetch { offset, answer }),
+                Err(_) => return,
             }
         }
     }
@@ -307,6 +457,10 @@ impl Revokes {
             let file = kept.entry((self.generation, handle)).or_default();
             file.revoked = file.revoked.max(epoch);
             file.data = Vec::new();
+            // Not even where the file ends is known now: a writer may be
+            // about to extend it.
+            file.at_end = false;
+            file.prefetches.clear();
         }
         let (waiter, _) = sync_mpsc::sync_channel(1);
         let request = FsRequest {

@@ -6,10 +6,12 @@
 //! process: this node's own files through [`Exporter`] in this process
 //! (and opened files are handed to the kernel for passthrough, so their
 //! reads and writes never come here), other nodes' files over an MFS
-//! connection. Nothing is cached: entries and attributes have no time to
-//! live and other nodes' files are opened for direct I/O, so every lookup,
-//! stat, read and write sees the owner's file as it is now, whoever
-//! changed it and however.
+//! connection. Attributes are never cached, and other nodes' files are
+//! opened for direct I/O, so every stat, read and write sees the owner's
+//! file as it is now, whoever changed it and however. The kernel may keep
+//! the entries of directories (see [`DIRECTORY_ENTRY_TTL`]): every
+//! operation names its file by its whole path from the exported root, and
+//! the owner walks that path again, as the caller, each time.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -40,6 +42,23 @@ use crate::wire::fs::{
 
 /// Nothing is cached by the kernel (see the module documentation).
 const NO_CACHE: Duration = Duration::ZERO;
+
+/// How long the kernel may keep a directory's entry (its name and inode)
+/// without asking again. Nothing a process sees depends on it, because
+/// MFS resolves paths, not inodes: an operation below a kept directory
+/// is sent as the whole path, which the owner walks again with the
+/// caller's credentials (so a directory renamed or removed at the owner
+/// gives ENOENT at once, and a new one of the same name is the one
+/// used), and a directory that turns up under another name carries what
+/// is below it along (`Inode::parent`). A stat of a kept directory that
+/// now names another file answers ESTALE, which makes the kernel walk
+/// the path afresh. What it saves is a round trip to the owner for
+/// every directory of every path a program names.
+const DIRECTORY_ENTRY_TTL: Duration = Duration::from_secs(60);
+
+/// Deepest chain of directories a path is built from; deeper means a
+/// loop in what was found (a bind mount of a directory into itself).
+const MAX_DEPTH: usize = 4096;
 const ROOT: u64 = 1;
 
 /// The magic links, in their inode order (2..).
@@ -83,10 +102,34 @@ impl Whereabouts for Stationary {
 /// An inode the kernel holds: a file at a node.
 struct Inode {
     node: NodeId,
-    /// Relative to the node's exported root ("" is the root).
-    path: Vec<u8>,
+    /// The directory it was last found in ([`ROOT`] for a node's
+    /// exported root) and its name there. Its path is built from these
+    /// when it is used, so that when a directory is found under a new
+    /// name (renamed at its owner), everything below it follows.
+    parent: u64,
+    name: Vec<u8>,
     dev: u64,
+    /// Its type (`S_IFMT` bits): the owner's file system may give a
+    /// removed file's inode number to a new file of another type.
+    kind: u32,
     lookups: u64,
+}
+
+/// The path of inode `ino` relative to its node's exported root ("" is
+/// the root), built from the directories it was found in.
+fn path_of(inodes: &HashMap<u64, Inode>, ino: u64) -> Result<Vec<u8>, Errno> {
+    let mut names: Vec<&[u8]> = Vec::new();
+    let mut at = ino;
+    for _ in 0..MAX_DEPTH {
+        let inode = inodes.get(&at).ok_or(Errno::ENOENT)?;
+        if inode.parent == ROOT {
+            names.reverse();
+            return Ok(names.join(&b'/'));
+        }
+        names.push(&inode.name);
+        at = inode.parent;
+    }
+    Err(Errno::ELOOP)
 }
 
 /// An open file.
@@ -336,39 +379,61 @@ impl Mfs {
     fn locate(&self, ino: INodeNo) -> Result<(NodeId, Vec<u8>, u64), Errno> {
         let inodes = self.inodes.lock().expect("inodes lock");
         let inode = inodes.get(&ino.0).ok_or(Errno::ENOENT)?;
-        Ok((inode.node, inode.path.clone(), inode.dev))
+        Ok((inode.node, path_of(&inodes, ino.0)?, inode.dev))
     }
 
-    /// Records a lookup of `path` at `node`, giving its inode number.
-    fn remember(&self, node: NodeId, path: Vec<u8>, attr: &Attr) -> u64 {
+    /// Whether `attr`, found at inode `ino`'s path, is still that inode:
+    /// the same inode number and the same type.
+    fn still_there(&self, ino: u64, node: NodeId, attr: &Attr) -> bool {
+        let inodes = self.inodes.lock().expect("inodes lock");
+        inode_number(node, attr.dev, attr.ino) == ino
+            && inodes
+                .get(&ino)
+                .is_some_and(|inode| inode.kind == attr.mode & libc::S_IFMT)
+    }
+
+    /// Records that `name` in directory `parent` ([`ROOT`] for a node's
+    /// exported root) is the file `attr` at `node`; gives its inode number.
+    fn remember(&self, node: NodeId, parent: u64, name: &[u8], attr: &Attr) -> u64 {
         let ino = inode_number(node, attr.dev, attr.ino);
         let mut inodes = self.inodes.lock().expect("inodes lock");
         let inode = inodes.entry(ino).or_insert(Inode {
             node,
-            path: Vec::new(),
+            parent,
+            name: Vec::new(),
             dev: attr.dev,
+            kind: 0,
             lookups: 0,
         });
-        inode.path = path;
+        inode.kind = attr.mode & libc::S_IFMT;
+        inode.parent = parent;
+        inode.name = name.to_vec();
         inode.lookups += 1;
         ino
     }
 
-    fn entry(&self, node: NodeId, path: Vec<u8>, attr: &Attr, reply: ReplyEntry) {
-        let ino = self.remember(node, path, attr);
-        reply.entry(&NO_CACHE, &file_attr(ino, attr), Generation(0));
+    fn entry(&self, node: NodeId, parent: u64, name: &[u8], attr: &Attr, reply: ReplyEntry) {
+        let ino = self.remember(node, parent, name, attr);
+        let ttl = if attr.mode & libc::S_IFMT == libc::S_IFDIR {
+            DIRECTORY_ENTRY_TTL
+        } else {
+            NO_CACHE
+        };
+        reply.entry_with_ttls(&NO_CACHE, &ttl, &file_attr(ino, attr), Generation(0));
     }
 
-    /// Answers with the entry an operation on `path` at `node` gave.
+    /// Answers with the entry an operation on `name` in `parent` at
+    /// `node` gave.
     fn reply_entry(
         &self,
         result: Result<FsResult, Errno>,
         node: NodeId,
-        path: Vec<u8>,
+        parent: u64,
+        name: &[u8],
         reply: ReplyEntry,
     ) {
         match result {
-            Ok(FsResult::Attr(attr)) => self.entry(node, path, &attr, reply),
+            Ok(FsResult::Attr(attr)) => self.entry(node, parent, name, &attr, reply),
             Ok(other) => reply.error(unexpected(&other)),
             Err(e) => reply.error(e),
         }
@@ -386,8 +451,8 @@ impl Mfs {
     ) {
         match self.child(parent, name) {
             Ok((node, path)) => {
-                let result = self.run(req, node, op(path.clone()));
-                self.reply_entry(result, node, path, reply)
+                let result = self.run(req, node, op(path));
+                self.reply_entry(result, node, parent.0, name.as_bytes(), reply)
             }
             Err(e) => reply.error(e),
         }
@@ -500,20 +565,25 @@ impl Mfs {
         }
     }
 
-    /// After a rename, inodes under the old name live under the new one.
-    fn renamed(&self, node: NodeId, from: &[u8], to: &[u8]) {
+    /// After a rename of `from` to `to` (each a directory and a name) at
+    /// `node`, the file found under the old name is under the new one, and
+    /// what is below it follows; an exchange swaps the two.
+    fn renamed(&self, node: NodeId, from: (u64, &[u8]), to: (u64, &[u8]), exchange: bool) {
         let mut inodes = self.inodes.lock().expect("inodes lock");
         for inode in inodes.values_mut() {
             if inode.node != node {
                 continue;
             }
-            if inode.path == from {
-                inode.path = to.to_vec();
-            } else if inode.path.starts_with(from) && inode.path.get(from.len()) == Some(&b'/') {
-                let mut path = to.to_vec();
-                path.extend_from_slice(&inode.path[from.len()..]);
-                inode.path = path;
-            }
+            let at = (inode.parent, inode.name.as_slice());
+            let moved = if at == from {
+                to
+            } else if exchange && at == to {
+                from
+            } else {
+                continue;
+            };
+            inode.parent = moved.0;
+            inode.name = moved.1.to_vec();
         }
     }
 
@@ -578,7 +648,7 @@ impl Filesystem for Mfs {
                 return reply.error(Errno::ENOENT);
             };
             let result = self.run(req, node, FsOp::Lookup { path: Vec::new() });
-            return self.reply_entry(result, node, Vec::new(), reply);
+            return self.reply_entry(result, node, ROOT, name.as_bytes(), reply);
         }
         self.child_entry(req, parent, name, |path| FsOp::Lookup { path }, reply)
     }
@@ -618,12 +688,21 @@ impl Filesystem for Mfs {
             Some(fh) => through_open(fh),
             None => {
                 let by_path = self.locate(ino).and_then(|(node, path, _)| {
-                    self.run(req, node, FsOp::GetAttr { path, handle: None })
+                    let result = self.run(req, node, FsOp::GetAttr { path, handle: None });
+                    match result {
+                        // Its path now names another file (a kept
+                        // directory entry, or a file replaced at the
+                        // owner): the kernel walks the path again.
+                        Ok(FsResult::Attr(attr)) if !self.still_there(ino.0, node, &attr) => {
+                            Err(Errno::ESTALE)
+                        }
+                        other => other,
+                    }
                 });
                 match (by_path, self.any_open_of(ino.0)) {
                     // fstat of an open file that was unlinked (fstat
                     // carries no handle): ask through an open of it.
-                    (Err(Errno::ENOENT), Some(fh)) => through_open(fh),
+                    (Err(Errno::ENOENT | Errno::ESTALE), Some(fh)) => through_open(fh),
                     (by_path, _) => by_path,
                 }
             }
@@ -787,7 +866,12 @@ impl Filesystem for Mfs {
         };
         match self.run(req, node, op) {
             Ok(_) => {
-                self.renamed(node, &from, &to);
+                self.renamed(
+                    node,
+                    (parent.0, name.as_bytes()),
+                    (newparent.0, newname.as_bytes()),
+                    flags.contains(RenameFlags::RENAME_EXCHANGE),
+                );
                 reply.ok()
             }
             Err(e) => reply.error(e),
@@ -821,7 +905,9 @@ impl Filesystem for Mfs {
                 to: to.clone(),
             },
         ) {
-            Ok(FsResult::Attr(attr)) => self.entry(node, to, &attr, reply),
+            Ok(FsResult::Attr(attr)) => {
+                self.entry(node, newparent.0, newname.as_bytes(), &attr, reply)
+            }
             Ok(other) => reply.error(unexpected(&other)),
             Err(e) => reply.error(e),
         }
@@ -881,17 +967,13 @@ impl Filesystem for Mfs {
             Ok(child) => child,
             Err(e) => return reply.error(e),
         };
-        let op = FsOp::Create {
-            path: path.clone(),
-            flags,
-            mode,
-        };
+        let op = FsOp::Create { path, flags, mode };
         let (handle, attr, generation) = match self.ask(req, node, op, None, Wait::Bounded) {
             Ok((FsResult::Opened { handle, attr }, generation)) => (handle, attr, generation),
             Ok((other, _)) => return reply.error(unexpected(&other)),
             Err(e) => return reply.error(e),
         };
-        let ino = self.remember(node, path, &attr);
+        let ino = self.remember(node, parent.0, name.as_bytes(), &attr);
         let attr = file_attr(ino, &attr);
         let ino_of_open = ino;
         if node != self.me {
@@ -1077,6 +1159,9 @@ impl Filesystem for Mfs {
                 let entries = match self.run(req, node, op) {
                     Ok(FsResult::Entries(entries)) => entries,
                     Ok(other) => return reply.error(unexpected(&other)),
+                    // The kernel kept this directory's entry, and its path
+                    // now names a file: the kernel walks the path again.
+                    Err(Errno::ENOTDIR) => return reply.error(Errno::ESTALE),
                     Err(e) => return reply.error(e),
                 };
                 let done = entries.len() < super::export::DIR_ENTRIES_PER_REPLY;

@@ -546,3 +546,54 @@ fn kept_directory_entries_never_hide_a_rename_or_a_replacement_at_the_owner() {
     assert_eq!(stat("/mfs/2/w/x/e/f"), "file 3");
     assert_eq!(stat("/mfs/2/w/y/e/f"), "No such file or directory");
 }
+
+/// Large writes to another node's file go in pieces in flight together;
+/// what lands at the owner is exactly what was written, in place and when
+/// appending (appends are not cut: the owner places each at the end).
+#[test]
+fn large_writes_to_another_node_land_whole_in_place_and_appended() {
+    let lab = lab("fwrite", 65, 2);
+    let source = disk(&lab, 1).join("source");
+    let data: Vec<u8> = (0..4u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::write(&source, &data).unwrap();
+    std::fs::create_dir(disk(&lab, 2).join("w")).unwrap();
+    std::fs::set_permissions(
+        disk(&lab, 2).join("w"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    // In place, 1 MiB and 3 MiB at a time, then over its middle.
+    sh(
+        &lab,
+        1,
+        "dd if=/mfs/1/source of=/mfs/2/w/f bs=1M status=none",
+    );
+    assert!(std::fs::read(disk(&lab, 2).join("w/f")).unwrap() == data);
+    sh(
+        &lab,
+        1,
+        "dd if=/mfs/1/source of=/mfs/2/w/g bs=3M status=none",
+    );
+    assert!(std::fs::read(disk(&lab, 2).join("w/g")).unwrap() == data);
+    sh(
+        &lab,
+        1,
+        "dd if=/mfs/1/source of=/mfs/2/w/g bs=1M count=2 seek=1 conv=notrunc status=none",
+    );
+    let mut expected = data.clone();
+    expected.copy_within(0..2 << 20, 1 << 20);
+    assert!(std::fs::read(disk(&lab, 2).join("w/g")).unwrap() == expected);
+    // Appended 1 MiB at a time, twice over.
+    for _ in 0..2 {
+        sh(
+            &lab,
+            1,
+            "dd if=/mfs/1/source of=/mfs/2/w/h bs=1M oflag=append conv=notrunc status=none",
+        );
+    }
+    let appended = std::fs::read(disk(&lab, 2).join("w/h")).unwrap();
+    assert_eq!(appended.len(), 2 * data.len());
+    assert!(appended[..data.len()] == data[..] && appended[data.len()..] == data[..]);
+}

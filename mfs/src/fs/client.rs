@@ -42,6 +42,12 @@ pub const READ_AHEAD: u32 = 512 << 10;
 /// at the same time instead of in turn.
 pub const PREFETCH_DEPTH: usize = 2;
 
+/// The pieces a large write to another node's file is cut into, all sent
+/// at once: the owner writes the first while the next are encrypted and
+/// on the wire. The write still returns only when every piece is written
+/// at the owner.
+pub const WRITE_PIECE: usize = 256 << 10;
+
 /// A read ahead asked of the owner and not yet answered.
 struct Prefetch {
     offset: u64,
@@ -366,6 +372,67 @@ impl FsClient {
                 debug!("unexpected answer to a read: {other:?}");
                 Err(Errno::EIO)
             }
+        }
+    }
+
+    /// Writes `data` at `offset` of `handle`, open at `node` on connection
+    /// `generation`, as pieces of [`WRITE_PIECE`] bytes in flight together
+    /// (positional writes of disjoint ranges: not for a file open for
+    /// appending, whose writes the owner places at its end). Returns how
+    /// many bytes were written from `offset` on without a gap; an error
+    /// only if the first piece failed.
+    pub fn write_in_pieces(
+        &self,
+        node: NodeId,
+        caller: &Caller,
+        handle: u64,
+        generation: u64,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<u32, Errno> {
+        let mut sent = Vec::new();
+        for (i, piece) in data.chunks(WRITE_PIECE).enumerate() {
+            let op = FsOp::Write {
+                handle,
+                offset: offset + (i * WRITE_PIECE) as u64,
+                data: piece.to_vec(),
+            };
+            match self.submit(node, caller, op, Some(generation)) {
+                Ok((answer, _)) => sent.push((piece.len(), answer)),
+                Err(e) if sent.is_empty() => return Err(e),
+                Err(_) => break,
+            }
+        }
+        // Every piece is waited for, even after a failure, so that none is
+        // still being written when the caller learns the outcome.
+        let mut written = 0u32;
+        let mut gap = false;
+        let mut first_error = None;
+        for (len, answer) in sent {
+            match self.wait(node, &answer, Wait::Bounded) {
+                Ok(FsResult::Written(n)) if !gap => {
+                    written += n;
+                    gap = n as usize != len;
+                }
+                Ok(FsResult::Written(_)) => {}
+                Ok(FsResult::Errno(e)) => {
+                    gap = true;
+                    first_error.get_or_insert(Errno::from_raw(e));
+                }
+                Ok(other) => {
+                    debug!("unexpected answer to a write: {other:?}");
+                    gap = true;
+                    first_error.get_or_insert(Errno::EIO);
+                }
+                Err(e) => {
+                    gap = true;
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        match first_error {
+            Some(e) if written == 0 => Err(e),
+            _ => Ok(written),
         }
     }
 

@@ -30,7 +30,7 @@ use fuser::{
 use tokio::sync::watch;
 use tracing::{debug, info};
 
-use super::client::{FsClient, Wait};
+use super::client::{FsClient, WRITE_PIECE, Wait};
 use super::creds::{Credentials, Squash, groups_of};
 use super::export::Exporter;
 use super::stats::FsStats;
@@ -1072,10 +1072,32 @@ impl Filesystem for Mfs {
         offset: u64,
         data: &[u8],
         _write_flags: WriteFlags,
-        _flags: OpenFlags,
+        flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        // A large write to another node's file goes in pieces in flight
+        // together, unless the owner places it (appending).
+        let appending = flags.0 & libc::O_APPEND != 0;
+        if data.len() > WRITE_PIECE && !appending {
+            let away = match self.open_handle(fh) {
+                Ok((node, handle, Some(generation))) => Some((node, handle, generation)),
+                Ok(_) => None,
+                Err(e) => return reply.error(e),
+            };
+            if let Some((node, handle, generation)) = away {
+                self.stats.count_op(false);
+                self.stats.count_written(data.len());
+                let caller = Self::caller(req);
+                return match self
+                    .client
+                    .write_in_pieces(node, &caller, handle, generation, offset, data)
+                {
+                    Ok(n) => reply.written(n),
+                    Err(e) => reply.error(errno(e)),
+                };
+            }
+        }
         let op = |handle| FsOp::Write {
             handle,
             offset,

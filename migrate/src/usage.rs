@@ -211,15 +211,29 @@ impl IoTracker {
         IoTracker::default()
     }
 
-    /// Bytes moved since the previous call, by holder.
+    /// Bytes moved since the previous call, by holder. A descriptor not
+    /// seen before only sets where its offset starts from.
     pub fn update(&mut self, files: &[FilePosition]) -> HashMap<FileHolder, u64> {
+        self.track(files, false)
+    }
+
+    /// Bytes moved since each descriptor was opened, by holder: its offset
+    /// (for a process seen for the first time, measured over its life).
+    pub fn update_from_open(&mut self, files: &[FilePosition]) -> HashMap<FileHolder, u64> {
+        self.track(files, true)
+    }
+
+    fn track(&mut self, files: &[FilePosition], new_from_open: bool) -> HashMap<FileHolder, u64> {
         let mut moved: HashMap<FileHolder, u64> = HashMap::new();
         let mut next = HashMap::with_capacity(files.len());
         for f in files {
-            if let Some(&(holder, pos)) = self.last.get(&f.fd)
-                && holder == f.holder
-            {
-                *moved.entry(holder).or_default() += f.pos.abs_diff(pos);
+            match self.last.get(&f.fd) {
+                Some(&(holder, pos)) if holder == f.holder => {
+                    *moved.entry(holder).or_default() += f.pos.abs_diff(pos);
+                }
+                Some(_) => {}
+                None if new_from_open => *moved.entry(f.holder).or_default() += f.pos,
+                None => {}
             }
             next.insert(f.fd, (f.holder, f.pos));
         }
@@ -300,6 +314,17 @@ mod tests {
             back.get(&FileHolder::Local),
             Some(&60_000),
             "a seek back counts as distance"
+        );
+        // Seen for the first time: what it read since it opened the file.
+        file.read_exact(&mut buffer[..25_000]).unwrap();
+        let mut first_sight = IoTracker::new();
+        let from_open = first_sight.update_from_open(&sample(me, Path::new("/mfs")).unwrap().files);
+        assert_eq!(from_open.get(&FileHolder::Local), Some(&25_000));
+        assert!(
+            IoTracker::new()
+                .update(&sample(me, Path::new("/mfs")).unwrap().files)
+                .is_empty(),
+            "a plain first update only sets where offsets start"
         );
         std::fs::remove_dir_all(&dir).unwrap();
     }

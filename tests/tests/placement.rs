@@ -284,10 +284,15 @@ fn a_job_reading_a_file_of_node_3_moves_to_node_3() {
         || sites(&lab, 1, &[pid])[&pid] == 3,
     );
     let log = lab.log(1);
+    // Straight to its files, for them: judged at first sight over its
+    // life, I/O included (not from no I/O at all, which once sent it to
+    // an idle node 2 for CPU first).
+    let first_move = log
+        .lines()
+        .find(|l| l.contains(&format!("placement: move {pid} ")));
     assert!(
-        log.lines()
-            .any(|l| l.contains("placement") && l.contains("of its I/O") && l.contains("node 3")),
-        "it moved for its I/O:\n{}",
+        first_move.is_some_and(|l| l.contains("to node 3") && l.contains("of its I/O")),
+        "its first move is to node 3 for its I/O:\n{}",
         placement_lines(&log)
     );
     let output = job.wait_with_output().expect("the reader ends");

@@ -275,9 +275,31 @@ impl Balancer {
                 tracked.stats.clear();
             }
             tracked.exe = exe;
+            // A process seen for the first time at home, and runnable: its
+            // CPU and wait times run from its start, and its files'
+            // offsets from their opening, so its life so far is its first
+            // measurement, and a job is judged at the first round that
+            // sees it, not a round later (half a second of a burst; and a
+            // reader of another node's files would start from no I/O at
+            // all, and take many decay intervals to be drawn to them).
+            // One asleep is judged a round later: a shell that started its
+            // child and waits for it was busy all its short life.
+            let first_sight = std::mem::take(&mut tracked.unseen)
+                && entry.site == Site::Home
+                && local.as_ref().is_some_and(|l| l.runnable);
+            let started = first_sight
+                .then(|| usage::age(entry.pid).ok())
+                .flatten()
+                .filter(|age| *age >= FIRST_MEASUREMENT_MIN)
+                .and_then(|age| now.checked_sub(age));
             let mut io_by_node: HashMap<NodeId, u64> = HashMap::new();
             let home_files = local.as_ref().map_or(&[][..], |l| &l.files[..]);
-            for (holder, bytes) in tracked.io.update(home_files) {
+            let moved = if started.is_some() {
+                tracked.io.update_from_open(home_files)
+            } else {
+                tracked.io.update(home_files)
+            };
+            for (holder, bytes) in moved {
                 let node = match holder {
                     FileHolder::Node(n) => NodeId::new(n),
                     FileHolder::Local => Some(me),
@@ -305,22 +327,10 @@ impl Balancer {
                     None => continue,
                 },
             };
-            // A process seen for the first time at home, and runnable: its
-            // CPU and wait times run from its start, so its life so far is
-            // its first measurement, and a job is judged at the first round
-            // that sees it, not a round later (half a second of a burst).
-            // One asleep is judged a round later: a shell that started its
-            // child and waits for it was busy all its short life.
-            if std::mem::take(&mut tracked.unseen) && runnable && entry.site == Site::Home {
-                let started = usage::age(entry.pid)
-                    .ok()
-                    .filter(|age| *age >= FIRST_MEASUREMENT_MIN)
-                    .and_then(|age| now.checked_sub(age));
-                if let Some(started) = started {
-                    tracked.last_sample = Some(started);
-                    tracked.last_cpu_ns = Some(0);
-                    tracked.last_wait_ns = wait_total.map(|_| 0);
-                }
+            if let Some(started) = started {
+                tracked.last_sample = Some(started);
+                tracked.last_cpu_ns = Some(0);
+                tracked.last_wait_ns = wait_total.map(|_| 0);
             }
             // Measured since the last figures taken in (a remote keeper
             // reports once a second, less often than this runs).

@@ -42,6 +42,11 @@ pub const READ_AHEAD: u32 = 512 << 10;
 /// at the same time instead of in turn.
 pub const PREFETCH_DEPTH: usize = 2;
 
+/// How far a program must have read a file before its reads ahead are
+/// kept in flight: a program that reads the start of many files it keeps
+/// open (a build reading headers) must not hold megabytes of each.
+pub const PREFETCH_AFTER: u64 = 1 << 20;
+
 /// The pieces a large write to another node's file is cut into, all sent
 /// at once: the owner writes the first while the next are encrypted and
 /// on the wire. The write still returns only when every piece is written
@@ -66,6 +71,9 @@ struct Kept {
     revoked: u64,
     /// Where the next read starts if the program reads sequentially.
     next: u64,
+    /// Bytes read one after the other up to `next`, since the last read
+    /// elsewhere.
+    streak: u64,
     /// Reads ahead in flight, in file order, each following the one
     /// before (the first follows `data`).
     prefetches: std::collections::VecDeque<Prefetch>,
@@ -90,6 +98,16 @@ impl Kept {
         let from = (offset - self.offset) as usize;
         let to = (wanted_end.min(end) - self.offset) as usize;
         Some(self.data[from..to].to_vec())
+    }
+
+    /// Records that the program read `len` bytes at `offset`.
+    fn advance(&mut self, offset: u64, len: usize) {
+        self.streak = if offset == self.next {
+            self.streak + len as u64
+        } else {
+            len as u64
+        };
+        self.next = offset + len as u64;
     }
 
     fn end(&self) -> u64 {
@@ -124,11 +142,15 @@ impl Kept {
     }
 
     /// Where the next read ahead would start, if one should be asked:
-    /// the program reads sequentially, the owner grants leases, the end
-    /// of the file is not reached and fewer than [`PREFETCH_DEPTH`] are
-    /// in flight.
+    /// the program reads sequentially and has read [`PREFETCH_AFTER`]
+    /// bytes, the owner grants leases, the end of the file is not reached
+    /// and fewer than [`PREFETCH_DEPTH`] are in flight.
     fn next_prefetch(&self) -> Option<u64> {
-        if self.unleased || self.at_end || self.prefetches.len() >= PREFETCH_DEPTH {
+        if self.unleased
+            || self.at_end
+            || self.streak < PREFETCH_AFTER
+            || self.prefetches.len() >= PREFETCH_DEPTH
+        {
             return None;
         }
         let end = self.end();
@@ -294,7 +316,7 @@ impl FsClient {
                 let mut kept = self.kept.lock().expect("kept lock");
                 let file = kept.entry(key).or_default();
                 if let Some(data) = file.serve(offset, size) {
-                    file.next = offset + data.len() as u64;
+                    file.advance(offset, data.len());
                     self.prefetch(node, caller, key, file);
                     return Ok(data);
                 }
@@ -337,7 +359,7 @@ impl FsClient {
             FsResult::Leased { mut data, epoch } => {
                 let at_end = (data.len() as u64) < u64::from(size) + u64::from(ahead);
                 let read_ahead = data.split_off(data.len().min(size as usize));
-                file.next = offset + data.len() as u64;
+                file.advance(offset, data.len());
                 file.prefetches.clear();
                 file.unleased = false;
                 file.offset = file.next;
@@ -354,7 +376,7 @@ impl FsClient {
                 Ok(data)
             }
             FsResult::Data(data) => {
-                file.next = offset + data.len() as u64;
+                file.advance(offset, data.len());
                 // Nothing is kept from here: without a lease, not even
                 // where the file ends.
                 file.prefetches.clear();
@@ -613,4 +635,86 @@ async fn serve_peer(
     receiving.abort();
     waiting.lock().expect("waiters lock").clear();
     outcome
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn leased(data: Vec<u8>, epoch: u64) -> FsResult {
+        FsResult::Leased { data, epoch }
+    }
+
+    /// An in-flight read ahead at `offset`, already answered with `answer`.
+    fn answered(offset: u64, answer: FsResult) -> Prefetch {
+        let (tx, rx) = sync_mpsc::sync_channel(1);
+        tx.send(answer).unwrap();
+        Prefetch { offset, answer: rx }
+    }
+
+    #[test]
+    fn reads_ahead_are_kept_in_flight_only_for_a_long_sequential_reader() {
+        let mut file = Kept::default();
+        file.advance(0, 4096);
+        assert_eq!(
+            file.next_prefetch(),
+            None,
+            "the start of a file is not enough"
+        );
+        file.advance(4096, PREFETCH_AFTER as usize);
+        // Read from the owner: nothing kept, the next bytes follow.
+        file.offset = file.next;
+        let end = file.end();
+        assert_eq!(
+            file.next_prefetch(),
+            Some(end),
+            "after a long run, what follows"
+        );
+        file.prefetches.push_back(answered(end, FsResult::Done));
+        assert_eq!(file.next_prefetch(), Some(end + u64::from(MAX_FS_IO)));
+        file.prefetches.push_back(answered(end, FsResult::Done));
+        assert_eq!(
+            file.next_prefetch(),
+            None,
+            "at most PREFETCH_DEPTH in flight"
+        );
+        // A read elsewhere starts the run over.
+        file.prefetches.clear();
+        file.advance(50 << 20, 4096);
+        file.offset = file.next;
+        assert_eq!(file.next_prefetch(), None);
+    }
+
+    #[test]
+    fn an_answer_under_a_revoked_lease_is_dropped_and_one_without_a_lease_stops_reading_ahead() {
+        let mut file = Kept {
+            offset: 0,
+            data: vec![1; 10],
+            next: 4,
+            streak: PREFETCH_AFTER,
+            ..Kept::default()
+        };
+        file.absorb(10, leased(vec![2; MAX_FS_IO as usize], 3));
+        // What the program took is dropped; the rest and the new bytes stay.
+        assert_eq!(file.offset, 4);
+        assert_eq!(file.data.len(), 6 + MAX_FS_IO as usize);
+        assert!(!file.at_end);
+        // Revoked meanwhile (epoch 5 and before): not kept.
+        file.revoked = 5;
+        let end = file.end();
+        file.absorb(end, leased(vec![3; 100], 5));
+        assert_eq!(file.end(), end);
+        // A short answer under a live lease reaches the end of the file.
+        file.absorb(end, leased(vec![4; 100], 6));
+        assert!(file.at_end);
+        assert_eq!(file.serve(end, 4096), Some(vec![4; 100]));
+        // No lease: nothing kept, and no more reading ahead.
+        let mut file = Kept {
+            streak: PREFETCH_AFTER,
+            ..Kept::default()
+        };
+        file.absorb(0, FsResult::Data(vec![5; 10]));
+        assert!(file.data.is_empty() && file.unleased);
+        assert_eq!(file.next_prefetch(), None);
+    }
 }

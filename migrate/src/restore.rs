@@ -13,6 +13,7 @@ use omx_mfs::wire::image::{AreaKind, Compatibility, IMAGE_FORMAT, ImageHeader};
 use crate::image::SIGACTION_LEN;
 use crate::inject::{Batch, InjectError, Injector};
 use crate::maps::{self, PAGE_SIZE};
+use crate::sys::memory::ProcessMemory;
 use crate::sys::ptrace::{self, Regs};
 use crate::sys::uffd::{PageFiller, UFFD_USER_MODE_ONLY};
 
@@ -115,7 +116,7 @@ impl PageSink {
     /// Writes page contents into the tracee at `address`.
     pub fn write(
         &self,
-        injector: &Injector,
+        memory: &ProcessMemory,
         address: u64,
         bytes: &[u8],
     ) -> Result<(), RestoreError> {
@@ -128,7 +129,7 @@ impl PageSink {
         {
             return Ok(filler.copy(address, bytes)?);
         }
-        Ok(injector.memory.write(address, bytes)?)
+        Ok(memory.write(address, bytes)?)
     }
 }
 

@@ -44,7 +44,7 @@ fn transplant(from: i32, into: i32) -> usize {
     let mut target = Injector::bootstrap(into, &restore::area_ranges(&captured.header)).unwrap();
     let sink = restore::prepare(&mut target, &captured.header, Target::Fresh).unwrap();
     for (address, bytes) in &pages {
-        sink.write(&target, *address, bytes).unwrap();
+        sink.write(&target.memory, *address, bytes).unwrap();
     }
     drop(sink);
     restore::finish(&target, &captured.header, Target::Fresh).unwrap();

@@ -308,53 +308,7 @@ pub fn receive_image_into(
     restore::check_compatibility(header, &capture::local_compatibility()?)?;
     let sink = restore::prepare(injector, header, target)?;
     phases.mark("areas");
-    loop {
-        match receive(link)? {
-            LinkMessage::PageRun { address, len } => {
-                if len > capture::RUN_BYTES || address % crate::maps::PAGE_SIZE != 0 {
-                    return Err(KeeperError::Protocol(format!(
-                        "a page run of {len} bytes at {address:#x}"
-                    )));
-                }
-                // Pieces arrive as they are decrypted; UFFDIO_COPY takes whole
-                // pages, so gather partial pages first.
-                let mut partial: Vec<u8> = Vec::new();
-                link.recv_stream(len, |offset, bytes| -> Result<(), KeeperError> {
-                    let mut bytes = bytes;
-                    let mut at = address + offset - partial.len() as u64;
-                    if !partial.is_empty() {
-                        let need = crate::maps::PAGE_SIZE as usize - partial.len();
-                        let take = need.min(bytes.len());
-                        partial.extend_from_slice(&bytes[..take]);
-                        bytes = &bytes[take..];
-                        if partial.len() == crate::maps::PAGE_SIZE as usize {
-                            sink.write(injector, at, &partial)?;
-                            at += crate::maps::PAGE_SIZE;
-                            partial.clear();
-                        }
-                    }
-                    let whole = bytes.len() - bytes.len() % crate::maps::PAGE_SIZE as usize;
-                    if whole > 0 {
-                        sink.write(injector, at, &bytes[..whole])?;
-                    }
-                    partial.extend_from_slice(&bytes[whole..]);
-                    Ok(())
-                })?;
-                if !partial.is_empty() {
-                    return Err(KeeperError::Protocol(
-                        "a page run that is not whole pages".into(),
-                    ));
-                }
-            }
-            LinkMessage::ImageEnd => break,
-            other => {
-                return Err(KeeperError::Protocol(format!(
-                    "expected pages, got {}",
-                    name_of(&other)
-                )));
-            }
-        }
-    }
+    receive_pages(link, &sink, &injector.memory)?;
     link.get_ref().set_read_timeout(None)?;
     drop(sink);
     phases.mark("pages");
@@ -362,6 +316,70 @@ pub fn receive_image_into(
     phases.mark("state");
     tracing::debug!("pid {}: restored: {}", injector.pid(), phases.summary());
     Ok(())
+}
+
+/// Page runs decrypted and waiting to be copied into the process.
+const RUNS_IN_FLIGHT: usize = 4;
+
+/// Receives page runs until `ImageEnd`. This thread reads and decrypts
+/// them while another copies the runs before into the process: the copy
+/// (`UFFDIO_COPY` into fresh pages) costs about as much as the decryption,
+/// and on two CPUs both go at once. Buffers go back and forth, so only a
+/// few are ever allocated.
+fn receive_pages(
+    link: &mut Link,
+    sink: &restore::PageSink,
+    memory: &crate::sys::memory::ProcessMemory,
+) -> Result<(), KeeperError> {
+    std::thread::scope(|scope| {
+        let (full, to_copy) = std::sync::mpsc::sync_channel::<(u64, Vec<u8>)>(RUNS_IN_FLIGHT);
+        let (empty, emptied) = std::sync::mpsc::channel::<Vec<u8>>();
+        let copier = scope.spawn(move || -> Result<(), KeeperError> {
+            for (address, run) in to_copy {
+                sink.write(memory, address, &run)?;
+                let _ = empty.send(run);
+            }
+            Ok(())
+        });
+        let received = (|| -> Result<(), KeeperError> {
+            loop {
+                match receive(link)? {
+                    LinkMessage::PageRun { address, len } => {
+                        let page = crate::maps::PAGE_SIZE;
+                        if len > capture::RUN_BYTES || address % page != 0 || len % page != 0 {
+                            return Err(KeeperError::Protocol(format!(
+                                "a page run of {len} bytes at {address:#x}"
+                            )));
+                        }
+                        let mut run = emptied
+                            .try_recv()
+                            .unwrap_or_else(|_| Vec::with_capacity(capture::RUN_BYTES as usize));
+                        run.clear();
+                        link.recv_stream(len, |_, bytes| -> Result<(), KeeperError> {
+                            run.extend_from_slice(bytes);
+                            Ok(())
+                        })?;
+                        if full.send((address, run)).is_err() {
+                            // The copier stopped on an error: it says which.
+                            return Ok(());
+                        }
+                    }
+                    LinkMessage::ImageEnd => return Ok(()),
+                    other => {
+                        return Err(KeeperError::Protocol(format!(
+                            "expected pages, got {}",
+                            name_of(&other)
+                        )));
+                    }
+                }
+            }
+        })();
+        drop(full);
+        let copied = copier
+            .join()
+            .unwrap_or_else(|_| Err(KeeperError::Protocol("the page copier panicked".into())));
+        received.and(copied)
+    })
 }
 
 /// Skips the rest of an image that will not be restored.

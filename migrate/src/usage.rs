@@ -32,6 +32,9 @@ pub struct FilePosition {
     pub fd: i32,
     pub holder: FileHolder,
     pub pos: u64,
+    /// Open with `O_APPEND`: its offset is where the file ends, not what
+    /// this process moved (`cmd >> big.log`).
+    pub appending: bool,
 }
 
 /// Which node holds a file.
@@ -158,10 +161,15 @@ fn files(pid: u32, mfs_root: &Path) -> Vec<FilePosition> {
         let Some(holder) = holder_of(&target, mfs_root) else {
             continue;
         };
-        let Some(pos) = position(pid, fd) else {
+        let Some((pos, appending)) = position(pid, fd) else {
             continue;
         };
-        files.push(FilePosition { fd, holder, pos });
+        files.push(FilePosition {
+            fd,
+            holder,
+            pos,
+            appending,
+        });
     }
     files.sort_by_key(|f| f.fd);
     files
@@ -191,11 +199,18 @@ pub fn holder_of(target: &Path, mfs_root: &Path) -> Option<FileHolder> {
     Some(FileHolder::Local)
 }
 
-fn position(pid: u32, fd: i32) -> Option<u64> {
+/// A descriptor's offset, and whether it appends (`pos:` and the octal
+/// `flags:` of its fdinfo).
+fn position(pid: u32, fd: i32) -> Option<(u64, bool)> {
     let info = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).ok()?;
-    info.lines()
-        .find_map(|l| l.strip_prefix("pos:"))
-        .and_then(|v| v.trim().parse().ok())
+    let field = |name: &str| {
+        info.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(str::trim)
+    };
+    let pos = field("pos:")?.parse().ok()?;
+    let flags = field("flags:").and_then(|f| i32::from_str_radix(f, 8).ok());
+    Some((pos, flags.is_some_and(|f| f & libc::O_APPEND != 0)))
 }
 
 /// Turns successive samples into bytes moved per file holder: the
@@ -219,6 +234,8 @@ impl IoTracker {
 
     /// Bytes moved since each descriptor was opened, by holder: its offset
     /// (for a process seen for the first time, measured over its life).
+    /// An appending descriptor's offset is the file's size, inherited from
+    /// whoever opened it: it only sets where its offset starts from.
     pub fn update_from_open(&mut self, files: &[FilePosition]) -> HashMap<FileHolder, u64> {
         self.track(files, true)
     }
@@ -232,7 +249,9 @@ impl IoTracker {
                     *moved.entry(holder).or_default() += f.pos.abs_diff(pos);
                 }
                 Some(_) => {}
-                None if new_from_open => *moved.entry(f.holder).or_default() += f.pos,
+                None if new_from_open && !f.appending => {
+                    *moved.entry(f.holder).or_default() += f.pos
+                }
                 None => {}
             }
             next.insert(f.fd, (f.holder, f.pos));
@@ -315,8 +334,14 @@ mod tests {
             Some(&60_000),
             "a seek back counts as distance"
         );
-        // Seen for the first time: what it read since it opened the file.
+        // Seen for the first time: what it read since it opened the file,
+        // and not the size of a file it appends to.
         file.read_exact(&mut buffer[..25_000]).unwrap();
+        let mut log = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        log.write_all(b"appended").unwrap();
         let mut first_sight = IoTracker::new();
         let from_open = first_sight.update_from_open(&sample(me, Path::new("/mfs")).unwrap().files);
         assert_eq!(from_open.get(&FileHolder::Local), Some(&25_000));

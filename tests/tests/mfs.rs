@@ -597,3 +597,41 @@ fn large_writes_to_another_node_land_whole_in_place_and_appended() {
     assert_eq!(appended.len(), 2 * data.len());
     assert!(appended[..data.len()] == data[..] && appended[data.len()..] == data[..]);
 }
+
+/// The owner's ext4 gives a removed directory's inode number to the next
+/// directory it makes. While the kernel still holds the removed one (an
+/// open descriptor keeps it), the new directory must not be taken for it:
+/// that dead inode would refuse new entries with ENOENT.
+#[test]
+fn a_new_directory_under_a_removed_ones_number_takes_new_entries() {
+    let lab = lab("freuse", 66, 2);
+    shared_dir(&lab);
+    let script = r#"import os, sys
+base = sys.argv[1]
+os.mkdir(base + '/d')
+ino = os.stat(base + '/d').st_ino
+held = os.open(base + '/d', os.O_RDONLY)
+os.rmdir(base + '/d')
+for i in range(200):
+    new = base + '/e%d' % i
+    os.mkdir(new)
+    if os.stat(new).st_ino == ino:
+        open(new + '/f', 'w').close()
+        print('reused and written')
+        break
+else:
+    print('never reused')
+"#;
+    for base in ["/mfs/1", "/mfs/2/pub"] {
+        let output = lab.exec(1, &["python3", "-c", script, base]);
+        assert!(
+            output.status.success(),
+            "in {base}: {}{}",
+            stdout(&output),
+            stderr(&output)
+        );
+        // The file system reuses the number at once; if it ever stops,
+        // this test no longer tests anything and must say so.
+        assert_eq!(stdout(&output).trim(), "reused and written", "in {base}");
+    }
+}

@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc as sync_mpsc};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use tokio::net::TcpStream;
@@ -285,15 +285,27 @@ impl FsClient {
         wait: Wait,
     ) -> Result<FsResult, Errno> {
         match wait {
-            Wait::Bounded => answer.recv_timeout(self.timeout).map_err(|e| match e {
-                sync_mpsc::RecvTimeoutError::Timeout => {
-                    debug!("node {node} did not answer within {:?}", self.timeout);
-                    Errno::EIO
-                }
-                sync_mpsc::RecvTimeoutError::Disconnected => Errno::ENOTCONN,
-            }),
+            Wait::Bounded => self.wait_until(node, answer, Instant::now() + self.timeout),
             Wait::WhileConnected => answer.recv().map_err(|_| Errno::ENOTCONN),
         }
+    }
+
+    /// The answer to a request sent to `node`, if it comes by `deadline`
+    /// (several requests of one operation share one).
+    fn wait_until(
+        &self,
+        node: NodeId,
+        answer: &sync_mpsc::Receiver<FsResult>,
+        deadline: Instant,
+    ) -> Result<FsResult, Errno> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        answer.recv_timeout(left).map_err(|e| match e {
+            sync_mpsc::RecvTimeoutError::Timeout => {
+                debug!("node {node} did not answer within {:?}", self.timeout);
+                Errno::EIO
+            }
+            sync_mpsc::RecvTimeoutError::Disconnected => Errno::ENOTCONN,
+        })
     }
 
     /// Reads `size` bytes at `offset` of `handle`, open at `node` on
@@ -311,7 +323,7 @@ impl FsClient {
         size: u32,
     ) -> Result<Vec<u8>, Errno> {
         let key = (generation, handle);
-        loop {
+        let sequential = loop {
             let prefetch = {
                 let mut kept = self.kept.lock().expect("kept lock");
                 let file = kept.entry(key).or_default();
@@ -323,24 +335,18 @@ impl FsClient {
                 if file.next != offset {
                     // Not sequential: what is in flight is of no use.
                     file.prefetches.clear();
-                    break;
+                    break false;
                 }
                 match file.prefetches.pop_front() {
                     Some(prefetch) => prefetch,
-                    None => break,
+                    None => break true,
                 }
             };
             // The bytes are on their way: wait for them, not for a new ask.
             let answer = self.wait(node, &prefetch.answer, Wait::Bounded)?;
             let mut kept = self.kept.lock().expect("kept lock");
             kept.entry(key).or_default().absorb(prefetch.offset, answer);
-        }
-        let sequential = self
-            .kept
-            .lock()
-            .expect("kept lock")
-            .get(&key)
-            .is_some_and(|f| f.next == offset);
+        };
         let ahead = if sequential {
             READ_AHEAD.min(MAX_FS_IO.saturating_sub(size))
         } else {
@@ -353,48 +359,37 @@ impl FsClient {
             ahead,
         };
         let (result, _) = self.call(node, caller, op, Some(generation), Wait::Bounded)?;
-        let mut kept = self.kept.lock().expect("kept lock");
-        let file = kept.entry(key).or_default();
-        match result {
+        // What is kept from here on: the bytes past those asked for, if
+        // they came under a lease not revoked since, and whether they reach
+        // the end of the file. Without a lease, nothing, not even where
+        // the file ends.
+        let (data, kept_ahead) = match result {
             FsResult::Leased { mut data, epoch } => {
                 let at_end = (data.len() as u64) < u64::from(size) + u64::from(ahead);
                 let read_ahead = data.split_off(data.len().min(size as usize));
-                file.advance(offset, data.len());
-                file.prefetches.clear();
-                file.unleased = false;
-                file.offset = file.next;
-                if epoch > file.revoked {
-                    file.at_end = at_end;
-                    file.data = read_ahead;
-                } else {
-                    file.at_end = false;
-                    file.data = Vec::new();
-                }
-                if sequential {
-                    self.prefetch(node, caller, key, file);
-                }
-                Ok(data)
+                (data, Some((read_ahead, at_end, epoch)))
             }
-            FsResult::Data(data) => {
-                file.advance(offset, data.len());
-                // Nothing is kept from here: without a lease, not even
-                // where the file ends.
-                file.prefetches.clear();
-                file.offset = file.next;
-                file.at_end = false;
-                file.data = Vec::new();
-                file.unleased = ahead > 0;
-                if sequential {
-                    self.prefetch(node, caller, key, file);
-                }
-                Ok(data)
-            }
-            FsResult::Errno(e) => Err(Errno::from_raw(e)),
+            FsResult::Data(data) => (data, None),
+            FsResult::Errno(e) => return Err(Errno::from_raw(e)),
             other => {
                 debug!("unexpected answer to a read: {other:?}");
-                Err(Errno::EIO)
+                return Err(Errno::EIO);
             }
+        };
+        let mut kept = self.kept.lock().expect("kept lock");
+        let file = kept.entry(key).or_default();
+        file.advance(offset, data.len());
+        file.prefetches.clear();
+        file.offset = file.next;
+        file.unleased = kept_ahead.is_none() && ahead > 0;
+        (file.data, file.at_end) = match kept_ahead {
+            Some((read_ahead, at_end, epoch)) if epoch > file.revoked => (read_ahead, at_end),
+            _ => (Vec::new(), false),
+        };
+        if sequential {
+            self.prefetch(node, caller, key, file);
         }
+        Ok(data)
     }
 
     /// Writes `data` at `offset` of `handle`, open at `node` on connection
@@ -426,12 +421,14 @@ impl FsClient {
             }
         }
         // Every piece is waited for, even after a failure, so that none is
-        // still being written when the caller learns the outcome.
+        // still being written when the caller learns the outcome; all
+        // within one timeout, as one request would be.
+        let deadline = Instant::now() + self.timeout;
         let mut written = 0u32;
         let mut gap = false;
         let mut first_error = None;
         for (len, answer) in sent {
-            match self.wait(node, &answer, Wait::Bounded) {
+            match self.wait_until(node, &answer, deadline) {
                 Ok(FsResult::Written(n)) if !gap => {
                     written += n;
                     gap = n as usize != len;

@@ -112,6 +112,14 @@ struct Inode {
     /// Its type (`S_IFMT` bits): the owner's file system may give a
     /// removed file's inode number to a new file of another type.
     kind: u32,
+    /// Told to the kernel with the inode number. The owner's file system
+    /// gives a removed file's number to the next file it makes; a
+    /// directory, node or link made (mkdir, mknod, symlink) under a number
+    /// this mount still knows, or a file of another type found under it,
+    /// gets a new generation, so the kernel does not take it for the
+    /// removed one (a removed directory's inode it still holds refuses
+    /// new entries with ENOENT).
+    generation: u64,
     lookups: u64,
 }
 
@@ -393,33 +401,55 @@ impl Mfs {
     }
 
     /// Records that `name` in directory `parent` ([`ROOT`] for a node's
-    /// exported root) is the file `attr` at `node`; gives its inode number.
-    fn remember(&self, node: NodeId, parent: u64, name: &[u8], attr: &Attr) -> u64 {
+    /// exported root) is the file `attr` at `node`, just `made` by the
+    /// operation or found; gives its inode number and generation.
+    fn remember(
+        &self,
+        node: NodeId,
+        parent: u64,
+        name: &[u8],
+        attr: &Attr,
+        made: bool,
+    ) -> (u64, Generation) {
         let ino = inode_number(node, attr.dev, attr.ino);
+        let kind = attr.mode & libc::S_IFMT;
         let mut inodes = self.inodes.lock().expect("inodes lock");
+        let known = inodes.contains_key(&ino);
         let inode = inodes.entry(ino).or_insert(Inode {
             node,
             parent,
             name: Vec::new(),
             dev: attr.dev,
-            kind: 0,
+            kind,
+            generation: 0,
             lookups: 0,
         });
-        inode.kind = attr.mode & libc::S_IFMT;
+        if known && (made || inode.kind != kind) {
+            inode.generation += 1;
+        }
+        inode.kind = kind;
         inode.parent = parent;
         inode.name = name.to_vec();
         inode.lookups += 1;
-        ino
+        (ino, Generation(inode.generation))
     }
 
-    fn entry(&self, node: NodeId, parent: u64, name: &[u8], attr: &Attr, reply: ReplyEntry) {
-        let ino = self.remember(node, parent, name, attr);
+    fn entry(
+        &self,
+        node: NodeId,
+        parent: u64,
+        name: &[u8],
+        attr: &Attr,
+        made: bool,
+        reply: ReplyEntry,
+    ) {
+        let (ino, generation) = self.remember(node, parent, name, attr, made);
         let ttl = if attr.mode & libc::S_IFMT == libc::S_IFDIR {
             DIRECTORY_ENTRY_TTL
         } else {
             NO_CACHE
         };
-        reply.entry_with_ttls(&NO_CACHE, &ttl, &file_attr(ino, attr), Generation(0));
+        reply.entry_with_ttls(&NO_CACHE, &ttl, &file_attr(ino, attr), generation);
     }
 
     /// Answers with the entry an operation on `name` in `parent` at
@@ -430,10 +460,11 @@ impl Mfs {
         node: NodeId,
         parent: u64,
         name: &[u8],
+        made: bool,
         reply: ReplyEntry,
     ) {
         match result {
-            Ok(FsResult::Attr(attr)) => self.entry(node, parent, name, &attr, reply),
+            Ok(FsResult::Attr(attr)) => self.entry(node, parent, name, &attr, made, reply),
             Ok(other) => reply.error(unexpected(&other)),
             Err(e) => reply.error(e),
         }
@@ -451,8 +482,14 @@ impl Mfs {
     ) {
         match self.child(parent, name) {
             Ok((node, path)) => {
-                let result = self.run(req, node, op(path));
-                self.reply_entry(result, node, parent.0, name.as_bytes(), reply)
+                let op = op(path);
+                // These fail if the name exists: what they answer is new.
+                let made = matches!(
+                    op,
+                    FsOp::MkDir { .. } | FsOp::MkNod { .. } | FsOp::Symlink { .. }
+                );
+                let result = self.run(req, node, op);
+                self.reply_entry(result, node, parent.0, name.as_bytes(), made, reply)
             }
             Err(e) => reply.error(e),
         }
@@ -648,7 +685,7 @@ impl Filesystem for Mfs {
                 return reply.error(Errno::ENOENT);
             };
             let result = self.run(req, node, FsOp::Lookup { path: Vec::new() });
-            return self.reply_entry(result, node, ROOT, name.as_bytes(), reply);
+            return self.reply_entry(result, node, ROOT, name.as_bytes(), false, reply);
         }
         self.child_entry(req, parent, name, |path| FsOp::Lookup { path }, reply)
     }
@@ -906,7 +943,7 @@ impl Filesystem for Mfs {
             },
         ) {
             Ok(FsResult::Attr(attr)) => {
-                self.entry(node, newparent.0, newname.as_bytes(), &attr, reply)
+                self.entry(node, newparent.0, newname.as_bytes(), &attr, false, reply)
             }
             Ok(other) => reply.error(unexpected(&other)),
             Err(e) => reply.error(e),
@@ -973,7 +1010,9 @@ impl Filesystem for Mfs {
             Ok((other, _)) => return reply.error(unexpected(&other)),
             Err(e) => return reply.error(e),
         };
-        let ino = self.remember(node, parent.0, name.as_bytes(), &attr);
+        // Not necessarily new: without O_EXCL an existing file is opened,
+        // maybe one the kernel holds under another name.
+        let (ino, inode_generation) = self.remember(node, parent.0, name.as_bytes(), &attr, false);
         let attr = file_attr(ino, &attr);
         let ino_of_open = ino;
         if node != self.me {
@@ -988,7 +1027,7 @@ impl Filesystem for Mfs {
             return reply.created(
                 &NO_CACHE,
                 &attr,
-                Generation(0),
+                inode_generation,
                 FileHandle(fh),
                 FopenFlags::FOPEN_DIRECT_IO,
             );
@@ -1005,7 +1044,7 @@ impl Filesystem for Mfs {
             Some(id) => reply.created_passthrough(
                 &NO_CACHE,
                 &attr,
-                Generation(0),
+                inode_generation,
                 FileHandle(fh),
                 FopenFlags::empty(),
                 &id,
@@ -1013,7 +1052,7 @@ impl Filesystem for Mfs {
             None => reply.created(
                 &NO_CACHE,
                 &attr,
-                Generation(0),
+                inode_generation,
                 FileHandle(fh),
                 FopenFlags::FOPEN_DIRECT_IO,
             ),

@@ -246,6 +246,13 @@ fn page_runs(area: &MapEntry, pagemap: &PageMap) -> io::Result<Vec<(u64, u64)>> 
 /// read (a file mapping past the end of its file) come back as zeros, as
 /// they would read.
 pub fn read_run(memory: &ProcessMemory, address: u64, buffer: &mut [u8]) {
+    // Most pages are readable by the process: copy those the cheap way and
+    // the rest (guard pages, PROT_NONE) through /proc/PID/mem.
+    let copied = memory.read_readable(address, buffer) / PAGE_SIZE as usize * PAGE_SIZE as usize;
+    let (address, buffer) = (address + copied as u64, &mut buffer[copied..]);
+    if buffer.is_empty() {
+        return;
+    }
     if memory.read(address, buffer).is_err() {
         for (i, page) in buffer.chunks_mut(PAGE_SIZE as usize).enumerate() {
             if memory.read(address + i as u64 * PAGE_SIZE, page).is_err() {

@@ -106,9 +106,8 @@ impl<W: AsyncWrite + Unpin> SecureWriter<W> {
     /// Encrypts and sends bytes as they are: a frame, or for tests of the
     /// receiving side, anything at all.
     pub async fn send_raw_frame_bytes(&mut self, bytes: &[u8]) -> Result<(), TransportError> {
-        self.out.clear();
-        self.sealer.seal(bytes, &mut self.out);
-        self.stream.write_all(&self.out).await?;
+        let sealed = self.sealer.seal(bytes, &mut self.out);
+        self.stream.write_all(sealed).await?;
         self.stream.flush().await?;
         Ok(())
     }

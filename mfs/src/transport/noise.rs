@@ -16,7 +16,7 @@ pub const NOISE_PARAMS: &str = "Noise_NNpsk0_25519_AESGCM_SHA256";
 const PROLOGUE: &[u8] = b"omx node-to-node transport";
 /// Largest Noise message (the Noise specification's limit).
 pub const NOISE_MAX_MESSAGE: usize = 65535;
-const TAG_LEN: usize = 16;
+pub const TAG_LEN: usize = 16;
 const MAX_PLAINTEXT: usize = NOISE_MAX_MESSAGE - TAG_LEN;
 
 fn builder(identity: &Identity) -> snow::Builder<'_> {
@@ -181,20 +181,42 @@ pub struct Sealer {
 }
 
 impl Sealer {
-    /// Appends `plaintext` to `out` as Noise messages, each with its 2-byte
-    /// length.
-    pub fn seal(&mut self, plaintext: &[u8], out: &mut Vec<u8>) {
-        for chunk in plaintext.chunks(MAX_PLAINTEXT) {
-            let start = out.len();
-            out.resize(start + 2 + chunk.len() + TAG_LEN, 0);
+    /// Seals `plaintext` as Noise messages, each with its 2-byte length,
+    /// into the start of `out`; returns them. `out` is a scratch buffer
+    /// kept between calls: it only grows, so its bytes are not zeroed again
+    /// for every message (a 1 MiB run would be).
+    pub fn seal<'a>(&mut self, plaintext: &[u8], out: &'a mut Vec<u8>) -> &'a [u8] {
+        self.seal_in_pieces(plaintext, MAX_PLAINTEXT, out)
+    }
+
+    /// [`seal`](Self::seal), with at most `piece` bytes in each message.
+    pub fn seal_in_pieces<'a>(
+        &mut self,
+        plaintext: &[u8],
+        piece: usize,
+        out: &'a mut Vec<u8>,
+    ) -> &'a [u8] {
+        let piece = piece.clamp(1, MAX_PLAINTEXT);
+        let messages = plaintext.len().div_ceil(piece);
+        let sealed_len = plaintext.len() + messages * (2 + TAG_LEN);
+        if out.len() < sealed_len {
+            out.resize(sealed_len, 0);
+        }
+        let mut at = 0;
+        for chunk in plaintext.chunks(piece) {
             let len = self
                 .transport
-                .write_message(self.nonce, chunk, &mut out[start + 2..])
+                .write_message(
+                    self.nonce,
+                    chunk,
+                    &mut out[at + 2..at + 2 + chunk.len() + TAG_LEN],
+                )
                 .expect("chunk and tag fit in one Noise message");
             self.nonce += 1;
-            out[start..start + 2].copy_from_slice(&(len as u16).to_be_bytes());
-            out.truncate(start + 2 + len);
+            out[at..at + 2].copy_from_slice(&(len as u16).to_be_bytes());
+            at += 2 + len;
         }
+        &out[..at]
     }
 }
 

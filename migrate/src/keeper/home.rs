@@ -15,6 +15,7 @@ use std::path::PathBuf;
 
 use omx_mfs::NodeId;
 use omx_mfs::transport::Identity;
+use omx_mfs::wire::image::ImageHeader;
 use omx_mfs::wire::link::{
     CallResult, DfsaList, ForwardedCall, KeeperCommand, KeeperReport, LinkMessage, LinkRequest,
     MoveStats,
@@ -204,8 +205,8 @@ pub fn run(args: HomeArgs, daemon: UnixStream) -> i32 {
         }
         Ok(Left {
             injector,
-            link,
-            base,
+            mut link,
+            header,
             stats,
             pidfd,
         }) => {
@@ -220,6 +221,26 @@ pub fn run(args: HomeArgs, daemon: UnixStream) -> i32 {
                 moves: 1,
                 stats: Some(stats),
             });
+            let base = match release_deputy(&injector, &header) {
+                Ok(base) => base,
+                Err(e) => {
+                    // The process runs remotely with a half-released deputy:
+                    // end both rather than leave two copies.
+                    let _ = link.send(&LinkMessage::Kill);
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                    let _ = ptrace::wait(pid);
+                    let reason = format!("releasing its memory at home failed, it was ended: {e}");
+                    warn!("process {pid}: {reason}");
+                    daemon.report(&KeeperReport::Lost {
+                        node: args.destination.node.get(),
+                        reason,
+                    });
+                    return 1;
+                }
+            };
             let affinity = share_a_cpu(pid);
             let mut home = Home {
                 affinity,
@@ -307,13 +328,14 @@ impl Drop for FreezeBoost {
 struct Left {
     injector: Injector,
     link: Link,
-    base: Regs,
+    header: ImageHeader,
     stats: MoveStats,
     pidfd: Option<OwnedFd>,
 }
 
-/// Stops the process, sends its image and frees its memory; on any
-/// failure the process carries on at home as if nothing happened.
+/// Stops the process and sends its image; on any failure the process
+/// carries on at home as if nothing happened. Its memory here is freed
+/// later, by [`release_deputy`], once the user knows it runs there.
 fn leave(args: &HomeArgs) -> Result<Left, String> {
     let pid = args.pid;
     let frozen = std::time::Instant::now();
@@ -434,31 +456,24 @@ fn leave(args: &HomeArgs) -> Result<Left, String> {
         frozen_us: frozen.elapsed().as_micros() as u64,
         total_us: 0,
     };
-    // The process runs over there now: free its memory here, and let every
-    // signal reach us (the remote applies its own mask).
-    let released = restore::release_memory(&injector, &captured.header)
-        .map_err(|e| e.to_string())
-        .and_then(|()| ptrace::set_sigmask(pid, 0).map_err(|e| e.to_string()));
-    if let Err(e) = released {
-        // The process is running remotely with a half-released deputy:
-        // end both rather than leave two copies.
-        let _ = link.send(&LinkMessage::Kill);
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid),
-            nix::sys::signal::Signal::SIGKILL,
-        );
-        return Err(format!(
-            "releasing its memory at home failed, it was ended: {e}"
-        ));
-    }
-    let base = ptrace::get_regs(pid).map_err(|e| e.to_string())?;
     Ok(Left {
         injector,
         link,
-        base,
+        header: captured.header,
         stats,
         pidfd,
     })
+}
+
+/// The process runs over there now: frees its memory here (a tenth of a
+/// second for 2 GiB, so after the move is reported), lets every signal
+/// reach the deputy (the remote applies its own mask), and returns the
+/// deputy's registers to run its calls from.
+fn release_deputy(injector: &Injector, header: &ImageHeader) -> Result<Regs, String> {
+    let pid = injector.pid();
+    restore::release_memory(injector, header).map_err(|e| e.to_string())?;
+    ptrace::set_sigmask(pid, 0).map_err(|e| e.to_string())?;
+    ptrace::get_regs(pid).map_err(|e| e.to_string())
 }
 
 impl Home {

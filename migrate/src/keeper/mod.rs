@@ -318,68 +318,74 @@ pub fn receive_image_into(
     Ok(())
 }
 
-/// Page runs decrypted and waiting to be copied into the process.
-const RUNS_IN_FLIGHT: usize = 4;
-
-/// Receives page runs until `ImageEnd`. This thread reads and decrypts
-/// them while another copies the runs before into the process: the copy
-/// (`UFFDIO_COPY` into fresh pages) costs about as much as the decryption,
-/// and on two CPUs both go at once. Buffers go back and forth, so only a
-/// few are ever allocated.
+/// Receives page runs until `ImageEnd`, copying each decrypted piece into
+/// the process while it is still in the cache (each piece is a 64 KiB
+/// Noise message, of whole pages as [`BlockingChannel::send_stream`] cuts
+/// them).
 fn receive_pages(
     link: &mut Link,
     sink: &restore::PageSink,
     memory: &crate::sys::memory::ProcessMemory,
 ) -> Result<(), KeeperError> {
-    std::thread::scope(|scope| {
-        let (full, to_copy) = std::sync::mpsc::sync_channel::<(u64, Vec<u8>)>(RUNS_IN_FLIGHT);
-        let (empty, emptied) = std::sync::mpsc::channel::<Vec<u8>>();
-        let copier = scope.spawn(move || -> Result<(), KeeperError> {
-            for (address, run) in to_copy {
-                sink.write(memory, address, &run)?;
-                let _ = empty.send(run);
-            }
-            Ok(())
-        });
-        let received = (|| -> Result<(), KeeperError> {
-            loop {
-                match receive(link)? {
-                    LinkMessage::PageRun { address, len } => {
-                        let page = crate::maps::PAGE_SIZE;
-                        if len > capture::RUN_BYTES || address % page != 0 || len % page != 0 {
-                            return Err(KeeperError::Protocol(format!(
-                                "a page run of {len} bytes at {address:#x}"
-                            )));
-                        }
-                        let mut run = emptied
-                            .try_recv()
-                            .unwrap_or_else(|_| Vec::with_capacity(capture::RUN_BYTES as usize));
-                        run.clear();
-                        link.recv_stream(len, |_, bytes| -> Result<(), KeeperError> {
-                            run.extend_from_slice(bytes);
-                            Ok(())
-                        })?;
-                        if full.send((address, run)).is_err() {
-                            // The copier stopped on an error: it says which.
-                            return Ok(());
-                        }
-                    }
-                    LinkMessage::ImageEnd => return Ok(()),
-                    other => {
-                        return Err(KeeperError::Protocol(format!(
-                            "expected pages, got {}",
-                            name_of(&other)
-                        )));
-                    }
+    let page = crate::maps::PAGE_SIZE;
+    let mut partial = Vec::with_capacity(page as usize);
+    loop {
+        match receive(link)? {
+            LinkMessage::PageRun { address, len } => {
+                if len > capture::RUN_BYTES || address % page != 0 || len % page != 0 {
+                    return Err(KeeperError::Protocol(format!(
+                        "a page run of {len} bytes at {address:#x}"
+                    )));
                 }
+                link.recv_stream(len, |offset, bytes| -> Result<(), KeeperError> {
+                    write_whole_pages(address + offset, bytes, &mut partial, |at, pages| {
+                        sink.write(memory, at, pages)
+                    })
+                })?;
             }
-        })();
-        drop(full);
-        let copied = copier
-            .join()
-            .unwrap_or_else(|_| Err(KeeperError::Protocol("the page copier panicked".into())));
-        received.and(copied)
-    })
+            LinkMessage::ImageEnd => return Ok(()),
+            other => {
+                return Err(KeeperError::Protocol(format!(
+                    "expected pages, got {}",
+                    name_of(&other)
+                )));
+            }
+        }
+    }
+}
+
+/// Writes the bytes of a run that go at `address` into the process, whole
+/// pages at a time (`UFFDIO_COPY` takes nothing else): a page split
+/// between pieces waits in `partial` for its rest. A run is whole pages,
+/// so nothing waits past its end.
+fn write_whole_pages<E>(
+    address: u64,
+    mut bytes: &[u8],
+    partial: &mut Vec<u8>,
+    mut write: impl FnMut(u64, &[u8]) -> Result<(), E>,
+) -> Result<(), KeeperError>
+where
+    KeeperError: From<E>,
+{
+    let page = crate::maps::PAGE_SIZE as usize;
+    let mut at = address - partial.len() as u64;
+    if !partial.is_empty() {
+        let take = (page - partial.len()).min(bytes.len());
+        partial.extend_from_slice(&bytes[..take]);
+        bytes = &bytes[take..];
+        if partial.len() < page {
+            return Ok(());
+        }
+        write(at, partial)?;
+        at += page as u64;
+        partial.clear();
+    }
+    let whole = bytes.len() / page * page;
+    if whole > 0 {
+        write(at, &bytes[..whole])?;
+    }
+    partial.extend_from_slice(&bytes[whole..]);
+    Ok(())
 }
 
 /// Skips the rest of an image that will not be restored.
@@ -465,4 +471,50 @@ impl Phases {
 /// Dies with the daemon that started us.
 pub fn die_with_parent() -> std::io::Result<()> {
     nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL).map_err(std::io::Error::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// However a run is cut into pieces, it lands as whole, aligned pages
+    /// with every byte in its place, and nothing is left waiting.
+    #[test]
+    fn a_run_cut_anywhere_lands_as_whole_pages_in_place() {
+        let page = crate::maps::PAGE_SIZE as usize;
+        let base = 0x7f00_0000_0000u64;
+        let run: Vec<u8> = (0..16 * page).map(|i| (i % 251) as u8).collect();
+        // Each cutting's last piece is the rest of the run.
+        let cuttings: [&[usize]; 4] = [
+            &[],
+            &[page],
+            &[1, page - 1, page + 1, 3, 100],
+            &[61440, 2048, 100, 1],
+        ];
+        for cuts in cuttings {
+            let mut cuts = cuts.to_vec();
+            cuts.push(run.len() - cuts.iter().sum::<usize>());
+            let mut landed = vec![0u8; run.len()];
+            let mut partial = Vec::new();
+            let mut offset = 0;
+            for &cut in &cuts {
+                let piece = &run[offset..offset + cut];
+                write_whole_pages(base + offset as u64, piece, &mut partial, |at, pages| {
+                    assert_eq!(
+                        at % page as u64,
+                        0,
+                        "a write at {at:#x} is not page-aligned"
+                    );
+                    assert_eq!(pages.len() % page, 0, "a write of {} bytes", pages.len());
+                    let at = (at - base) as usize;
+                    landed[at..at + pages.len()].copy_from_slice(pages);
+                    Ok::<(), KeeperError>(())
+                })
+                .unwrap();
+                offset += cut;
+            }
+            assert!(partial.is_empty(), "bytes left waiting after {cuts:?}");
+            assert!(landed == run, "the run cut as {cuts:?} landed changed");
+        }
+    }
 }

@@ -30,6 +30,21 @@ impl ProcessMemory {
         self.file.read_exact_at(buf, addr)
     }
 
+    /// Copies as much of `buf` as the process can read from `addr` on,
+    /// in one copy (`process_vm_readv`; /proc/PID/mem copies each page
+    /// twice). Stops at the first page the process itself may not read,
+    /// which only [`read`](Self::read) can reach; returns the bytes copied.
+    pub fn read_readable(&self, addr: u64, buf: &mut [u8]) -> usize {
+        let len = buf.len();
+        let mut local = [std::io::IoSliceMut::new(buf)];
+        let remote = [nix::sys::uio::RemoteIoVec {
+            base: addr as usize,
+            len,
+        }];
+        nix::sys::uio::process_vm_readv(nix::unistd::Pid::from_raw(self.pid), &mut local, &remote)
+            .unwrap_or(0)
+    }
+
     pub fn read_vec(&self, addr: u64, len: usize) -> io::Result<Vec<u8>> {
         let mut buf = vec![0u8; len];
         self.read(addr, &mut buf)?;

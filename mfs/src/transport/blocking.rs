@@ -12,8 +12,7 @@ use rkyv::util::AlignedVec;
 use super::noise::{self, Opener, Response, Sealer, TAG_LEN};
 use super::{Identity, TransportError};
 use crate::NodeId;
-use crate::wire::frame::encode_frame;
-use crate::wire::{decode, encode};
+use crate::wire::{encode_in, keep_buffer};
 
 /// An encrypted channel over a blocking stream.
 pub struct BlockingChannel<S> {
@@ -21,6 +20,8 @@ pub struct BlockingChannel<S> {
     sealer: Sealer,
     opener: Opener,
     inbox: Inbox,
+    /// Scratch for encoding and sealing, kept between messages.
+    encoded: AlignedVec,
     out: Vec<u8>,
 }
 
@@ -148,6 +149,7 @@ impl<S: Read + Write> BlockingChannel<S> {
                 start: 0,
                 end: 0,
             },
+            encoded: AlignedVec::new(),
             out: Vec::new(),
         }
     }
@@ -179,8 +181,9 @@ impl<S: Read + Write> BlockingChannel<S> {
     where
         T: for<'a> rkyv::Serialize<HighSerializer<AlignedVec, ArenaHandle<'a>, rancor::Error>>,
     {
-        let frame = encode_frame(&encode(message));
-        let sealed = self.sealer.seal(&frame, &mut self.out);
+        self.encoded = encode_in(message, std::mem::take(&mut self.encoded));
+        let sealed = self.sealer.seal_frame(&self.encoded, &mut self.out);
+        keep_buffer(&mut self.encoded);
         self.stream.write_all(sealed)?;
         self.stream.flush()?;
         Ok(())
@@ -239,8 +242,8 @@ impl<S: Read + Write> BlockingChannel<S> {
             + rkyv::Deserialize<T, HighDeserializer<rancor::Error>>,
     {
         loop {
-            if let Some(frame) = self.opener.next_frame()? {
-                return Ok(Some(decode::<T>(&frame)?));
+            if let Some(message) = self.opener.next_message()? {
+                return Ok(Some(message));
             }
             let message = match self.inbox.next_message(&mut self.stream, 0)? {
                 Some(message) => message,

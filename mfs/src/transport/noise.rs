@@ -8,7 +8,14 @@ use snow::{HandshakeState, StatelessTransportState};
 
 use super::{Identity, TransportError};
 use crate::NodeId;
-use crate::wire::{FrameDecoder, Hello, HelloReply, PROTOCOL_VERSION, decode, encode};
+use rkyv::api::high::{HighDeserializer, HighValidator};
+use rkyv::bytecheck::CheckBytes;
+use rkyv::rancor;
+use rkyv::util::AlignedVec;
+
+use crate::wire::{
+    FrameDecoder, Hello, HelloReply, MAX_FRAME_LEN, PROTOCOL_VERSION, decode, decode_in, encode,
+};
 
 /// The Noise protocol name: pattern, DH, cipher, hash.
 pub const NOISE_PARAMS: &str = "Noise_NNpsk0_25519_AESGCM_SHA256";
@@ -18,6 +25,8 @@ const PROLOGUE: &[u8] = b"omx node-to-node transport";
 pub const NOISE_MAX_MESSAGE: usize = 65535;
 pub const TAG_LEN: usize = 16;
 const MAX_PLAINTEXT: usize = NOISE_MAX_MESSAGE - TAG_LEN;
+/// A frame's length, before its body.
+const FRAME_HEADER: usize = 4;
 
 fn builder(identity: &Identity) -> snow::Builder<'_> {
     snow::Builder::new(NOISE_PARAMS.parse().expect("valid Noise parameters"))
@@ -170,6 +179,7 @@ fn split(transport: StatelessTransportState) -> (Sealer, Opener) {
             nonce: 0,
             decoder: FrameDecoder::new(),
             plaintext: Vec::new(),
+            aligned: AlignedVec::new(),
         },
     )
 }
@@ -189,6 +199,40 @@ impl Sealer {
         self.seal_in_pieces(plaintext, MAX_PLAINTEXT, out)
     }
 
+    /// Seals a frame, `body` after its 4-byte length, without copying the
+    /// body into a frame first: only the first message's share of it is
+    /// copied, next to the length.
+    pub fn seal_frame<'a>(&mut self, body: &[u8], out: &'a mut Vec<u8>) -> &'a [u8] {
+        assert!(body.len() <= MAX_FRAME_LEN, "frame body over the maximum");
+        let first = body.len().min(MAX_PLAINTEXT - FRAME_HEADER);
+        let mut head = Vec::with_capacity(FRAME_HEADER + first);
+        head.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        head.extend_from_slice(&body[..first]);
+        let rest = &body[first..];
+        let messages = 1 + rest.len().div_ceil(MAX_PLAINTEXT);
+        let sealed_len = head.len() + rest.len() + messages * (2 + TAG_LEN);
+        if out.len() < sealed_len {
+            out.resize(sealed_len, 0);
+        }
+        let mut at = 0;
+        for chunk in std::iter::once(&head[..]).chain(rest.chunks(MAX_PLAINTEXT)) {
+            at += self.seal_one(chunk, &mut out[at..]);
+        }
+        &out[..at]
+    }
+
+    /// Seals one message of at most [`MAX_PLAINTEXT`] bytes, with its
+    /// length, at the start of `out`; returns its size.
+    fn seal_one(&mut self, chunk: &[u8], out: &mut [u8]) -> usize {
+        let len = self
+            .transport
+            .write_message(self.nonce, chunk, &mut out[2..2 + chunk.len() + TAG_LEN])
+            .expect("chunk and tag fit in one Noise message");
+        self.nonce += 1;
+        out[..2].copy_from_slice(&(len as u16).to_be_bytes());
+        2 + len
+    }
+
     /// [`seal`](Self::seal), with at most `piece` bytes in each message.
     pub fn seal_in_pieces<'a>(
         &mut self,
@@ -204,17 +248,7 @@ impl Sealer {
         }
         let mut at = 0;
         for chunk in plaintext.chunks(piece) {
-            let len = self
-                .transport
-                .write_message(
-                    self.nonce,
-                    chunk,
-                    &mut out[at + 2..at + 2 + chunk.len() + TAG_LEN],
-                )
-                .expect("chunk and tag fit in one Noise message");
-            self.nonce += 1;
-            out[at..at + 2].copy_from_slice(&(len as u16).to_be_bytes());
-            at += 2 + len;
+            at += self.seal_one(chunk, &mut out[at..]);
         }
         &out[..at]
     }
@@ -226,6 +260,8 @@ pub struct Opener {
     nonce: u64,
     decoder: FrameDecoder,
     plaintext: Vec<u8>,
+    /// Where messages are decoded, kept between them.
+    aligned: AlignedVec<16>,
 }
 
 impl Opener {
@@ -247,8 +283,21 @@ impl Opener {
         Ok(())
     }
 
-    pub fn next_frame(&mut self) -> Result<Option<Vec<u8>>, TransportError> {
-        Ok(self.decoder.next_frame()?)
+    /// The next whole message received, decoded where it lies.
+    pub fn next_message<T>(&mut self) -> Result<Option<T>, TransportError>
+    where
+        T: rkyv::Archive,
+        T::Archived: for<'a> CheckBytes<HighValidator<'a, rancor::Error>>
+            + rkyv::Deserialize<T, HighDeserializer<rancor::Error>>,
+    {
+        let aligned = &mut self.aligned;
+        match self
+            .decoder
+            .next_frame_with(|body| decode_in::<T>(body, aligned))?
+        {
+            Some(decoded) => Ok(Some(decoded?)),
+            None => Ok(None),
+        }
     }
 
     /// Decrypts one Noise message and hands its plaintext to the caller

@@ -20,11 +20,30 @@ pub fn encode<T>(message: &T) -> AlignedVec
 where
     T: for<'a> rkyv::Serialize<HighSerializer<AlignedVec, ArenaHandle<'a>, rancor::Error>>,
 {
-    let mut bytes =
-        rkyv::to_bytes::<rancor::Error>(message).expect("serialising to memory cannot fail");
+    encode_in(message, AlignedVec::new())
+}
+
+/// [`encode`] into `buffer` (emptied first), so a sender of large
+/// messages reuses one buffer instead of growing a fresh one each time.
+pub fn encode_in<T>(message: &T, mut buffer: AlignedVec) -> AlignedVec
+where
+    T: for<'a> rkyv::Serialize<HighSerializer<AlignedVec, ArenaHandle<'a>, rancor::Error>>,
+{
+    buffer.clear();
+    let mut bytes = rkyv::api::high::to_bytes_in::<_, rancor::Error>(message, buffer)
+        .expect("serialising to memory cannot fail");
     let len = bytes.len() as u32;
     bytes.extend_from_slice(&len.to_le_bytes());
     bytes
+}
+
+/// Gives back a buffer of [`encode_in`] or [`decode_in`] to keep for the
+/// next message, unless a large message left it larger than a 1 MiB read
+/// or write of MFS needs.
+pub fn keep_buffer<const A: usize>(buffer: &mut AlignedVec<A>) {
+    if buffer.capacity() > KEEP_BUFFER {
+        *buffer = AlignedVec::new();
+    }
 }
 
 /// Every message ends with the length of its archive: rkyv finds an
@@ -35,6 +54,18 @@ const LENGTH_TRAILER: usize = 4;
 /// Validates and deserialises a message of type `T`. The bytes need no
 /// particular alignment: they are copied into an aligned buffer first.
 pub fn decode<T>(bytes: &[u8]) -> Result<T, DecodeError>
+where
+    T: rkyv::Archive,
+    T::Archived: for<'a> CheckBytes<HighValidator<'a, rancor::Error>>
+        + rkyv::Deserialize<T, HighDeserializer<rancor::Error>>,
+{
+    decode_in(bytes, &mut AlignedVec::new())
+}
+
+/// [`decode`], copying into `aligned`, a buffer kept between calls, so a
+/// stream of large messages does not allocate (and fault in) a fresh one
+/// for each.
+pub fn decode_in<T>(bytes: &[u8], aligned: &mut AlignedVec<16>) -> Result<T, DecodeError>
 where
     T: rkyv::Archive,
     T::Archived: for<'a> CheckBytes<HighValidator<'a, rancor::Error>>
@@ -55,14 +86,20 @@ where
             "says it has {stated} bytes but has {archive_len}: truncated or not a message"
         )));
     }
-    let mut aligned = AlignedVec::<16>::with_capacity(archive.len());
+    aligned.clear();
     aligned.extend_from_slice(archive);
-    rkyv::from_bytes::<T, rancor::Error>(&aligned).map_err(|e| DecodeError {
+    let decoded = rkyv::from_bytes::<T, rancor::Error>(aligned).map_err(|e| DecodeError {
         kind: short_type_name::<T>(),
         len: bytes.len(),
         reason: e.to_string(),
-    })
+    });
+    keep_buffer(aligned);
+    decoded
 }
+
+/// The most an [`encode_in`] or [`decode_in`] buffer keeps between
+/// messages.
+const KEEP_BUFFER: usize = 2 << 20;
 
 fn short_type_name<T>() -> &'static str {
     let full = std::any::type_name::<T>();

@@ -65,6 +65,15 @@ impl FrameDecoder {
     /// an error if the stream announces an oversized frame (the stream is
     /// then unusable: close it).
     pub fn next_frame(&mut self) -> Result<Option<Vec<u8>>, FrameError> {
+        self.next_frame_with(|body| body.to_vec())
+    }
+
+    /// [`next_frame`](Self::next_frame), handing the body to `read` where
+    /// it lies instead of copying it out.
+    pub fn next_frame_with<R>(
+        &mut self,
+        read: impl FnOnce(&[u8]) -> R,
+    ) -> Result<Option<R>, FrameError> {
         let pending = self.buffer.as_slice();
         if pending.len() < HEADER_LEN {
             return Ok(None);
@@ -79,9 +88,9 @@ impl FrameDecoder {
         if pending.len() < HEADER_LEN + len {
             return Ok(None);
         }
-        let body = pending[HEADER_LEN..HEADER_LEN + len].to_vec();
+        let read = read(&pending[HEADER_LEN..HEADER_LEN + len]);
         self.buffer.consume(HEADER_LEN + len);
-        Ok(Some(body))
+        Ok(Some(read))
     }
 
     /// Whether a whole frame is buffered (or an oversized one announced,
@@ -114,7 +123,10 @@ impl FrameDecoder {
 /// A byte queue that is appended at the back and consumed at the front
 /// without moving the remainder on every frame.
 mod bytes_buffer {
-    const KEEP_CAPACITY: usize = 256 * 1024;
+    /// What a drained buffer keeps: enough for MFS's 1 MiB reads and
+    /// writes and their headers, which would otherwise grow it anew (and
+    /// fault in fresh memory) for every one.
+    const KEEP_CAPACITY: usize = 2 << 20;
 
     #[derive(Default)]
     pub struct Buffer {

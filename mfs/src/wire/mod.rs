@@ -14,7 +14,7 @@ pub mod link;
 pub mod messages;
 pub mod plain;
 
-pub use codec::{DecodeError, decode, encode};
+pub use codec::{DecodeError, decode, decode_in, encode, encode_in, keep_buffer};
 pub use frame::{FrameDecoder, FrameError, MAX_FRAME_LEN};
 pub use messages::*;
 

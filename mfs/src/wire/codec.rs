@@ -62,9 +62,12 @@ where
     decode_in(bytes, &mut AlignedVec::new())
 }
 
-/// [`decode`], copying into `aligned`, a buffer kept between calls, so a
-/// stream of large messages does not allocate (and fault in) a fresh one
-/// for each.
+/// The alignment an archive needs to be read where it lies.
+const ALIGNMENT: usize = 16;
+
+/// [`decode`], reading the archive where it lies if it is aligned, else
+/// copying it into `aligned`, a buffer kept between calls (so a stream of
+/// large messages does not allocate, and fault in, a fresh one for each).
 pub fn decode_in<T>(bytes: &[u8], aligned: &mut AlignedVec<16>) -> Result<T, DecodeError>
 where
     T: rkyv::Archive,
@@ -86,9 +89,15 @@ where
             "says it has {stated} bytes but has {archive_len}: truncated or not a message"
         )));
     }
-    aligned.clear();
-    aligned.extend_from_slice(archive);
-    let decoded = rkyv::from_bytes::<T, rancor::Error>(aligned).map_err(|e| DecodeError {
+    let in_place = (archive.as_ptr() as usize).is_multiple_of(ALIGNMENT);
+    let archive = if in_place {
+        archive
+    } else {
+        aligned.clear();
+        aligned.extend_from_slice(archive);
+        &aligned[..]
+    };
+    let decoded = rkyv::from_bytes::<T, rancor::Error>(archive).map_err(|e| DecodeError {
         kind: short_type_name::<T>(),
         len: bytes.len(),
         reason: e.to_string(),
@@ -110,6 +119,26 @@ fn short_type_name<T>() -> &'static str {
 mod tests {
     use super::*;
     use crate::wire::messages::*;
+
+    /// A message decodes the same where it lies aligned (read in place)
+    /// and at every misalignment (copied first), and a buffer kept between
+    /// messages does not carry one into the next.
+    #[test]
+    fn messages_decode_the_same_wherever_they_lie() {
+        let message = sample_packet();
+        let encoded = encode(&message);
+        let mut kept = AlignedVec::new();
+        for shift in 0..ALIGNMENT {
+            let mut placed = AlignedVec::<16>::new();
+            placed.extend_from_slice(&vec![0xEE; shift]);
+            placed.extend_from_slice(&encoded);
+            let decoded: PeerMessage = decode_in(&placed[shift..], &mut kept).unwrap();
+            assert_eq!(decoded, message, "shifted by {shift}");
+        }
+        let other = PeerMessage::Gossip(GossipPacket { entries: vec![] });
+        let decoded: PeerMessage = decode_in(&encode(&other), &mut kept).unwrap();
+        assert_eq!(decoded, other);
+    }
 
     fn sample_packet() -> PeerMessage {
         PeerMessage::Gossip(GossipPacket {

@@ -61,6 +61,16 @@ impl FrameDecoder {
         self.buffer.extend(bytes);
     }
 
+    /// Adds up to `max` bytes that `fill` writes in place (a decryption
+    /// straight into the buffer) and says the number of.
+    pub fn push_with<E>(
+        &mut self,
+        max: usize,
+        fill: impl FnOnce(&mut [u8]) -> Result<usize, E>,
+    ) -> Result<usize, E> {
+        self.buffer.extend_with(max, fill)
+    }
+
     /// The next complete frame body, `Ok(None)` if more bytes are needed, or
     /// an error if the stream announces an oversized frame (the stream is
     /// then unusable: close it).
@@ -128,32 +138,71 @@ mod bytes_buffer {
     /// fault in fresh memory) for every one.
     const KEEP_CAPACITY: usize = 2 << 20;
 
+    /// Where buffered bytes begin when the buffer is empty or compacted.
+    /// A frame that starts there has its 4-byte length at 12 and its body
+    /// at 16: aligned as decoding needs it (the allocation is), so it is
+    /// decoded where it lies instead of being copied first.
+    const LEAD: usize = 12;
+
+    /// `bytes[start..end]` are the buffered bytes. The rest of `bytes` is
+    /// room, kept initialised so that it can be written in place.
     #[derive(Default)]
     pub struct Buffer {
         bytes: Vec<u8>,
         start: usize,
+        end: usize,
     }
 
     impl Buffer {
         pub fn extend(&mut self, more: &[u8]) {
-            if self.start > 0 && self.start >= self.bytes.len() / 2 {
-                self.bytes.drain(..self.start);
-                self.start = 0;
+            self.make_room(more.len());
+            self.bytes[self.end..self.end + more.len()].copy_from_slice(more);
+            self.end += more.len();
+        }
+
+        /// Lets `fill` write up to `max` bytes at the end in place; it
+        /// returns how many it wrote.
+        pub fn extend_with<E>(
+            &mut self,
+            max: usize,
+            fill: impl FnOnce(&mut [u8]) -> Result<usize, E>,
+        ) -> Result<usize, E> {
+            self.make_room(max);
+            let written = fill(&mut self.bytes[self.end..self.end + max])?.min(max);
+            self.end += written;
+            Ok(written)
+        }
+
+        fn make_room(&mut self, more: usize) {
+            if self.bytes.len() - self.end >= more {
+                return;
             }
-            self.bytes.extend_from_slice(more);
+            if self.start != LEAD {
+                let pending = self.end - self.start;
+                if self.bytes.len() < LEAD + pending {
+                    self.bytes.resize(LEAD + pending, 0);
+                }
+                self.bytes.copy_within(self.start..self.end, LEAD);
+                self.start = LEAD;
+                self.end = LEAD + pending;
+            }
+            if self.bytes.len() - self.end < more {
+                self.bytes.resize(self.end + more, 0);
+            }
         }
 
         pub fn as_slice(&self) -> &[u8] {
-            &self.bytes[self.start..]
+            &self.bytes[self.start..self.end]
         }
 
         pub fn consume(&mut self, n: usize) {
             self.start += n;
-            if self.start == self.bytes.len() {
-                self.bytes.clear();
-                self.start = 0;
+            if self.start == self.end {
+                self.start = LEAD;
+                self.end = LEAD;
                 // Do not keep a large frame's memory for the connection's life.
-                if self.bytes.capacity() > KEEP_CAPACITY {
+                if self.bytes.len() > KEEP_CAPACITY {
+                    self.bytes.truncate(KEEP_CAPACITY);
                     self.bytes.shrink_to(KEEP_CAPACITY);
                 }
             }

@@ -161,9 +161,14 @@ pub fn take(file: &File, holder: Weak<dyn LeaseHolder>) -> bool {
 /// Lets go of the lease on `file` (a writer waits for this).
 pub fn release(file: &File) {
     let fd = file.as_raw_fd();
-    // SAFETY: fcntl on a descriptor we own, with integer arguments.
-    unsafe { libc::fcntl(fd, libc::F_SETLEASE, libc::F_UNLCK) };
+    // Forget the holder before letting go: once the lease is gone, a read
+    // may take a new one on the same descriptor at once, and removing the
+    // entry after that would leave the new lease with no one to break it
+    // (its writer would wait out lease-break-time, and what the nodes kept
+    // would not be revoked).
     if let Some(leases) = leases() {
         leases.holders.lock().expect("lease holders").remove(&fd);
     }
+    // SAFETY: fcntl on a descriptor we own, with integer arguments.
+    unsafe { libc::fcntl(fd, libc::F_SETLEASE, libc::F_UNLCK) };
 }

@@ -319,9 +319,10 @@ pub fn receive_image_into(
 }
 
 /// Receives page runs until `ImageEnd`, copying each decrypted piece into
-/// the process while it is still in the cache (each piece is a 64 KiB
-/// Noise message, of whole pages as [`BlockingChannel::send_stream`] cuts
-/// them).
+/// the process while it is still in the cache (each piece is one Noise
+/// message of 15 whole pages, as `BlockingChannel::send_stream` cuts
+/// them). A lab node's CPU share limits a move, so one thread copying
+/// less beats two copying more.
 fn receive_pages(
     link: &mut Link,
     sink: &restore::PageSink,

@@ -37,12 +37,26 @@ const UNMOVABLE_RETRY_MS: u64 = 30_000;
 /// A process younger than this is too young for its life so far to say
 /// what it wants: its first figures come a round later.
 const FIRST_MEASUREMENT_MIN: std::time::Duration = std::time::Duration::from_millis(100);
+/// A process that has run less than this is judged a round later, however
+/// long it has waited: on a node with a small CPU share, a shell starting
+/// its child has waited all its short life and looks like a starved job;
+/// the next round finds it asleep.
+const FIRST_MEASUREMENT_MIN_CPU: std::time::Duration = std::time::Duration::from_millis(10);
 /// After a program starts, the round that judges it waits this much
 /// beyond [`FIRST_MEASUREMENT_MIN`] (ticks are 10 ms; `mosrun` registers
 /// before it runs the program).
 const NEW_PROGRAM_SLACK: std::time::Duration = std::time::Duration::from_millis(50);
 /// How many generations below a followed process are followed too.
 const MAX_DESCENDANT_DEPTH: usize = 64;
+
+/// Whether a process seen for the first time has shown enough of itself
+/// for its life so far to be its first measurement: runnable, old enough,
+/// and having run a little (not only waited).
+fn judged_at_first_sight(runnable: bool, age: std::time::Duration, cpu_ns: u64) -> bool {
+    runnable
+        && age >= FIRST_MEASUREMENT_MIN
+        && cpu_ns >= FIRST_MEASUREMENT_MIN_CPU.as_nanos() as u64
+}
 
 /// One process the balancer follows.
 struct Tracked {
@@ -284,14 +298,13 @@ impl Balancer {
             // all, and take many decay intervals to be drawn to them).
             // One asleep is judged a round later: a shell that started its
             // child and waits for it was busy all its short life.
-            let first_sight = std::mem::take(&mut tracked.unseen)
-                && entry.site == Site::Home
-                && local.as_ref().is_some_and(|l| l.runnable);
-            let started = first_sight
-                .then(|| usage::age(entry.pid).ok())
-                .flatten()
-                .filter(|age| *age >= FIRST_MEASUREMENT_MIN)
-                .and_then(|age| now.checked_sub(age));
+            let first_sight = std::mem::take(&mut tracked.unseen) && entry.site == Site::Home;
+            let started = local
+                .as_ref()
+                .filter(|_| first_sight)
+                .and_then(|l| Some((l, usage::age(entry.pid).ok()?)))
+                .filter(|(l, age)| judged_at_first_sight(l.runnable, *age, l.cpu_ns))
+                .and_then(|(_, age)| now.checked_sub(age));
             let mut io_by_node: HashMap<NodeId, u64> = HashMap::new();
             let home_files = local.as_ref().map_or(&[][..], |l| &l.files[..]);
             let moved = if started.is_some() {
@@ -707,4 +720,36 @@ fn children_of(pid: u32) -> Vec<u32> {
                 .collect::<Vec<_>>()
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// A job seen running is judged at once; a shell that has only waited
+    /// (for the CPU share of its node, while starting its child) and one
+    /// too young or asleep are judged a round later.
+    #[test]
+    fn only_a_process_seen_running_is_judged_at_first_sight() {
+        let ms = |n: u64| Duration::from_millis(n);
+        let cpu_ms = |n: u64| n * 1_000_000;
+        assert!(
+            judged_at_first_sight(true, ms(150), cpu_ms(60)),
+            "a running job"
+        );
+        assert!(
+            judged_at_first_sight(true, ms(150), cpu_ms(10)),
+            "a starved job that ran 10 ms"
+        );
+        assert!(
+            !judged_at_first_sight(true, ms(150), cpu_ms(3)),
+            "a shell starting its child"
+        );
+        assert!(!judged_at_first_sight(false, ms(150), cpu_ms(60)), "asleep");
+        assert!(
+            !judged_at_first_sight(true, ms(50), cpu_ms(40)),
+            "too young"
+        );
+    }
 }

@@ -12,6 +12,7 @@ use rkyv::util::AlignedVec;
 use super::noise::{self, Opener, Response, Sealer, TAG_LEN};
 use super::{Identity, TransportError};
 use crate::NodeId;
+use crate::wire::frame::Buffer;
 use crate::wire::{encode_in, keep_buffer};
 
 /// An encrypted channel over a blocking stream.
@@ -30,10 +31,9 @@ pub struct BlockingChannel<S> {
 /// for its length, cost a receiver of 1 MiB page runs a tenth of its
 /// time), but never past what the caller is known to be owed, so the
 /// stream's next messages stay in the socket for poll(2) to see.
+#[derive(Default)]
 struct Inbox {
-    bytes: Vec<u8>,
-    start: usize,
-    end: usize,
+    buffer: Buffer,
 }
 
 /// The most plaintext in one Noise message of a raw stream: 15 pages.
@@ -44,7 +44,7 @@ const INBOX_BYTES: usize = 256 * 1024;
 
 impl Inbox {
     fn buffered(&self) -> usize {
-        self.end - self.start
+        self.buffer.as_slice().len()
     }
 
     /// Makes `need` bytes buffered, reading up to `owed` in the same calls
@@ -56,24 +56,15 @@ impl Inbox {
         need: usize,
         owed: usize,
     ) -> Result<bool, TransportError> {
-        if self.buffered() >= need {
-            return Ok(true);
-        }
         let target = need.max(owed.min(INBOX_BYTES));
-        if self.bytes.len() - self.start < target {
-            self.bytes.copy_within(self.start..self.end, 0);
-            self.end -= self.start;
-            self.start = 0;
-            if self.bytes.len() < target {
-                self.bytes.resize(target, 0);
-            }
-        }
-        let room = self.start + target;
         while self.buffered() < need {
-            match stream.read(&mut self.bytes[self.end..room]) {
+            let read = self
+                .buffer
+                .extend_with(target - self.buffered(), |room| stream.read(room));
+            match read {
                 Ok(0) if self.buffered() == 0 => return Ok(false),
                 Ok(0) => return Err(TransportError::Truncated),
-                Ok(n) => self.end += n,
+                Ok(_) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e.into()),
             }
@@ -81,24 +72,35 @@ impl Inbox {
         Ok(true)
     }
 
-    /// The next whole Noise message (where its ciphertext lies, after the
-    /// length), or `None` if the stream ended cleanly before it. At least
-    /// `owed` bytes are known to follow as part of what is being read.
+    /// Reads the next whole Noise message and returns its length, or
+    /// `None` if the stream ended cleanly before it; its ciphertext is then
+    /// [`message`](Self::message) until [`consume`](Self::consume). At
+    /// least `owed` bytes are known to follow as part of what is being read.
     fn next_message<R: Read>(
         &mut self,
         stream: &mut R,
         owed: usize,
-    ) -> Result<Option<std::ops::Range<usize>>, TransportError> {
+    ) -> Result<Option<usize>, TransportError> {
         if !self.fill(stream, 2, owed)? {
             return Ok(None);
         }
-        let len = u16::from_be_bytes([self.bytes[self.start], self.bytes[self.start + 1]]) as usize;
+        let bytes = self.buffer.as_slice();
+        let len = u16::from_be_bytes([bytes[0], bytes[1]]) as usize;
         if !self.fill(stream, 2 + len, owed)? {
             return Err(TransportError::Truncated);
         }
-        let message = self.start + 2..self.start + 2 + len;
-        self.start = message.end;
-        Ok(Some(message))
+        Ok(Some(len))
+    }
+
+    /// The ciphertext of the message [`next_message`](Self::next_message)
+    /// read, `len` bytes long.
+    fn message(&self, len: usize) -> &[u8] {
+        &self.buffer.as_slice()[2..2 + len]
+    }
+
+    /// Done with that message.
+    fn consume(&mut self, len: usize) {
+        self.buffer.consume(2 + len);
     }
 }
 
@@ -144,11 +146,7 @@ impl<S: Read + Write> BlockingChannel<S> {
             stream,
             sealer,
             opener,
-            inbox: Inbox {
-                bytes: Vec::new(),
-                start: 0,
-                end: 0,
-            },
+            inbox: Inbox::default(),
             encoded: AlignedVec::new(),
             out: Vec::new(),
         }
@@ -220,7 +218,8 @@ impl<S: Read + Write> BlockingChannel<S> {
                 .inbox
                 .next_message(&mut self.stream, owed_for((len - done) as usize))?
                 .ok_or(TransportError::Truncated)?;
-            let plaintext = self.opener.open_raw(&self.inbox.bytes[message])?;
+            let plaintext = self.opener.open_raw(self.inbox.message(message))?;
+            self.inbox.consume(message);
             let wanted = ((len - done) as usize).min(plaintext.len());
             let (ours, rest) = plaintext.split_at(wanted);
             // The tail of the last piece belongs to the next message.
@@ -251,7 +250,8 @@ impl<S: Read + Write> BlockingChannel<S> {
                 None if self.opener.pending_len() != 0 => return Err(TransportError::Truncated),
                 None => return Ok(None),
             };
-            self.opener.open(&self.inbox.bytes[message])?;
+            self.opener.open(self.inbox.message(message))?;
+            self.inbox.consume(message);
         }
     }
 }

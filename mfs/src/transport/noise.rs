@@ -6,13 +6,13 @@ use std::sync::Arc;
 
 use snow::{HandshakeState, StatelessTransportState};
 
-use super::{Identity, TransportError};
-use crate::NodeId;
 use rkyv::api::high::{HighDeserializer, HighValidator};
 use rkyv::bytecheck::CheckBytes;
 use rkyv::rancor;
 use rkyv::util::AlignedVec;
 
+use super::{Identity, TransportError};
+use crate::NodeId;
 use crate::wire::{
     FrameDecoder, Hello, HelloReply, MAX_FRAME_LEN, PROTOCOL_VERSION, decode, decode_in, encode,
 };
@@ -209,13 +209,24 @@ impl Sealer {
         head.extend_from_slice(&(body.len() as u32).to_be_bytes());
         head.extend_from_slice(&body[..first]);
         let rest = &body[first..];
-        let messages = 1 + rest.len().div_ceil(MAX_PLAINTEXT);
-        let sealed_len = head.len() + rest.len() + messages * (2 + TAG_LEN);
+        let chunks = std::iter::once(&head[..]).chain(rest.chunks(MAX_PLAINTEXT));
+        self.seal_chunks(chunks, head.len() + rest.len(), out)
+    }
+
+    /// Seals `chunks` (of `total` bytes in all) one message each, into the
+    /// start of `out`, which grows to fit but is never zeroed again.
+    fn seal_chunks<'a, 'b>(
+        &mut self,
+        chunks: impl Iterator<Item = &'b [u8]> + Clone,
+        total: usize,
+        out: &'a mut Vec<u8>,
+    ) -> &'a [u8] {
+        let sealed_len = total + chunks.clone().count() * (2 + TAG_LEN);
         if out.len() < sealed_len {
             out.resize(sealed_len, 0);
         }
         let mut at = 0;
-        for chunk in std::iter::once(&head[..]).chain(rest.chunks(MAX_PLAINTEXT)) {
+        for chunk in chunks {
             at += self.seal_one(chunk, &mut out[at..]);
         }
         &out[..at]
@@ -241,16 +252,7 @@ impl Sealer {
         out: &'a mut Vec<u8>,
     ) -> &'a [u8] {
         let piece = piece.clamp(1, MAX_PLAINTEXT);
-        let messages = plaintext.len().div_ceil(piece);
-        let sealed_len = plaintext.len() + messages * (2 + TAG_LEN);
-        if out.len() < sealed_len {
-            out.resize(sealed_len, 0);
-        }
-        let mut at = 0;
-        for chunk in plaintext.chunks(piece) {
-            at += self.seal_one(chunk, &mut out[at..]);
-        }
-        &out[..at]
+        self.seal_chunks(plaintext.chunks(piece), plaintext.len(), out)
     }
 }
 

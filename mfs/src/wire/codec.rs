@@ -52,7 +52,8 @@ pub fn keep_buffer<const A: usize>(buffer: &mut AlignedVec<A>) {
 const LENGTH_TRAILER: usize = 4;
 
 /// Validates and deserialises a message of type `T`. The bytes need no
-/// particular alignment: they are copied into an aligned buffer first.
+/// particular alignment: unaligned ones are copied into an aligned buffer
+/// first.
 pub fn decode<T>(bytes: &[u8]) -> Result<T, DecodeError>
 where
     T: rkyv::Archive,

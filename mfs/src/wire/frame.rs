@@ -4,7 +4,7 @@
 //! a length above [`MAX_FRAME_LEN`] before buffering any of it, so a peer
 //! cannot make a node allocate more than one maximum frame.
 
-use bytes_buffer::Buffer;
+pub(crate) use bytes_buffer::Buffer;
 
 /// The largest frame body a node accepts.
 pub const MAX_FRAME_LEN: usize = 16 << 20;
@@ -132,6 +132,8 @@ impl FrameDecoder {
 
 /// A byte queue that is appended at the back and consumed at the front
 /// without moving the remainder on every frame.
+/// A byte queue: appended at the back (copied, or written in place),
+/// consumed at the front, compacted only when room runs out.
 mod bytes_buffer {
     /// What a drained buffer keeps: enough for MFS's 1 MiB reads and
     /// writes and their headers, which would otherwise grow it anew (and

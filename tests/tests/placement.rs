@@ -357,6 +357,82 @@ fn a_node_leaving_sends_its_guests_elsewhere_and_a_node_joining_takes_its_share(
     end(&mut jobs);
 }
 
+/// `mosrun -b` starts a job on the best node: at home when home is as good
+/// as any (starting there needs no move), else on an idle node, and two in
+/// a row on two different idle nodes (the first counts where it went
+/// before the figures show it). Balancing is off, so every move here is a
+/// start placement.
+#[test]
+fn jobs_asking_for_the_best_node_start_on_idle_nodes_and_an_idle_home_keeps_its_own() {
+    let lab = Lab::up("pbest", 67, 3, &["--cpus", "0.5", "--balance", "false"]);
+    wait_for(Duration::from_secs(20), "all nodes up", || {
+        lab.all_see_all("up")
+    });
+    let mut jobs = vec![mosrun(&lab, 1, &["-b"], &[CPU, "1000000000000"])];
+    let first = jobs[0].id();
+    // The placement round comes a fifth of a second after the start; give
+    // it ten times that.
+    std::thread::sleep(Duration::from_secs(2));
+    let at = sites(&lab, 1, &[first]);
+    let first_moves = moves_of(&lab, 1, first);
+    if at[&first] != 1 || first_moves != 0 {
+        end(&mut jobs);
+        panic!(
+            "in an idle cluster a -b job stays home; it is at {at:?} after {first_moves} moves\n{}",
+            placement_lines(&lab.log(1))
+        );
+    }
+
+    // Node 1 now computes: the next two go to nodes 2 and 3, one each.
+    wait_for(Duration::from_secs(20), "node 1 to show its job", || {
+        lab.runnable_seen(1, 1).is_some_and(|r| r >= 600)
+    });
+    jobs.push(mosrun(&lab, 1, &["-b"], &[CPU, "1000000000000"]));
+    std::thread::sleep(Duration::from_millis(300));
+    jobs.push(mosrun(&lab, 1, &["-b"], &[CPU, "1000000000000"]));
+    let pids: Vec<u32> = jobs.iter().map(Child::id).collect();
+    let placed = wait_for_value(Duration::from_secs(10), || {
+        let at = sites(&lab, 1, &pids[1..]);
+        let mut nodes: Vec<u16> = at.values().copied().collect();
+        nodes.sort();
+        (nodes == [2, 3]).then_some(at)
+    });
+    let log = lab.log(1);
+    let moves: Vec<u64> = pids.iter().map(|p| moves_of(&lab, 1, *p)).collect();
+    end(&mut jobs);
+    assert!(
+        placed.is_some(),
+        "the two jobs started while node 1 computes should be on nodes 2 and 3, one each; they are at {:?}\n{}",
+        sites(&lab, 1, &pids[1..]),
+        placement_lines(&log)
+    );
+    assert_eq!(
+        moves,
+        [0, 1, 1],
+        "each job moved at most once, at its start"
+    );
+    assert_eq!(
+        log.matches("asked for the best node").count(),
+        2,
+        "node 1 logs each start placement with its reason:\n{}",
+        placement_lines(&log)
+    );
+}
+
+/// Polls `probe` every 200 ms until it gives a value or `limit` passes.
+fn wait_for_value<T>(limit: Duration, mut probe: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(value) = probe() {
+            return Some(value);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// `cpu_demand` of `pid` in `home`'s control tree, once it is measured.
 fn cpu_demand(lab: &Lab, home: u16, pid: u32) -> Option<f64> {
     let out = lab.exec(home, &["cat", &format!("/run/openMosix/pid/{pid}/stats")]);

@@ -1,6 +1,6 @@
 //! `mosrun`: run a program as a migratable process of this node.
 //!
-//! `mosrun [-h | -NODE | -jLIST] [-l | -L] [-c | -i] [-n | -s | -f] CMD ARGS...`
+//! `mosrun [-h | -b | -NODE | -jLIST] [-l | -L] [-c | -i] [-n | -s | -f] CMD ARGS...`
 //! registers the options with the local daemon and then *becomes* CMD (it
 //! execs it), so the program is the caller's child in every way: same pid,
 //! terminal, environment, cwd; its exit status is the caller's to see.
@@ -16,7 +16,7 @@ use omx_mfs::wire::{ControlReply, ControlRequest, DecayHint, JobHint, RunOptions
 use crate::control_client;
 
 const USAGE: &str =
-    "usage: mosrun [-h | -NODE | -jLIST] [-l | -L] [-c | -i] [-n | -s | -f] CMD ARGS...";
+    "usage: mosrun [-h | -b | -NODE | -jLIST] [-l | -L] [-c | -i] [-n | -s | -f] CMD ARGS...";
 
 /// Parses mosrun's options (openMosix style: single dashes, node numbers
 /// as options) up to the command.
@@ -33,6 +33,7 @@ pub fn parse(args: &[OsString]) -> anyhow::Result<(RunOptions, Vec<OsString>)> {
         match flag {
             "-" => break,
             "h" => options.stay_home = true,
+            "b" => options.start_at_best = true,
             "l" => options.lock = Some(false),
             "L" => options.lock = Some(true),
             "c" => options.job = JobHint::Cpu,
@@ -49,8 +50,17 @@ pub fn parse(args: &[OsString]) -> anyhow::Result<(RunOptions, Vec<OsString>)> {
     if command.is_empty() {
         bail!("no command to run\n{USAGE}");
     }
-    if options.stay_home && !options.send_to.is_empty() {
-        bail!("-h (stay home) and a node to send to contradict each other\n{USAGE}");
+    let starts = [
+        (options.stay_home, "-h (start at home)"),
+        (options.start_at_best, "-b (start on the best node)"),
+        (!options.send_to.is_empty(), "a node to send to"),
+    ];
+    let chosen: Vec<&str> = starts.iter().filter(|s| s.0).map(|s| s.1).collect();
+    if chosen.len() > 1 {
+        bail!(
+            "{} contradict each other: choose one place to start\n{USAGE}",
+            chosen.join(" and ")
+        );
     }
     Ok((options, command))
 }
@@ -107,6 +117,9 @@ mod tests {
         let (o, c) = parse(&os(&["-h", "--", "-weird-name"])).unwrap();
         assert!(o.stay_home);
         assert_eq!(c, os(&["-weird-name"]));
+        let (o, c) = parse(&os(&["-b", "-c", "xz"])).unwrap();
+        assert!(o.start_at_best && o.send_to.is_empty());
+        assert_eq!(c, os(&["xz"]));
     }
 
     #[test]
@@ -115,5 +128,7 @@ mod tests {
         assert!(parse(&os(&["-x", "prog"])).is_err());
         assert!(parse(&os(&["-0", "prog"])).is_err());
         assert!(parse(&os(&["-h", "-2", "prog"])).is_err());
+        assert!(parse(&os(&["-b", "-2", "prog"])).is_err());
+        assert!(parse(&os(&["-h", "-b", "prog"])).is_err());
     }
 }

@@ -1,9 +1,10 @@
 //! Jobs of mixed, unknown lengths arriving over time at random nodes of a
 //! 6-node lab: the mean slowdown (time in the system / time alone on one
-//! node) with omx's placement against the same trace placed once at
-//! start, by round robin and by the least-loaded node the home knows of,
-//! with no migration afterwards. The same seeded trace runs under each
-//! policy, one after the other. Needs root (labs).
+//! node) with omx's placement, started at home (`mosrun`) or on the best
+//! node (`mosrun -b`), against the same trace placed once at start, by
+//! round robin and by the least-loaded node the home knows of, with no
+//! migration afterwards. The same seeded trace runs under each policy, one
+//! after the other. Needs root (labs).
 //!
 //! `cargo build --release -p omx-tools -p omx-bench && sudo target/release/mixed-jobs`
 
@@ -33,7 +34,7 @@ struct Args {
     /// Also print each job's slowdown under each policy.
     #[arg(long)]
     per_job: bool,
-    /// Run omx's policy only (with `OMX_KEEP_LAB=1`, to read its lab's
+    /// Run omx's policies only (with `OMX_KEEP_LAB=1`, to read its lab's
     /// logs afterwards).
     #[arg(long)]
     omx_only: bool,
@@ -51,6 +52,7 @@ struct Job {
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Policy {
     Omx,
+    OmxBest,
     RoundRobin,
     LeastLoaded,
 }
@@ -94,32 +96,37 @@ fn main() {
             lab.all_see_all("up")
         });
     }
-    results.push((
-        Policy::Omx,
-        run(&lab, Policy::Omx, &trace, steps_per_s, &omx, &helper),
-    ));
-    let moves = moves_logged(&lab);
+    let mut moves = Vec::new();
+    for policy in [Policy::Omx, Policy::OmxBest] {
+        let before = moves_logged(&lab);
+        results.push((
+            policy,
+            run(&lab, policy, &trace, steps_per_s, &omx, &helper),
+        ));
+        moves.push((policy, moves_logged(&lab) - before));
+    }
     drop(lab);
 
-    let omx_mean = mean(&results.last().unwrap().1);
+    let omx_mean = results
+        .iter()
+        .find(|(p, _)| *p == Policy::Omx)
+        .map_or(f64::NAN, |(_, slowdowns)| mean(slowdowns));
     println!(
-        "\n{:<36} {:>14} {:>10} {:>12}",
+        "\n{:<40} {:>14} {:>10} {:>16}",
         "policy", "mean slowdown", "p90", "omx / this"
     );
     for (policy, slowdowns) in &results {
-        let name = match policy {
-            Policy::Omx => "omx (start at home, then placement)",
-            Policy::RoundRobin => "round robin at start, no migration",
-            Policy::LeastLoaded => "least-loaded at start, no migration",
-        };
         println!(
-            "{name:<36} {:>14.2} {:>10.2} {:>12}",
+            "{:<40} {:>14.2} {:>10.2} {:>16}",
+            name(*policy),
             mean(slowdowns),
             percentile(slowdowns, 0.9),
             omx_bench::ratio(omx_mean, Some(mean(slowdowns)))
         );
     }
-    println!("omx made {moves} automatic moves");
+    for (policy, moves) in moves {
+        println!("{}: {moves} moves", name(policy));
+    }
     if args.per_job {
         print!(
             "\n{:>4} {:>8} {:>5} {:>8}",
@@ -142,7 +149,17 @@ fn main() {
     }
 }
 
-/// Automatic moves every node of `lab` logged.
+fn name(policy: Policy) -> &'static str {
+    match policy {
+        Policy::Omx => "omx (start at home, then placement)",
+        Policy::OmxBest => "omx -b (best node at start, placement)",
+        Policy::RoundRobin => "round robin at start, no migration",
+        Policy::LeastLoaded => "least-loaded at start, no migration",
+    }
+}
+
+/// Automatic moves (start placements included) every node of `lab`
+/// logged.
 fn moves_logged(lab: &Lab) -> usize {
     (1..=lab.nodes)
         .map(|n| lab.log(n).matches("placement: move").count())
@@ -197,7 +214,7 @@ fn run(
             std::thread::sleep(wait);
         }
         let target = match policy {
-            Policy::Omx => None,
+            Policy::Omx | Policy::OmxBest => None,
             Policy::RoundRobin => {
                 next_rr = next_rr % lab.nodes + 1;
                 Some(next_rr)
@@ -211,6 +228,9 @@ fn run(
         let mut command = vec![omx, "mosrun"];
         if let Some(send) = &send {
             command.push(send);
+        }
+        if policy == Policy::OmxBest {
+            command.push("-b");
         }
         command.extend_from_slice(&[helper, "work", "cpu", &steps]);
         let mut child = lab.spawn(job.home, &command, Stdio::null(), Stdio::null());

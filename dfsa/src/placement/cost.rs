@@ -70,6 +70,18 @@ impl CostModel {
         }
     }
 
+    /// For a decision at `me` among `nodes` nodes, of which `targets` may
+    /// receive: the fastest of them counts as one CPU.
+    pub fn for_decision(
+        me: &NodeLoad,
+        targets: &[&NodeLoad],
+        nodes: usize,
+        bandwidth: f64,
+    ) -> CostModel {
+        let fastest = targets.iter().map(|t| t.speed).chain([me.speed]).max();
+        CostModel::new(nodes, bandwidth).with_unit_speed(fastest.unwrap_or(REFERENCE_SPEED))
+    }
+
     /// Counts CPUs of `speed` as one (see [`CostModel::unit_speed`]).
     pub fn with_unit_speed(self, speed: u32) -> CostModel {
         CostModel {

@@ -2,6 +2,7 @@
 //! values most.
 
 use super::cost::{self, CostModel};
+use super::reason::openmosix_load;
 use super::stability::{fits, may_move, migration_ms, no_reversal, short_of_memory};
 use super::{Candidate, Decision, NodeLoad, Params, Reason};
 use omx_mfs::NodeId;
@@ -18,16 +19,7 @@ pub fn decide(
     now_ms: u64,
     params: &Params,
 ) -> Option<Decision> {
-    let targets: Vec<&NodeLoad> = others
-        .iter()
-        .filter(|o| {
-            o.node != me.node
-                && o.accepts_guests
-                && o.age_ms <= params.max_age_ms
-                && o.capacity() > 0.0
-                && o.mem_total > 0
-        })
-        .collect();
+    let targets = super::targets(me, others, params);
     let ready: Vec<&Candidate> = candidates
         .iter()
         .filter(|c| may_move(c, now_ms, params))
@@ -112,13 +104,7 @@ fn balance(
     nodes: usize,
     params: &Params,
 ) -> Option<Decision> {
-    let fastest = targets
-        .iter()
-        .map(|t| t.speed)
-        .chain([me.speed])
-        .max()
-        .unwrap_or(cost::REFERENCE_SPEED);
-    let model = CostModel::new(nodes, params.net_bandwidth).with_unit_speed(fastest);
+    let model = CostModel::for_decision(me, targets, nodes, params.net_bandwidth);
     let horizon = params.horizon_ms.max(1) as f64;
     let mut best: Option<Move> = None;
     for &c in ready {
@@ -205,8 +191,4 @@ fn balance(
         to: m.to.node,
         reason: m.reason,
     })
-}
-
-fn openmosix_load(load: f64) -> u32 {
-    (load * 100.0).round().clamp(0.0, f64::from(u32::MAX)) as u32
 }

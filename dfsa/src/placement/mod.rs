@@ -7,11 +7,13 @@
 //! node's movable processes, and proposes at most one move: memory
 //! ushering first, then the cheapest move by the opportunity-cost model
 //! ([`cost`]), held back by the stability rules ([`stability`]).
+//! [`start_node`] places a new job before it has a history (`mosrun -b`).
 
 pub mod cost;
 mod decide;
 mod reason;
 pub mod stability;
+mod start;
 #[cfg(test)]
 mod tests;
 
@@ -21,6 +23,7 @@ use omx_mfs::wire::LoadReport;
 pub use cost::REFERENCE_SPEED;
 pub use decide::decide;
 pub use reason::{Decision, Reason};
+pub use start::{HOME_MARGIN_RUNNABLE, TIE_RUNNABLE, start_node};
 
 /// What this node knows of one node's load.
 #[derive(Clone, Debug, PartialEq)]
@@ -75,6 +78,22 @@ impl NodeLoad {
     fn mem_used(&self) -> f64 {
         self.mem_total.saturating_sub(self.mem_free) as f64
     }
+}
+
+/// The nodes of `others` that may receive a process from `me`: they take
+/// guests, their news is at most `params.max_age_ms` old, and they have
+/// CPUs and memory.
+fn targets<'a>(me: &NodeLoad, others: &'a [NodeLoad], params: &Params) -> Vec<&'a NodeLoad> {
+    others
+        .iter()
+        .filter(|o| {
+            o.node != me.node
+                && o.accepts_guests
+                && o.age_ms <= params.max_age_ms
+                && o.capacity() > 0.0
+                && o.mem_total > 0
+        })
+        .collect()
 }
 
 /// A process of this node that might move.

@@ -42,9 +42,22 @@ pub enum Reason {
         saving: f64,
         move_ms: f64,
     },
+    /// A new job asked to start on the best node (`mosrun -b`): loads in
+    /// openMosix units, each counting the new job.
+    StartPlacement {
+        from: NodeId,
+        to: NodeId,
+        from_load: u32,
+        to_load: u32,
+    },
 }
 
 const MIB: f64 = 1024.0 * 1024.0;
+
+/// A load as openMosix shows it: x 100 per reference CPU.
+pub(crate) fn openmosix_load(load: f64) -> u32 {
+    (load * 100.0).round().clamp(0.0, f64::from(u32::MAX)) as u32
+}
 
 impl fmt::Display for Reason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -93,6 +106,16 @@ impl fmt::Display for Reason {
                 io_share * 100.0,
                 io_rate / MIB,
                 saving * 100.0
+            ),
+            Reason::StartPlacement {
+                from,
+                to,
+                from_load,
+                to_load,
+            } => write!(
+                f,
+                "a new job asked for the best node (mosrun -b): node {to} \
+                 would be at load {to_load} with it, node {from} at {from_load}"
             ),
         }
     }

@@ -125,6 +125,8 @@ pub struct RunOptions {
     pub lock: Option<bool>,
     /// Keep it home (`-h`).
     pub stay_home: bool,
+    /// Start it on the best node by load and memory (`-b`), not at home.
+    pub start_at_best: bool,
     pub job: JobHint,
     pub decay: DecayHint,
 }

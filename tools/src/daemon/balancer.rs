@@ -78,6 +78,14 @@ struct Tracked {
     /// Not sampled yet: its CPU and wait times so far make its first
     /// measurement.
     unseen: bool,
+    /// `mosrun -b`: where it starts was decided.
+    start_placed: bool,
+    /// Sent away by its start placement and not landed yet: that move
+    /// was a guess on old figures, not a judgement of the process, and
+    /// does not hold it where it lands for the minimum residency (three
+    /// homes that picked the same idle node at once would keep their
+    /// three jobs there for seconds).
+    start_move_pending: bool,
 }
 
 impl Tracked {
@@ -94,6 +102,8 @@ impl Tracked {
             arrived_at_ms: None,
             unmovable_until_ms: 0,
             unseen: true,
+            start_placed: false,
+            start_move_pending: false,
         }
     }
 }
@@ -186,9 +196,7 @@ impl Balancer {
             let me = self.clone();
             // /proc reads block: keep them off the async workers.
             let _ = tokio::task::spawn_blocking(move || me.measure()).await;
-            if self.node.config().placement.balance {
-                self.round();
-            }
+            self.round(self.node.config().placement.balance);
         }
     }
 
@@ -244,7 +252,8 @@ impl Balancer {
             tracked.controls = entry.controls.clone();
             if tracked.site != entry.site {
                 if entry.site != Site::Moving {
-                    tracked.arrived_at_ms = Some(now_ms);
+                    tracked.arrived_at_ms =
+                        (!std::mem::take(&mut tracked.start_move_pending)).then_some(now_ms);
                     // CPU time restarts with each remote, and the home
                     // offsets jump when a remote hands back its DFSA files.
                     tracked.last_cpu_ns = None;
@@ -422,6 +431,9 @@ impl Balancer {
                     controls: ProcessControls {
                         selected: None,
                         baseline: Default::default(),
+                        // Only the job itself starts elsewhere: its
+                        // children start where it runs.
+                        start_at_best: false,
                         ..controls.clone()
                     },
                 });
@@ -434,8 +446,9 @@ impl Balancer {
         entries
     }
 
-    /// One round of decisions: for this node's processes at each site.
-    fn round(&self) {
+    /// One round of decisions: where new `mosrun -b` jobs start, and, if
+    /// `balance`, moves of this node's processes at each site.
+    fn round(&self, balance: bool) {
         let switches = self.node.settings().get();
         if switches.quiet {
             return;
@@ -497,6 +510,14 @@ impl Balancer {
             }
             true
         });
+        if !(switches.stay || switches.lstay) {
+            start_new_jobs(&mut state, &mut loads, &params, |decision, state| {
+                self.carry_out(decision, me, me, now_ms, state)
+            });
+        }
+        if !balance {
+            return;
+        }
         let mut by_site: HashMap<NodeId, Vec<u32>> = HashMap::new();
         let mut ours_by_site: HashMap<NodeId, f64> = HashMap::new();
         for (pid, t) in &state.tracked {
@@ -645,6 +666,75 @@ impl Balancer {
                 false
             }
         }
+    }
+}
+
+/// Places the `mosrun -b` jobs of this node that now run their program
+/// (before, the process is still `mosrun`, and would run its `execve`
+/// away): each at the node [`placement::start_node`] picks from `loads`,
+/// which then count the job, so a burst spreads within one round.
+/// `carry_out` starts a move and says whether it started.
+fn start_new_jobs(
+    state: &mut State,
+    loads: &mut [NodeLoad],
+    params: &Params,
+    mut carry_out: impl FnMut(&Decision, &mut State) -> bool,
+) {
+    let Some(me) = loads.first().map(|l| l.node) else {
+        return;
+    };
+    let own_exe = std::env::current_exe().ok();
+    let mut new: Vec<u32> = state
+        .tracked
+        .iter()
+        .filter(|(_, t)| {
+            t.controls.start_at_best
+                && !t.start_placed
+                && t.site == Site::Home
+                && t.exe.is_some()
+                && t.exe != own_exe
+        })
+        .map(|(pid, _)| *pid)
+        .collect();
+    new.sort();
+    for pid in new {
+        let Some(t) = state.tracked.get_mut(&pid) else {
+            continue;
+        };
+        t.start_placed = true;
+        let rss = t.stats.rss();
+        let mut here = loads[0].clone();
+        // The job has run at home since it started, and the smoothed
+        // figure of home already holds that part of it: no reason to go.
+        let tau_s = super::LOAD_SMOOTHING.as_secs_f64();
+        let shown = usage::age(pid).map_or(0.0, |age| 1.0 - (-age.as_secs_f64() / tau_s).exp());
+        here.runnable = (here.runnable - shown).max(0.0);
+        let decision = placement::start_node(pid, &here, &loads[1..], rss, params, |k| {
+            rand::random_range(0..k.max(1))
+        });
+        let to = match decision {
+            Some(decision) if carry_out(&decision, state) => {
+                if let Some(t) = state.tracked.get_mut(&pid) {
+                    t.start_move_pending = true;
+                    t.arrived_at_ms = None;
+                }
+                decision.to
+            }
+            _ => me,
+        };
+        // The job is not in any figure yet: count it where it goes until
+        // the figures show it.
+        if let Some(l) = loads.iter_mut().find(|l| l.node == to) {
+            apply(l, 1.0, rss as i64);
+        }
+        state.adjustments.push(Adjustment {
+            pid,
+            to,
+            node: to,
+            runnable: 1.0,
+            mem: rss as i64,
+            landed_at_ms: None,
+        });
     }
 }
 

@@ -104,6 +104,7 @@ impl Managed {
             job: self.options.job,
             decay: self.options.decay,
             baseline: self.baseline,
+            start_at_best: self.options.start_at_best,
         }
     }
 
@@ -177,6 +178,8 @@ pub struct ProcessControls {
     pub decay: DecayHint,
     /// The process's figures when its statistics were last cleared.
     pub baseline: ProcessFigures,
+    /// `mosrun -b`: the balancer places it as soon as it runs its program.
+    pub start_at_best: bool,
 }
 
 pub struct Migrations {

@@ -129,7 +129,7 @@ pub fn run(args: RemoteArgs, link: TcpStream, daemon: UnixStream) -> i32 {
             return 1;
         }
     };
-    let (child, listener, dfsa) = match arrive(&args, &mut link) {
+    let (child, memory, listener, dfsa) = match arrive(&args, &mut link) {
         Ok(arrived) => arrived,
         Err(e) => {
             warn!(
@@ -176,13 +176,6 @@ pub fn run(args: RemoteArgs, link: TcpStream, daemon: UnixStream) -> i32 {
         "hosting process {} of node {} (local pid {child})",
         args.home_pid, args.home_node
     );
-    let memory = match ProcessMemory::open(child) {
-        Ok(memory) => memory,
-        Err(e) => {
-            warn!("cannot open the memory of local pid {child}: {e}");
-            return 1;
-        }
-    };
     let spinner = Spinner::new(args.spin);
     let mut remote = Remote {
         args,
@@ -204,8 +197,12 @@ pub fn run(args: RemoteArgs, link: TcpStream, daemon: UnixStream) -> i32 {
 }
 
 /// Receives the image and rebuilds the process in a fresh child; returns
-/// the child (running), its seccomp listener and its DFSA files.
-fn arrive(args: &RemoteArgs, link: &mut Link) -> Result<(i32, OwnedFd, Dfsa), KeeperError> {
+/// the child (running), its memory, its seccomp listener and its DFSA
+/// files.
+fn arrive(
+    args: &RemoteArgs,
+    link: &mut Link,
+) -> Result<(i32, ProcessMemory, OwnedFd, Dfsa), KeeperError> {
     let mut phases = super::Phases::start();
     let (files, header) = receive_arrival(link)?;
     let dfsa = Dfsa::new(args.mfs.clone(), files);
@@ -221,7 +218,7 @@ fn arrive(args: &RemoteArgs, link: &mut Link) -> Result<(i32, OwnedFd, Dfsa), Ke
         );
         let _ = ptrace::wait(child);
     }
-    rebuilt.map(|listener| (child, listener, dfsa))
+    rebuilt.map(|(memory, listener)| (child, memory, listener, dfsa))
 }
 
 fn rebuild(
@@ -229,19 +226,24 @@ fn rebuild(
     link: &mut Link,
     child: i32,
     header: &ImageHeader,
-) -> Result<OwnedFd, KeeperError> {
+) -> Result<(ProcessMemory, OwnedFd), KeeperError> {
     let started = std::time::Instant::now();
     let mut injector = Injector::bootstrap(child, &restore::area_ranges(header))?;
     receive_image_into(link, &mut injector, header, Target::Fresh)?;
     let listener = confine(&injector, args)?;
     restore::set_final_state(injector, header)?;
+    // Opened while it is still stopped: once it runs it may end at any
+    // moment, and its end must reach home as its exit status (the serve
+    // loop reaps it), not as a keeper that could not watch it (home would
+    // see the link close and end the process by SIGKILL).
+    let memory = ProcessMemory::open(child)?;
     ptrace::detach(child, 0)?;
     tracing::debug!(
         "local pid {child}: running after {:?} (confined in {:?})",
         started.elapsed(),
         started.elapsed()
     );
-    Ok(listener)
+    Ok((memory, listener))
 }
 
 /// Confines the rebuilt process and installs the filter; returns the

@@ -90,17 +90,6 @@ fn identity(node: NodeId, key: &std::path::Path) -> anyhow::Result<Identity> {
     })
 }
 
-/// A remote keeper starts the guest, which must run at a process's
-/// priority, not the daemon's. (A home keeper keeps the daemon's: it
-/// freezes and sends a process while that process's neighbours run, and
-/// at their priority a move out of a busy node of 1/6 CPU kept the process
-/// frozen for seconds.)
-fn leave_daemon_priority() {
-    if let Err(e) = omx_migrate::sys::set_nice(0) {
-        tracing::warn!("a keeper cannot return to the normal priority: {e}");
-    }
-}
-
 pub fn run_home(args: HomeKeeperArgs) -> anyhow::Result<ExitCode> {
     let daemon = UnixStream::from(inherited_fd(args.daemon_fd).context("the daemon channel")?);
     let code = home::run(
@@ -122,8 +111,12 @@ pub fn run_home(args: HomeKeeperArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::from(code as u8))
 }
 
+/// Keepers keep the daemon's priority: they do the work the kernel did in
+/// openMosix (moving a process, serving its forwarded calls) while the
+/// node's jobs run, and at their priority a move into or out of a busy
+/// node of 1/6 CPU kept the process frozen for seconds. The guest itself
+/// runs at a process's priority (`omx_migrate::keeper::remote`).
 pub fn run_remote(args: RemoteKeeperArgs) -> anyhow::Result<ExitCode> {
-    leave_daemon_priority();
     let daemon = UnixStream::from(inherited_fd(args.daemon_fd).context("the daemon channel")?);
     let link = TcpStream::from(inherited_fd(args.link_fd).context("the link")?);
     let code = remote::run(

@@ -208,6 +208,11 @@ fn arrive(
     let dfsa = Dfsa::new(args.mfs.clone(), files);
     phases.mark("header");
     let child = sys::fork_stopped_child()?;
+    // The keeper runs at the daemon's priority, to receive and serve the
+    // process while the node's jobs run; the process runs at theirs.
+    if let Err(e) = sys::set_nice_of(child, 0) {
+        warn!("local pid {child} keeps its keeper's priority: {e}");
+    }
     phases.mark("fork");
     tracing::debug!("arrival: {}", phases.summary());
     let rebuilt = rebuild(args, link, child, &header);

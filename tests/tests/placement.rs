@@ -419,6 +419,61 @@ fn jobs_asking_for_the_best_node_start_on_idle_nodes_and_an_idle_home_keeps_its_
     );
 }
 
+/// Two homes that see the same idle node send it their new jobs at the
+/// same moment: it takes the first and refuses the second (it has one CPU
+/// and took a guest within the second), which stays home instead of
+/// sharing that CPU. Balancing is off, so nothing moves it later.
+#[test]
+fn a_node_refuses_a_second_placement_within_a_second_for_its_one_cpu() {
+    let lab = Lab::up("padmit", 68, 3, &["--cpus", "0.5", "--balance", "false"]);
+    wait_for(Duration::from_secs(20), "all nodes up", || {
+        lab.all_see_all("up")
+    });
+    // Nodes 1 and 2 compute (plain processes: no daemon moves them).
+    let mut hogs: Vec<Child> = [1, 2]
+        .iter()
+        .map(|n| lab.spawn(*n, &[CPU, "1000000000000"], Stdio::null(), Stdio::null()))
+        .collect();
+    wait_for(
+        Duration::from_secs(30),
+        "nodes 1 and 2 to look busy to each other and node 3 idle",
+        || {
+            [1u16, 2].iter().all(|viewer| {
+                [1u16, 2]
+                    .iter()
+                    .all(|n| lab.runnable_seen(*viewer, *n).is_some_and(|r| r >= 600))
+                    && lab.runnable_seen(*viewer, 3).is_some_and(|r| r < 200)
+            })
+        },
+    );
+    let mut jobs = vec![
+        mosrun(&lab, 1, &["-b"], &[CPU, "1000000000000"]),
+        mosrun(&lab, 2, &["-b"], &[CPU, "1000000000000"]),
+    ];
+    let (one, two) = (jobs[0].id(), jobs[1].id());
+    // Both homes decide within half a second; give the moves time to end.
+    std::thread::sleep(Duration::from_secs(3));
+    let at = [sites(&lab, 1, &[one])[&one], sites(&lab, 2, &[two])[&two]];
+    let logs = format!("{}\n{}", lab.log(1), lab.log(3));
+    end(&mut jobs);
+    end(&mut hogs);
+    let mut sorted = at;
+    sorted.sort();
+    assert!(
+        sorted == [1, 3] || sorted == [2, 3],
+        "one job on node 3 and the other at its home; they are at {at:?}\n{}\n{}",
+        placement_lines(&logs),
+        lab.log(2)
+    );
+    let refused_home = if at[0] == 3 { 2 } else { 1 };
+    assert!(
+        lab.log(refused_home)
+            .contains("took 1 guest(s) in the last"),
+        "node {refused_home} logs why node 3 refused:\n{}",
+        lab.log(refused_home)
+    );
+}
+
 /// Polls `probe` every 200 ms until it gives a value or `limit` passes.
 fn wait_for_value<T>(limit: Duration, mut probe: impl FnMut() -> Option<T>) -> Option<T> {
     let deadline = Instant::now() + limit;

@@ -43,6 +43,9 @@ pub struct HomeKeeperArgs {
     /// Where MFS is mounted on this node (`mfs.mount`).
     #[arg(long, default_value = "/mfs")]
     mfs: PathBuf,
+    /// The placement engine asked for this move (the target may refuse it).
+    #[arg(long)]
+    from_placement: bool,
     #[arg(long)]
     daemon_fd: i32,
 }
@@ -105,6 +108,7 @@ pub fn run_home(args: HomeKeeperArgs) -> anyhow::Result<ExitCode> {
             spin: Duration::from_micros(args.spin_us),
             export: args.export,
             mfs: args.mfs,
+            from_placement: args.from_placement,
         },
         daemon,
     );

@@ -20,6 +20,10 @@ pub enum LinkRequest {
         /// Chosen at home when the process first left: names this
         /// migration episode, so that a reused pid is never confused.
         session: u64,
+        /// Asked by the placement engine, not by a user: the receiver
+        /// refuses it if it took as many guests as it has CPUs within the
+        /// last second (news the sender's figures cannot show yet).
+        from_placement: bool,
     },
     /// The process `home_pid` of this (home) node now runs on the sending
     /// node: connect it to its deputy's keeper.
@@ -95,6 +99,10 @@ pub enum LinkMessage {
         node: u16,
         address: String,
         port: u16,
+        /// Asked by the placement engine, not by a user: the receiver
+        /// refuses it if it took as many guests as it has CPUs within the
+        /// last second (news the sender's figures cannot show yet).
+        from_placement: bool,
     },
     /// Remote to home, before moving: stop the call you are running for me
     /// (the answer is `CallAbandoned`, or the call's result if it was over).
@@ -227,6 +235,10 @@ pub enum KeeperCommand {
         node: u16,
         address: String,
         port: u16,
+        /// Asked by the placement engine, not by a user: the receiver
+        /// refuses it if it took as many guests as it has CPUs within the
+        /// last second (news the sender's figures cannot show yet).
+        from_placement: bool,
     },
     /// A connection for this keeper (its descriptor travels with this
     /// message): the process's new remote, after a move.

@@ -60,6 +60,9 @@ pub struct HomeArgs {
     pub export: PathBuf,
     /// Where MFS is mounted here.
     pub mfs: PathBuf,
+    /// The first move was asked by the placement engine (see
+    /// `LinkRequest::Immigrate`).
+    pub from_placement: bool,
 }
 
 /// Whether `pid`'s process group is orphaned: no member has a parent in
@@ -405,6 +408,7 @@ fn leave(args: &HomeArgs) -> Result<Left, String> {
         home_node: args.identity.node.get(),
         home_pid: pid as u32,
         session: args.session,
+        from_placement: args.from_placement,
     };
     phases.mark("stop and capture");
     let mut link = match open_link(
@@ -961,6 +965,7 @@ impl Home {
                 node,
                 address,
                 port,
+                from_placement,
             } => {
                 if node == self.node.get() {
                     self.daemon.report(&KeeperReport::CannotMove {
@@ -971,6 +976,7 @@ impl Home {
                         node,
                         address,
                         port,
+                        from_placement,
                     })?;
                 }
             }

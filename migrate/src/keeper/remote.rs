@@ -600,7 +600,8 @@ impl Remote {
                 node,
                 address,
                 port,
-            } => return self.move_to(node, &address, port),
+                from_placement,
+            } => return self.move_to(node, &address, port, from_placement),
             LinkMessage::CallAbandoned => {}
             other => {
                 return Err(KeeperError::Protocol(format!(
@@ -796,7 +797,13 @@ impl Remote {
     }
 
     /// Moves the process to another node, or home.
-    fn move_to(&mut self, node: u16, address: &str, port: u16) -> Result<Option<i32>, KeeperError> {
+    fn move_to(
+        &mut self,
+        node: u16,
+        address: &str,
+        port: u16,
+        from_placement: bool,
+    ) -> Result<Option<i32>, KeeperError> {
         if node == self.args.home_node.get() {
             return self.go_home("requested").map(Some);
         }
@@ -813,6 +820,7 @@ impl Remote {
             home_node: self.args.home_node.get(),
             home_pid: self.args.home_pid as u32,
             session: self.args.session,
+            from_placement,
         };
         let moved = open_link(&self.args.identity, destination, address, port, request).and_then(
             |mut next| {

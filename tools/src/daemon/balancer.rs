@@ -21,7 +21,7 @@ use omx_mfs::wire::{DecayHint, JobHint, MigrateTarget};
 use omx_migrate::usage::{self, FileHolder, IoTracker};
 use tracing::{debug, info, warn};
 
-use super::migration::{Migrations, PlacementEntry, ProcessControls, Site};
+use super::migration::{Migrations, Mover, PlacementEntry, ProcessControls, Site};
 use super::node::Node;
 
 /// At most this many moves of this node's processes under way at once:
@@ -649,7 +649,10 @@ impl Balancer {
         } else {
             MigrateTarget::Node(decision.to.get())
         };
-        match self.migrations.start_move(pid, to, Some(0), None) {
+        match self
+            .migrations
+            .start_move(pid, to, Some(0), None, Mover::Placement)
+        {
             Ok(()) => {
                 info!("placement: {decision}");
                 if let Some(t) = state.tracked.get_mut(&pid) {

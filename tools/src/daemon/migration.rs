@@ -33,6 +33,22 @@ use super::settings::Settings;
 /// After `mosrun -NODE` starts a program, how long it runs at home before
 /// it is sent (so that its dynamic loader has mapped its libraries here).
 const STARTUP_GRACE: Duration = Duration::from_millis(150);
+/// A node refuses a placement move when it took as many guests as it has
+/// CPUs within this long: about what gossip and load smoothing take to
+/// show them to the other homes, which otherwise all pick the same node
+/// that looked idle.
+const ADMISSION_WINDOW: Duration = Duration::from_secs(1);
+
+/// Who asks for a move.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mover {
+    /// A user (`migrate`, the control tree, `mosrun -NODE`) or a node
+    /// control (`expel`, leaving): never refused for being busy.
+    User,
+    /// The placement engine: a guess from gossip, which the target may
+    /// refuse (see [`ADMISSION_WINDOW`]).
+    Placement,
+}
 /// How long a synchronous `migrate` waits for the move.
 const MOVE_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -198,6 +214,11 @@ pub struct Migrations {
     /// Every keeper this daemon started that has not ended (omx's own
     /// work, which the load counts by the CPU it uses).
     keepers: Mutex<HashSet<u32>>,
+    /// When guests were last accepted here (within [`ADMISSION_WINDOW`]).
+    arrivals: Mutex<Vec<Instant>>,
+    /// This node's CPUs: how many guests it takes per admission window
+    /// from the placement engines.
+    cpus: usize,
     /// Told of each program `mosrun` starts: the balancer looks at it
     /// soon, not at its next round.
     pub started: tokio::sync::Notify,
@@ -237,6 +258,7 @@ impl Migrations {
         config: NodeConfig,
         map: watch::Receiver<Arc<ClusterMap>>,
         settings: Arc<Settings>,
+        cpus: usize,
     ) -> std::io::Result<Migrations> {
         Ok(Migrations {
             me,
@@ -249,6 +271,8 @@ impl Migrations {
             guests: Mutex::new(HashMap::new()),
             spawning: Mutex::new(()),
             keepers: Mutex::new(HashSet::new()),
+            arrivals: Mutex::new(Vec::new()),
+            cpus: cpus.max(1),
             started: tokio::sync::Notify::new(),
         })
     }
@@ -272,7 +296,7 @@ impl Migrations {
     ) -> ControlReply {
         let (reply_tx, reply_rx) = oneshot::channel();
         let waiter = wait.then_some(reply_tx);
-        if let Err(reply) = self.start_move(pid, to, caller_uid, waiter) {
+        if let Err(reply) = self.start_move(pid, to, caller_uid, waiter, Mover::User) {
             return reply;
         }
         if !wait {
@@ -295,7 +319,9 @@ impl Migrations {
         to: MigrateTarget,
         caller_uid: Option<u32>,
         waiter: Option<oneshot::Sender<ControlReply>>,
+        by: Mover,
     ) -> Result<(), ControlReply> {
+        let from_placement = by == Mover::Placement;
         let refused = |reason: String| Err(ControlReply::Refused { reason });
         if let Err(reason) = may_signal(caller_uid, pid) {
             return refused(reason);
@@ -335,7 +361,13 @@ impl Migrations {
                     let Some(address) = self.map.borrow().address(target) else {
                         return refused(format!("node {target} is not in the cluster map"));
                     };
-                    match self.spawn_home_keeper(pid, managed.session, target, address) {
+                    match self.spawn_home_keeper(
+                        pid,
+                        managed.session,
+                        target,
+                        address,
+                        from_placement,
+                    ) {
                         Ok(keeper) => managed.keeper = Some(keeper),
                         Err(e) => return refused(format!("cannot start a keeper: {e}")),
                     }
@@ -352,6 +384,7 @@ impl Migrations {
                         node: node.get(),
                         address,
                         port: self.config.port,
+                        from_placement,
                     };
                     if let Some(keeper) = &managed.keeper {
                         let _ = keeper.send((command, None));
@@ -452,9 +485,10 @@ impl Migrations {
         session: u64,
         to: NodeId,
         address: std::net::IpAddr,
+        from_placement: bool,
     ) -> std::io::Result<mpsc::UnboundedSender<(KeeperCommand, Option<OwnedFd>)>> {
         let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
-        let args = vec![
+        let mut args = vec![
             "__home-keeper".to_string(),
             format!("--pid={pid}"),
             format!("--session={session}"),
@@ -468,6 +502,9 @@ impl Migrations {
             format!("--mfs={}", self.mfs_root().display()),
             format!("--daemon-fd={}", theirs.as_raw_fd()),
         ];
+        if from_placement {
+            args.push("--from-placement".to_string());
+        }
         let child = self.spawn_keeper(&args, &[theirs.into()])?;
         let (commands, orders) = mpsc::unbounded_channel();
         let me = self.clone();
@@ -656,7 +693,8 @@ impl Migrations {
                 home_node,
                 home_pid,
                 session,
-            } => self.accept_guest(from, home_node, home_pid, session),
+                from_placement,
+            } => self.accept_guest(from, home_node, home_pid, session, from_placement),
             LinkRequest::Rejoin { home_pid, session } => {
                 self.accept_rejoin(from, home_pid, session)
             }
@@ -697,6 +735,7 @@ impl Migrations {
         home_node: u16,
         home_pid: u32,
         session: u64,
+        from_placement: bool,
     ) -> Result<Box<dyn FnOnce(&Arc<Self>, OwnedFd) + Send>, String> {
         let home = NodeId::new(home_node).ok_or("home node 0")?;
         if self.settings.get().block {
@@ -704,6 +743,21 @@ impl Migrations {
                 "node {} is blocked: it takes no guests (mosctl noblock lifts it)",
                 self.me
             ));
+        }
+        {
+            let mut arrivals = self.arrivals.lock().expect("arrivals");
+            let now = Instant::now();
+            arrivals.retain(|t| now.duration_since(*t) < ADMISSION_WINDOW);
+            if from_placement && arrivals.len() >= self.cpus {
+                return Err(format!(
+                    "node {} took {} guest(s) in the last {:?} for its {} CPU(s): the sender's figures do not show them yet",
+                    self.me,
+                    arrivals.len(),
+                    ADMISSION_WINDOW,
+                    self.cpus
+                ));
+            }
+            arrivals.push(now);
         }
         let home_address =
             self.map.borrow().address(home).ok_or_else(|| {
@@ -813,7 +867,7 @@ impl Migrations {
         let away = self.away();
         for process in &away {
             if let Err(ControlReply::Refused { reason }) =
-                self.start_move(process.pid, MigrateTarget::Home, Some(0), None)
+                self.start_move(process.pid, MigrateTarget::Home, Some(0), None, Mover::User)
             {
                 warn!("cannot bring process {} home: {reason}", process.pid);
             }

@@ -97,6 +97,7 @@ pub fn run(config_path: &Path, metrics_addr: Option<std::net::SocketAddr>) -> an
             config.clone(),
             node.map_receiver(),
             settings.clone(),
+            node.own_report().cpus as usize,
         )?);
         let service = Arc::downgrade(&migrations);
         node.set_service_pids(Box::new(move || {

@@ -424,7 +424,13 @@ impl ControlFiles {
                     }
                     MigrateTarget::Node(node.get())
                 };
-                match self.migrations.start_move(pid, to, Some(caller.uid), None) {
+                match self.migrations.start_move(
+                    pid,
+                    to,
+                    Some(caller.uid),
+                    None,
+                    migration::Mover::User,
+                ) {
                     Ok(()) | Err(ControlReply::Moved { .. }) => Ok(()),
                     Err(ControlReply::Refused { reason }) => Err(ControlError::Invalid(reason)),
                     Err(other) => Err(ControlError::Invalid(format!("{other:?}"))),

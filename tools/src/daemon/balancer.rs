@@ -551,6 +551,9 @@ impl Balancer {
                 continue;
             }
             let mut pids = by_site.remove(&site).unwrap_or_default();
+            // A process still in `mosrun` would run its `execve` away,
+            // and so come straight back.
+            pids.retain(|p| state.tracked.get(p).is_some_and(runs_its_program));
             pids.sort();
             // Moves still on their way count against this round's: each
             // costs the sender CPU, and its effect is still a guess.
@@ -672,6 +675,18 @@ impl Balancer {
     }
 }
 
+/// Whether a followed process runs its own program, not yet (or only)
+/// `mosrun`, which is omx itself. Away, its program is not read here: it
+/// left only after it ran it.
+fn runs_its_program(t: &Tracked) -> bool {
+    static OWN_EXE: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+    let own = OWN_EXE.get_or_init(|| std::env::current_exe().ok());
+    match t.site {
+        Site::Home => t.exe.is_some() && t.exe != *own,
+        Site::Away(_) | Site::Moving => true,
+    }
+}
+
 /// Places the `mosrun -b` jobs of this node that now run their program
 /// (before, the process is still `mosrun`, and would run its `execve`
 /// away): each at the node [`placement::start_node`] picks from `loads`,
@@ -686,7 +701,6 @@ fn start_new_jobs(
     let Some(me) = loads.first().map(|l| l.node) else {
         return;
     };
-    let own_exe = std::env::current_exe().ok();
     let mut new: Vec<u32> = state
         .tracked
         .iter()
@@ -694,8 +708,7 @@ fn start_new_jobs(
             t.controls.start_at_best
                 && !t.start_placed
                 && t.site == Site::Home
-                && t.exe.is_some()
-                && t.exe != own_exe
+                && runs_its_program(t)
         })
         .map(|(pid, _)| *pid)
         .collect();

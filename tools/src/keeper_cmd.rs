@@ -117,9 +117,9 @@ pub fn run_home(args: HomeKeeperArgs) -> anyhow::Result<ExitCode> {
 
 /// Keepers keep the daemon's priority: they do the work the kernel did in
 /// openMosix (moving a process, serving its forwarded calls) while the
-/// node's jobs run, and at their priority a move into or out of a busy
-/// node of 1/6 CPU kept the process frozen for seconds. The guest itself
-/// runs at a process's priority (`omx_migrate::keeper::remote`).
+/// node's jobs run (at their priority, a move out of a busy node of 1/6
+/// CPU kept the process frozen for seconds). The guest itself runs at a
+/// process's priority (`omx_migrate::keeper::remote`).
 pub fn run_remote(args: RemoteKeeperArgs) -> anyhow::Result<ExitCode> {
     let daemon = UnixStream::from(inherited_fd(args.daemon_fd).context("the daemon channel")?);
     let link = TcpStream::from(inherited_fd(args.link_fd).context("the link")?);

@@ -38,6 +38,8 @@ const STARTUP_GRACE: Duration = Duration::from_millis(150);
 /// show them to the other homes, which otherwise all pick the same node
 /// that looked idle.
 const ADMISSION_WINDOW: Duration = Duration::from_secs(1);
+/// How long a synchronous `migrate` waits for the move.
+const MOVE_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Who asks for a move.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -49,8 +51,6 @@ pub enum Mover {
     /// refuse (see [`ADMISSION_WINDOW`]).
     Placement,
 }
-/// How long a synchronous `migrate` waits for the move.
-const MOVE_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Where one of this node's processes is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -744,6 +744,10 @@ impl Migrations {
                 self.me
             ));
         }
+        let home_address =
+            self.map.borrow().address(home).ok_or_else(|| {
+                format!("node {home} (the process's home) is not in this node's map")
+            })?;
         {
             let mut arrivals = self.arrivals.lock().expect("arrivals");
             let now = Instant::now();
@@ -759,10 +763,6 @@ impl Migrations {
             }
             arrivals.push(now);
         }
-        let home_address =
-            self.map.borrow().address(home).ok_or_else(|| {
-                format!("node {home} (the process's home) is not in this node's map")
-            })?;
         Ok(Box::new(move |me: &Arc<Self>, link: OwnedFd| {
             let (ours, theirs) = match std::os::unix::net::UnixStream::pair() {
                 Ok(pair) => pair,

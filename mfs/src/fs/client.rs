@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex, mpsc as sync_mpsc};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
+use rkyv::util::AlignedVec;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, warn};
@@ -22,8 +23,8 @@ use tracing::{debug, warn};
 use crate::NodeId;
 use crate::cluster_map::ClusterMap;
 use crate::transport::{Identity, connect};
-use crate::wire::PeerMessage;
 use crate::wire::fs::{Caller, FsAnswer, FsOp, FsRequest, FsResult, MAX_FS_FRAME, MAX_FS_IO};
+use crate::wire::{PeerMessage, encode_in, encode_with_payload_in};
 
 /// How long a caller waits for an owner that does not answer.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -168,9 +169,27 @@ impl Kept {
 /// Read-ahead kept, by connection generation and handle.
 type KeptFiles = Arc<Mutex<HashMap<(u64, u64), Kept>>>;
 
+/// A request on its way to the owner, encoded by the thread that asks:
+/// the connection's task only seals and sends it, so the work of many
+/// callers is not all done by that one task.
 struct Queued {
-    request: FsRequest,
+    id: u64,
+    encoded: AlignedVec,
     waiter: Waiter,
+}
+
+impl Queued {
+    fn new(request: &FsRequest, payload: Option<&[u8]>, waiter: Waiter) -> Queued {
+        let encoded = match payload {
+            Some(payload) => encode_with_payload_in(request, payload, AlignedVec::new()),
+            None => encode_in(request, AlignedVec::new()),
+        };
+        Queued {
+            id: request.id,
+            encoded,
+            waiter,
+        }
+    }
 }
 
 /// One owner's connection (being made, working, or failed).
@@ -250,16 +269,26 @@ impl FsClient {
         op: FsOp,
         generation: Option<u64>,
     ) -> Result<(sync_mpsc::Receiver<FsResult>, u64), Errno> {
+        self.submit_with_payload(node, caller, op, None, generation)
+    }
+
+    /// [`submit`](Self::submit), with `payload` sent after the request,
+    /// outside it: a write's data, taken from the caller's buffer.
+    fn submit_with_payload(
+        &self,
+        node: NodeId,
+        caller: &Caller,
+        op: FsOp,
+        payload: Option<&[u8]>,
+        generation: Option<u64>,
+    ) -> Result<(sync_mpsc::Receiver<FsResult>, u64), Errno> {
         let (tx, rx) = sync_mpsc::sync_channel(1);
         let request = FsRequest {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             caller: caller.clone(),
             op,
         };
-        let mut queued = Queued {
-            request,
-            waiter: tx,
-        };
+        let mut queued = Queued::new(&request, payload, tx);
         // A connection that failed since we last looked is replaced once.
         for _ in 0..2 {
             let peer = self.peer(node)?;
@@ -409,12 +438,14 @@ impl FsClient {
     ) -> Result<u32, Errno> {
         let mut sent = Vec::new();
         for (i, piece) in data.chunks(WRITE_PIECE).enumerate() {
+            // The data goes as the request's payload: copied once, from
+            // FUSE's buffer straight into the encoded request.
             let op = FsOp::Write {
                 handle,
                 offset: offset + (i * WRITE_PIECE) as u64,
-                data: piece.to_vec(),
+                data: Vec::new(),
             };
-            match self.submit(node, caller, op, Some(generation)) {
+            match self.submit_with_payload(node, caller, op, Some(piece), Some(generation)) {
                 Ok((answer, _)) => sent.push((piece.len(), answer)),
                 Err(e) if sent.is_empty() => return Err(e),
                 Err(_) => break,
@@ -559,7 +590,7 @@ impl Revokes {
             },
             op: FsOp::Revoked { handle, epoch },
         };
-        let _ = self.acks.send(Queued { request, waiter });
+        let _ = self.acks.send(Queued::new(&request, None, waiter));
     }
 }
 
@@ -597,14 +628,18 @@ async fn serve_peer(
     let answers = waiting.clone();
     let mut receiving = tokio::spawn(async move {
         loop {
-            match reader.recv::<FsAnswer>().await {
-                Ok(Some(FsAnswer::Reply(reply))) => {
+            let answer = reader
+                .recv_with_payload(|answer: FsAnswer, payload| answer.with_payload(payload))
+                .await;
+            match answer {
+                Ok(Some(Err(e))) => return format!("the owner sent a malformed answer: {e}"),
+                Ok(Some(Ok(FsAnswer::Reply(reply)))) => {
                     let waiter = answers.lock().expect("waiters lock").remove(&reply.id);
                     if let Some(waiter) = waiter {
                         let _ = waiter.try_send(reply.result);
                     }
                 }
-                Ok(Some(FsAnswer::Revoke { handle, epoch })) => revokes.revoke(handle, epoch),
+                Ok(Some(Ok(FsAnswer::Revoke { handle, epoch }))) => revokes.revoke(handle, epoch),
                 Ok(None) => return "the owner closed the connection".to_string(),
                 Err(e) => return e.to_string(),
             }
@@ -613,14 +648,13 @@ async fn serve_peer(
     let outcome = loop {
         tokio::select! {
             queued = queue.recv() => {
-                let Some(Queued { request, waiter }) = queued else {
+                let Some(Queued { id, encoded, waiter }) = queued else {
                     break Ok(());
                 };
-                let id = request.id;
                 if id != CONFIRMATION_ID {
                     waiting.lock().expect("waiters lock").insert(id, waiter);
                 }
-                if let Err(e) = writer.send(&request).await {
+                if let Err(e) = writer.send_encoded(&encoded).await {
                     break Err(e.to_string());
                 }
             }

@@ -70,8 +70,14 @@ pub async fn serve(
     let (mut reader, mut writer) = channel.split();
     let (answers, mut to_send) = mpsc::channel::<FsAnswer>(ANSWER_QUEUE);
     let writing = tokio::spawn(async move {
-        while let Some(reply) = to_send.recv().await {
-            if writer.send(&reply).await.is_err() {
+        while let Some(mut answer) = to_send.recv().await {
+            let payload = answer.take_payload();
+            let sent = if payload.is_empty() {
+                writer.send(&answer).await
+            } else {
+                writer.send_with_payload(&answer, &payload).await
+            };
+            if sent.is_err() {
                 break;
             }
         }
@@ -83,8 +89,15 @@ pub async fn serve(
         confirmations: Mutex::new(HashMap::new()),
     });
     loop {
-        let request = match reader.recv::<FsRequest>().await {
-            Ok(Some(request)) => request,
+        let received = reader
+            .recv_with_payload(|request: FsRequest, payload| request.with_payload(payload))
+            .await;
+        let request = match received {
+            Ok(Some(Ok(request))) => request,
+            Ok(Some(Err(e))) => {
+                warn!("dropping the MFS connection of node {from}: a malformed request: {e}");
+                break;
+            }
             Ok(None) => {
                 debug!("node {from} closed its MFS connection");
                 break;

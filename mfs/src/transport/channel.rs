@@ -17,6 +17,7 @@ use tokio::io::{
 
 use super::TransportError;
 use super::noise::{NOISE_MAX_MESSAGE, Opener, Sealer};
+use crate::wire::codec::encode_payload_head_in;
 use crate::wire::{encode_in, keep_buffer};
 
 /// Both directions of an encrypted connection.
@@ -118,6 +119,41 @@ impl<W: AsyncWrite + Unpin> SecureWriter<W> {
         Ok(())
     }
 
+    /// Encrypts and sends one message with `payload` after it
+    /// ([`crate::wire::encode_with_payload_in`]), for the receiver's
+    /// [`SecureReader::recv_with_payload`].
+    pub async fn send_with_payload<T>(
+        &mut self,
+        message: &T,
+        payload: &[u8],
+    ) -> Result<(), TransportError>
+    where
+        T: for<'a> rkyv::Serialize<HighSerializer<AlignedVec, ArenaHandle<'a>, rancor::Error>>,
+    {
+        // The payload is sealed where it lies, between the archive and
+        // its trailer: it is never copied into the message.
+        let (archive, trailer) =
+            encode_payload_head_in(message, payload.len(), std::mem::take(&mut self.encoded));
+        self.encoded = archive;
+        let sealed = self
+            .sealer
+            .seal_frame_parts(&[&self.encoded, payload, &trailer], &mut self.out);
+        keep_buffer(&mut self.encoded);
+        self.stream.write_all(sealed).await?;
+        self.stream.flush().await?;
+        Ok(())
+    }
+
+    /// Encrypts and sends one message its sender already encoded
+    /// ([`encode_in`] or [`crate::wire::encode_with_payload_in`]), so that a thread
+    /// other than the channel's can do that work, from buffers of its own.
+    pub async fn send_encoded(&mut self, encoded: &[u8]) -> Result<(), TransportError> {
+        let sealed = self.sealer.seal_frame(encoded, &mut self.out);
+        self.stream.write_all(sealed).await?;
+        self.stream.flush().await?;
+        Ok(())
+    }
+
     /// Encrypts and sends bytes as they are: a frame, or for tests of the
     /// receiving side, anything at all.
     pub async fn send_raw_frame_bytes(&mut self, bytes: &[u8]) -> Result<(), TransportError> {
@@ -143,9 +179,38 @@ impl<R: AsyncRead + Unpin> SecureReader<R> {
         T::Archived: for<'a> CheckBytes<HighValidator<'a, rancor::Error>>
             + rkyv::Deserialize<T, HighDeserializer<rancor::Error>>,
     {
+        if !self.fill_frame().await? {
+            return Ok(None);
+        }
+        self.opener.next_message()
+    }
+
+    /// The next message and its payload (empty if it has none, see
+    /// [`SecureWriter::send_with_payload`]), handed to `take` where the
+    /// payload lies; `Ok(None)` when the peer closed cleanly between
+    /// messages.
+    pub async fn recv_with_payload<T, U>(
+        &mut self,
+        take: impl FnOnce(T, &[u8]) -> U,
+    ) -> Result<Option<U>, TransportError>
+    where
+        T: rkyv::Archive,
+        T::Archived: for<'a> CheckBytes<HighValidator<'a, rancor::Error>>
+            + rkyv::Deserialize<T, HighDeserializer<rancor::Error>>,
+    {
+        if !self.fill_frame().await? {
+            return Ok(None);
+        }
+        self.opener.next_message_with_payload(take)
+    }
+
+    /// Reads until a whole frame is decrypted (or an oversized one
+    /// announced, which the opener then reports); `false` when the peer
+    /// closed cleanly between frames.
+    async fn fill_frame(&mut self) -> Result<bool, TransportError> {
         loop {
-            if let Some(message) = self.opener.next_message()? {
-                return Ok(Some(message));
+            if self.opener.has_complete_frame() {
+                return Ok(true);
             }
             let buffered = self.stream.fill_buf().await?;
             if buffered.len() >= 2 {
@@ -162,7 +227,7 @@ impl<R: AsyncRead + Unpin> SecureReader<R> {
                 Ok(_) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
                     return if self.opener.pending_len() == 0 {
-                        Ok(None)
+                        Ok(false)
                     } else {
                         Err(TransportError::Truncated)
                     };
@@ -296,6 +361,105 @@ mod tests {
             };
             tokio::join!(sending, receiving);
         }
+    }
+
+    /// Messages with payloads (sealed in three parts: archive, payload,
+    /// trailer) of every size around the first message's share arrive
+    /// whole, between plain messages, sent both ways: sealed where the
+    /// payload lies, and encoded by the sender first.
+    #[tokio::test]
+    async fn payloads_of_every_size_arrive_whole_after_their_messages() {
+        let first_share = NOISE_MAX_MESSAGE - 16 - 4;
+        let sizes = [
+            1,
+            first_share - 40,
+            first_share - 20,
+            first_share - 1,
+            first_share,
+            first_share + 1,
+            2 * first_share,
+            1 << 20,
+        ];
+        for pipe in [8 << 20, 100] {
+            let key = ClusterKey::generate().unwrap();
+            let (a, b) = tokio::io::duplex(pipe);
+            let (one, two) = (identity(1, &key), identity(2, &key));
+            let (client, server) = tokio::join!(
+                connect(a, &one, NodeId::new(2).unwrap()),
+                accept(b, &two, |_| Ok(()))
+            );
+            let (mut client, (_, mut server)) = (client.unwrap(), server.unwrap());
+            let payload_of =
+                |len: usize| -> Vec<u8> { (0..len).map(|i| (i % 251) as u8 ^ 0x5a).collect() };
+            let sending = async {
+                for (i, len) in sizes.into_iter().enumerate() {
+                    let label = format!("message {i}");
+                    if i % 2 == 0 {
+                        client
+                            .writer
+                            .send_with_payload(&label, &payload_of(len))
+                            .await
+                            .unwrap();
+                    } else {
+                        let encoded = crate::wire::encode_with_payload_in(
+                            &label,
+                            &payload_of(len),
+                            AlignedVec::new(),
+                        );
+                        client.writer.send_encoded(&encoded).await.unwrap();
+                    }
+                    client.send(&format!("plain {i}")).await.unwrap();
+                }
+            };
+            let receiving = async {
+                for (i, len) in sizes.into_iter().enumerate() {
+                    let (label, payload) = server
+                        .reader
+                        .recv_with_payload(|label: String, payload| (label, payload.to_vec()))
+                        .await
+                        .unwrap()
+                        .unwrap();
+                    assert_eq!(label, format!("message {i}"));
+                    assert!(
+                        payload == payload_of(len),
+                        "a {len}-byte payload through a {pipe}-byte pipe"
+                    );
+                    // A plain message reads as one with an empty payload too.
+                    let plain = server
+                        .reader
+                        .recv_with_payload(|plain: String, payload| (plain, payload.len()))
+                        .await
+                        .unwrap()
+                        .unwrap();
+                    assert_eq!(plain, (format!("plain {i}"), 0));
+                }
+            };
+            tokio::join!(sending, receiving);
+        }
+    }
+
+    /// A reader that takes no payload refuses a message with one, rather
+    /// than dropping the payload unseen.
+    #[tokio::test]
+    async fn a_payload_where_none_is_taken_is_refused() {
+        let key = ClusterKey::generate().unwrap();
+        let (a, b) = tokio::io::duplex(1 << 20);
+        let (one, two) = (identity(1, &key), identity(2, &key));
+        let (client, server) = tokio::join!(
+            connect(a, &one, NodeId::new(2).unwrap()),
+            accept(b, &two, |_| Ok(()))
+        );
+        let (mut client, (_, mut server)) = (client.unwrap(), server.unwrap());
+        client
+            .writer
+            .send_with_payload(&"label".to_string(), b"payload")
+            .await
+            .unwrap();
+        let refused = server.recv::<String>().await.unwrap_err();
+        assert!(
+            refused.to_string().contains("payload"),
+            "the error names the payload: {refused}"
+        );
     }
 
     #[tokio::test]

@@ -14,7 +14,8 @@ use rkyv::util::AlignedVec;
 use super::{Identity, TransportError};
 use crate::NodeId;
 use crate::wire::{
-    FrameDecoder, Hello, HelloReply, MAX_FRAME_LEN, PROTOCOL_VERSION, decode, decode_in, encode,
+    FrameDecoder, Hello, HelloReply, MAX_FRAME_LEN, PROTOCOL_VERSION, decode, decode_in,
+    decode_with_payload_in, encode,
 };
 
 /// The Noise protocol name: pattern, DH, cipher, hash.
@@ -203,14 +204,32 @@ impl Sealer {
     /// body into a frame first: only the first message's share of it is
     /// copied, next to the length.
     pub fn seal_frame<'a>(&mut self, body: &[u8], out: &'a mut Vec<u8>) -> &'a [u8] {
-        assert!(body.len() <= MAX_FRAME_LEN, "frame body over the maximum");
-        let first = body.len().min(MAX_PLAINTEXT - FRAME_HEADER);
+        self.seal_frame_parts(&[body], out)
+    }
+
+    /// [`seal_frame`](Self::seal_frame) of a body made of `parts`, one
+    /// after the other, sealed where each lies: a message and a payload
+    /// from another buffer go out without being joined first.
+    pub fn seal_frame_parts<'a>(&mut self, parts: &[&[u8]], out: &'a mut Vec<u8>) -> &'a [u8] {
+        let body_len: usize = parts.iter().map(|part| part.len()).sum();
+        assert!(body_len <= MAX_FRAME_LEN, "frame body over the maximum");
+        // The first message: the length, and as much of the body as fits.
+        let first = body_len.min(MAX_PLAINTEXT - FRAME_HEADER);
         let mut head = Vec::with_capacity(FRAME_HEADER + first);
-        head.extend_from_slice(&(body.len() as u32).to_be_bytes());
-        head.extend_from_slice(&body[..first]);
-        let rest = &body[first..];
-        let chunks = std::iter::once(&head[..]).chain(rest.chunks(MAX_PLAINTEXT));
-        self.seal_chunks(chunks, head.len() + rest.len(), out)
+        head.extend_from_slice(&(body_len as u32).to_be_bytes());
+        let mut rest = Vec::with_capacity(parts.len());
+        for part in parts {
+            let room = FRAME_HEADER + first - head.len();
+            let (in_head, after) = part.split_at(part.len().min(room));
+            head.extend_from_slice(in_head);
+            if !after.is_empty() {
+                rest.push(after);
+            }
+        }
+        let rest_len: usize = rest.iter().map(|part| part.len()).sum();
+        let chunks = std::iter::once(&head[..])
+            .chain(rest.iter().flat_map(|part| part.chunks(MAX_PLAINTEXT)));
+        self.seal_chunks(chunks, head.len() + rest_len, out)
     }
 
     /// Seals `chunks` (of `total` bytes in all) one message each, into the
@@ -296,6 +315,27 @@ impl Opener {
             .next_frame_with(|body| decode_in::<T>(body, aligned))?
         {
             Some(decoded) => Ok(Some(decoded?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The next whole message received and its payload (empty if it has
+    /// none), both handed to `take` where they lie.
+    pub fn next_message_with_payload<T, R>(
+        &mut self,
+        take: impl FnOnce(T, &[u8]) -> R,
+    ) -> Result<Option<R>, TransportError>
+    where
+        T: rkyv::Archive,
+        T::Archived: for<'a> CheckBytes<HighValidator<'a, rancor::Error>>
+            + rkyv::Deserialize<T, HighDeserializer<rancor::Error>>,
+    {
+        let aligned = &mut self.aligned;
+        match self
+            .decoder
+            .next_frame_with(|body| decode_with_payload_in::<T, R>(body, aligned, take))?
+        {
+            Some(taken) => Ok(Some(taken?)),
             None => Ok(None),
         }
     }

@@ -297,3 +297,160 @@ pub enum FsResult {
     /// A conflicting lock, or `None` when the range is free.
     Lock(Option<LockSpec>),
 }
+
+/// A payload came after a message that does not take one (see
+/// [`crate::wire::codec::encode_with_payload_in`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("a payload of {len} bytes came after {what}, which takes none")]
+pub struct PayloadError {
+    pub what: &'static str,
+    pub len: usize,
+}
+
+/// A write's data, and a read's, travel as the payload after their
+/// message, outside the archive: the sender then copies them once, from
+/// the buffer they are in, where putting them inside the message would
+/// copy them twice. A message with its data inside is taken as well.
+impl FsRequest {
+    /// The request with the payload it came with put in its place.
+    pub fn with_payload(mut self, payload: &[u8]) -> Result<FsRequest, PayloadError> {
+        if payload.is_empty() {
+            return Ok(self);
+        }
+        let refuse = |what| PayloadError {
+            what,
+            len: payload.len(),
+        };
+        match &mut self.op {
+            FsOp::Write { data, .. } if data.is_empty() => {
+                *data = payload.to_vec();
+                Ok(self)
+            }
+            FsOp::Write { .. } => Err(refuse("a write that carries its data inside")),
+            _ => Err(refuse("a request other than a write")),
+        }
+    }
+}
+
+impl FsAnswer {
+    /// Moves a read's data out of the answer, to send as its payload
+    /// (empty for any other answer).
+    pub fn take_payload(&mut self) -> Vec<u8> {
+        match self {
+            FsAnswer::Reply(FsReply {
+                result: FsResult::Data(data) | FsResult::Leased { data, .. },
+                ..
+            }) => std::mem::take(data),
+            _ => Vec::new(),
+        }
+    }
+
+    /// The answer with the payload it came with put in its place.
+    pub fn with_payload(mut self, payload: &[u8]) -> Result<FsAnswer, PayloadError> {
+        if payload.is_empty() {
+            return Ok(self);
+        }
+        let refuse = |what| PayloadError {
+            what,
+            len: payload.len(),
+        };
+        match &mut self {
+            FsAnswer::Reply(FsReply {
+                result: FsResult::Data(data) | FsResult::Leased { data, .. },
+                ..
+            }) if data.is_empty() => {
+                *data = payload.to_vec();
+                Ok(self)
+            }
+            FsAnswer::Reply(FsReply {
+                result: FsResult::Data(_) | FsResult::Leased { .. },
+                ..
+            }) => Err(refuse("a read's answer that carries its data inside")),
+            _ => Err(refuse("an answer other than a read's")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(op: FsOp) -> FsRequest {
+        FsRequest {
+            id: 7,
+            caller: Caller {
+                uid: 1000,
+                gid: 1000,
+                groups: vec![],
+                pid: 42,
+            },
+            op,
+        }
+    }
+
+    fn write(data: &[u8]) -> FsOp {
+        FsOp::Write {
+            handle: 3,
+            offset: 4096,
+            data: data.to_vec(),
+        }
+    }
+
+    /// A write's data comes as the payload or inside, never both; no
+    /// other request takes one.
+    #[test]
+    fn only_a_write_without_data_inside_takes_a_payload() {
+        assert_eq!(
+            request(write(b"")).with_payload(b"data").unwrap(),
+            request(write(b"data"))
+        );
+        assert_eq!(
+            request(write(b"inside")).with_payload(b"").unwrap(),
+            request(write(b"inside"))
+        );
+        let both = request(write(b"inside")).with_payload(b"data").unwrap_err();
+        assert_eq!(both.what, "a write that carries its data inside");
+        let other = request(FsOp::Unlink {
+            path: b"f".to_vec(),
+        })
+        .with_payload(b"data")
+        .unwrap_err();
+        assert_eq!(
+            other.to_string(),
+            "a payload of 4 bytes came after a request other than a write, which takes none"
+        );
+    }
+
+    /// A read's data leaves its answer as the payload and comes back in
+    /// place, under or without a lease; other answers carry none.
+    #[test]
+    fn a_reads_data_travels_as_the_payload_of_its_answer() {
+        let reply = |result| FsAnswer::Reply(FsReply { id: 9, result });
+        for result in [
+            FsResult::Data(b"bytes".to_vec()),
+            FsResult::Leased {
+                data: b"bytes".to_vec(),
+                epoch: 5,
+            },
+        ] {
+            let mut answer = reply(result.clone());
+            let payload = answer.take_payload();
+            assert_eq!(payload, b"bytes");
+            assert_ne!(answer, reply(result.clone()));
+            assert_eq!(
+                answer.with_payload(&payload).unwrap(),
+                reply(result.clone())
+            );
+            let inside = reply(result).with_payload(b"more").unwrap_err();
+            assert_eq!(inside.what, "a read's answer that carries its data inside");
+        }
+        let mut written = reply(FsResult::Written(5));
+        assert!(written.take_payload().is_empty());
+        assert!(written.with_payload(b"x").is_err());
+        let revoke = FsAnswer::Revoke {
+            handle: 1,
+            epoch: 2,
+        };
+        assert!(revoke.with_payload(b"x").is_err());
+    }
+}

@@ -14,7 +14,10 @@ pub mod link;
 pub mod messages;
 pub mod plain;
 
-pub use codec::{DecodeError, decode, decode_in, encode, encode_in, keep_buffer};
+pub use codec::{
+    DecodeError, decode, decode_in, decode_with_payload_in, encode, encode_in,
+    encode_with_payload_in, keep_buffer,
+};
 pub use frame::{FrameDecoder, FrameError, MAX_FRAME_LEN};
 pub use messages::*;
 

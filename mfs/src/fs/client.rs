@@ -10,21 +10,21 @@
 //! old one are refused (EIO) rather than confused with new ones.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, mpsc as sync_mpsc};
+use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, mpsc as sync_mpsc};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
-use rkyv::util::AlignedVec;
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tracing::{debug, warn};
 
 use crate::NodeId;
 use crate::cluster_map::ClusterMap;
-use crate::transport::{Identity, connect};
+use crate::transport::{Identity, SharedSender, connect};
+use crate::wire::PeerMessage;
 use crate::wire::fs::{Caller, FsAnswer, FsOp, FsRequest, FsResult, MAX_FS_FRAME, MAX_FS_IO};
-use crate::wire::{PeerMessage, encode_in, encode_with_payload_in};
 
 /// How long a caller waits for an owner that does not answer.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -172,35 +172,63 @@ impl Kept {
 /// Read-ahead kept, by connection generation and handle.
 type KeptFiles = Arc<Mutex<HashMap<(u64, u64), Kept>>>;
 
-/// A request on its way to the owner, encoded by the thread that asks:
-/// the connection's task only seals and sends it, so the work of many
-/// callers is not all done by that one task.
-struct Queued {
-    id: u64,
-    encoded: AlignedVec,
-    waiter: Waiter,
-}
-
-impl Queued {
-    fn new(request: &FsRequest, payload: Option<&[u8]>, waiter: Waiter) -> Queued {
-        let encoded = match payload {
-            Some(payload) => encode_with_payload_in(request, payload, AlignedVec::new()),
-            None => encode_in(request, AlignedVec::new()),
-        };
-        Queued {
-            id: request.id,
-            encoded,
-            waiter,
-        }
-    }
-}
-
-/// One owner's connection (being made, working, or failed).
+/// One owner's connection: being made, open, or closed (failed or
+/// ended). The threads that ask send on it themselves
+/// ([`SharedSender`]); a task reads the answers and hands each to the
+/// thread that waits for it.
 struct Peer {
-    queue: mpsc::UnboundedSender<Queued>,
-    failed: Arc<AtomicBool>,
+    link: Mutex<Link>,
+    /// Signalled when the link opens or closes.
+    link_changed: Condvar,
+    /// The threads waiting for an answer, by request id.
+    waiting: Arc<Mutex<HashMap<u64, Waiter>>>,
     /// Names this connection, for the handles opened on it.
     generation: u64,
+}
+
+enum Link {
+    Connecting,
+    Open(Arc<SharedSender>),
+    Closed,
+}
+
+impl Peer {
+    fn is_closed(&self) -> bool {
+        matches!(*self.link.lock().expect("link lock"), Link::Closed)
+    }
+
+    /// The open link's sender, once the connection is made (waiting for
+    /// it until `deadline`); `Err(true)` if it closed, `Err(false)` if it
+    /// is still being made at `deadline`.
+    fn sender_by(&self, deadline: Instant) -> Result<Arc<SharedSender>, bool> {
+        let mut link = self.link.lock().expect("link lock");
+        loop {
+            match &*link {
+                Link::Open(sender) => return Ok(sender.clone()),
+                Link::Closed => return Err(true),
+                Link::Connecting => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Err(false);
+                    }
+                    link = self
+                        .link_changed
+                        .wait_timeout(link, left)
+                        .expect("link lock")
+                        .0;
+                }
+            }
+        }
+    }
+
+    /// Opens or closes the link (a closed one shuts its socket down).
+    fn set_link(&self, new: Link) {
+        let old = std::mem::replace(&mut *self.link.lock().expect("link lock"), new);
+        if let Link::Open(sender) = old {
+            sender.shut_down();
+        }
+        self.link_changed.notify_all();
+    }
 }
 
 /// Connections to the owners of files.
@@ -291,20 +319,37 @@ impl FsClient {
             caller: caller.clone(),
             op,
         };
-        let mut queued = Queued::new(&request, payload, tx);
+        let deadline = Instant::now() + self.timeout;
         // A connection that failed since we last looked is replaced once.
         for _ in 0..2 {
             let peer = self.peer(node)?;
             if generation.is_some_and(|g| g != peer.generation) {
                 return Err(Errno::EIO);
             }
-            match peer.queue.send(queued) {
-                Ok(()) => return Ok((rx, peer.generation)),
-                Err(mpsc::error::SendError(back)) => {
-                    peer.failed.store(true, Ordering::Relaxed);
-                    queued = back;
+            let sender = match peer.sender_by(deadline) {
+                Ok(sender) => sender,
+                Err(true) => continue,
+                Err(false) => {
+                    debug!("no connection to node {node} within {:?}", self.timeout);
+                    return Err(Errno::EIO);
                 }
-            }
+            };
+            // Waiting before sending: the answer may come at once.
+            peer.waiting
+                .lock()
+                .expect("waiters lock")
+                .insert(request.id, tx);
+            return match sender.send(&request, payload, deadline) {
+                Ok(()) => Ok((rx, peer.generation)),
+                Err(e) => {
+                    debug!("sending to node {node} failed: {e}");
+                    peer.waiting
+                        .lock()
+                        .expect("waiters lock")
+                        .remove(&request.id);
+                    Err(Errno::ENOTCONN)
+                }
+            };
         }
         Err(Errno::ENOTCONN)
     }
@@ -520,38 +565,35 @@ impl FsClient {
     fn peer(&self, node: NodeId) -> Result<Arc<Peer>, Errno> {
         let mut peers = self.peers.lock().expect("peers lock");
         if let Some(peer) = peers.get(&node)
-            && !peer.failed.load(Ordering::Relaxed)
+            && !peer.is_closed()
         {
             return Ok(peer.clone());
         }
         let Some(address) = self.map.borrow().address(node) else {
             return Err(Errno::ENOENT);
         };
-        let (queue, receiver) = mpsc::unbounded_channel();
-        let failed = Arc::new(AtomicBool::new(false));
         let peer = Arc::new(Peer {
-            queue,
-            failed: failed.clone(),
+            link: Mutex::new(Link::Connecting),
+            link_changed: Condvar::new(),
+            waiting: Arc::new(Mutex::new(HashMap::new())),
             generation: self.next_generation.fetch_add(1, Ordering::Relaxed),
         });
         peers.insert(node, peer.clone());
         let identity = self.identity.clone();
         let port = self.port;
         let timeout = self.timeout;
-        let revokes = Revokes {
-            generation: peer.generation,
-            kept: self.kept.clone(),
-            acks: peer.queue.clone(),
-        };
         let kept = self.kept.clone();
-        let generation = peer.generation;
+        let serving = peer.clone();
         self.runtime.spawn(async move {
-            let served = serve_peer(node, address, port, timeout, &identity, receiver, revokes);
+            let served = serve_peer(node, address, port, timeout, &identity, &serving, &kept);
             if let Err(e) = served.await {
                 warn!("MFS connection to node {node} failed: {e}");
             }
-            failed.store(true, Ordering::Relaxed);
+            serving.set_link(Link::Closed);
+            // Every caller still waiting learns at once (ENOTCONN).
+            serving.waiting.lock().expect("waiters lock").clear();
             // Its handles are gone, and what was read through them.
+            let generation = serving.generation;
             kept.lock()
                 .expect("kept lock")
                 .retain(|(g, _), _| *g != generation);
@@ -564,8 +606,9 @@ impl FsClient {
 struct Revokes {
     generation: u64,
     kept: KeptFiles,
-    /// The connection's own queue, for the confirmations.
-    acks: mpsc::UnboundedSender<Queued>,
+    /// The connection's sender, for the confirmations.
+    sender: Arc<SharedSender>,
+    timeout: Duration,
 }
 
 impl Revokes {
@@ -582,7 +625,6 @@ impl Revokes {
             file.at_end = false;
             file.prefetches.clear();
         }
-        let (waiter, _) = sync_mpsc::sync_channel(1);
         let request = FsRequest {
             id: CONFIRMATION_ID,
             caller: Caller {
@@ -593,7 +635,15 @@ impl Revokes {
             },
             op: FsOp::Revoked { handle, epoch },
         };
-        let _ = self.acks.send(Queued::new(&request, None, waiter));
+        // Sending may wait for the socket, and for callers sending before
+        // it: not on the task that reads the answers they wait for.
+        let sender = self.sender.clone();
+        let deadline = Instant::now() + self.timeout;
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = sender.send(&request, None, deadline) {
+                debug!("confirming a revoke failed: {e}");
+            }
+        });
     }
 }
 
@@ -601,22 +651,28 @@ impl Revokes {
 /// numbers its requests from 1).
 const CONFIRMATION_ID: u64 = 0;
 
-/// Connects to `node`, then carries requests and answers until the
-/// connection fails. Dropping the queue and the waiters tells every caller.
+/// Connects to `node`, opens `peer`'s link, then hands each answer to
+/// the thread waiting for it until the connection fails.
 async fn serve_peer(
     node: NodeId,
     address: std::net::IpAddr,
     port: u16,
     timeout: Duration,
     identity: &Identity,
-    mut queue: mpsc::UnboundedReceiver<Queued>,
-    revokes: Revokes,
+    peer: &Peer,
+    kept: &KeptFiles,
 ) -> Result<(), String> {
     let stream = tokio::time::timeout(timeout, TcpStream::connect((address, port)))
         .await
         .map_err(|_| format!("no answer from {address}:{port} within {timeout:?}"))?
         .map_err(|e| format!("cannot connect to {address}:{port}: {e}"))?;
     let _ = stream.set_nodelay(true);
+    // The callers' threads write on their own descriptor of the socket.
+    let socket = stream
+        .as_fd()
+        .try_clone_to_owned()
+        .map(std::net::TcpStream::from)
+        .map_err(|e| format!("cannot duplicate the socket to {address}:{port}: {e}"))?;
     let mut channel = connect(stream, identity, node)
         .await
         .map_err(|e| e.to_string())?;
@@ -626,49 +682,32 @@ async fn serve_peer(
         .map_err(|e| e.to_string())?;
     channel.limit_frames(MAX_FS_FRAME);
     debug!("MFS connection to node {node} open");
-    let (mut reader, mut writer) = channel.split();
-    let waiting: Arc<Mutex<HashMap<u64, Waiter>>> = Arc::new(Mutex::new(HashMap::new()));
-    let answers = waiting.clone();
-    let mut receiving = tokio::spawn(async move {
-        loop {
-            let answer = reader
-                .recv_with_payload(|answer: FsAnswer, payload| answer.with_payload(payload))
-                .await;
-            match answer {
-                Ok(Some(Err(e))) => return format!("the owner sent a malformed answer: {e}"),
-                Ok(Some(Ok(FsAnswer::Reply(reply)))) => {
-                    let waiter = answers.lock().expect("waiters lock").remove(&reply.id);
-                    if let Some(waiter) = waiter {
-                        let _ = waiter.try_send(reply.result);
-                    }
-                }
-                Ok(Some(Ok(FsAnswer::Revoke { handle, epoch }))) => revokes.revoke(handle, epoch),
-                Ok(None) => return "the owner closed the connection".to_string(),
-                Err(e) => return e.to_string(),
-            }
-        }
-    });
-    let outcome = loop {
-        tokio::select! {
-            queued = queue.recv() => {
-                let Some(Queued { id, encoded, waiter }) = queued else {
-                    break Ok(());
-                };
-                if id != CONFIRMATION_ID {
-                    waiting.lock().expect("waiters lock").insert(id, waiter);
-                }
-                if let Err(e) = writer.send_encoded(&encoded).await {
-                    break Err(e.to_string());
-                }
-            }
-            ended = &mut receiving => {
-                break Err(ended.unwrap_or_else(|e| e.to_string()));
-            }
-        }
+    let (mut reader, writer) = channel.split();
+    let sender = Arc::new(SharedSender::new(writer.into_sealer(), socket));
+    peer.set_link(Link::Open(sender.clone()));
+    let revokes = Revokes {
+        generation: peer.generation,
+        kept: kept.clone(),
+        sender,
+        timeout,
     };
-    receiving.abort();
-    waiting.lock().expect("waiters lock").clear();
-    outcome
+    loop {
+        let answer = reader
+            .recv_with_payload(|answer: FsAnswer, payload| answer.with_payload(payload))
+            .await;
+        match answer {
+            Ok(Some(Err(e))) => return Err(format!("the owner sent a malformed answer: {e}")),
+            Ok(Some(Ok(FsAnswer::Reply(reply)))) => {
+                let waiter = peer.waiting.lock().expect("waiters lock").remove(&reply.id);
+                if let Some(waiter) = waiter {
+                    let _ = waiter.try_send(reply.result);
+                }
+            }
+            Ok(Some(Ok(FsAnswer::Revoke { handle, epoch }))) => revokes.revoke(handle, epoch),
+            Ok(None) => return Err("the owner closed the connection".to_string()),
+            Err(e) => return Err(e.to_string()),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -103,6 +103,18 @@ impl<S: AsyncRead + AsyncWrite> SecureChannel<S> {
     {
         self.reader.recv().await
     }
+
+    pub async fn recv_with_payload<T, U>(
+        &mut self,
+        take: impl FnOnce(T, &[u8]) -> U,
+    ) -> Result<Option<U>, TransportError>
+    where
+        T: rkyv::Archive,
+        T::Archived: for<'a> CheckBytes<HighValidator<'a, rancor::Error>>
+            + rkyv::Deserialize<T, HighDeserializer<rancor::Error>>,
+    {
+        self.reader.recv_with_payload(take).await
+    }
 }
 
 impl<W: AsyncWrite + Unpin> SecureWriter<W> {
@@ -120,7 +132,7 @@ impl<W: AsyncWrite + Unpin> SecureWriter<W> {
     }
 
     /// Encrypts and sends one message with `payload` after it
-    /// ([`crate::wire::encode_with_payload_in`]), for the receiver's
+    /// ([`crate::wire::encode_payload_head_in`]), for the receiver's
     /// [`SecureReader::recv_with_payload`].
     pub async fn send_with_payload<T>(
         &mut self,
@@ -144,16 +156,6 @@ impl<W: AsyncWrite + Unpin> SecureWriter<W> {
         Ok(())
     }
 
-    /// Encrypts and sends one message its sender already encoded
-    /// ([`encode_in`] or [`crate::wire::encode_with_payload_in`]), so that a thread
-    /// other than the channel's can do that work, from buffers of its own.
-    pub async fn send_encoded(&mut self, encoded: &[u8]) -> Result<(), TransportError> {
-        let sealed = self.sealer.seal_frame(encoded, &mut self.out);
-        self.stream.write_all(sealed).await?;
-        self.stream.flush().await?;
-        Ok(())
-    }
-
     /// Encrypts and sends bytes as they are: a frame, or for tests of the
     /// receiving side, anything at all.
     pub async fn send_raw_frame_bytes(&mut self, bytes: &[u8]) -> Result<(), TransportError> {
@@ -161,6 +163,13 @@ impl<W: AsyncWrite + Unpin> SecureWriter<W> {
         self.stream.write_all(sealed).await?;
         self.stream.flush().await?;
         Ok(())
+    }
+
+    /// The sealer, for a [`super::SharedSender`] that goes on sending on
+    /// this connection from threads of its own. This half of the stream
+    /// is dropped; the connection stays open.
+    pub fn into_sealer(self) -> Sealer {
+        self.sealer
     }
 
     /// Closes the sending direction.
@@ -365,8 +374,7 @@ mod tests {
 
     /// Messages with payloads (sealed in three parts: archive, payload,
     /// trailer) of every size around the first message's share arrive
-    /// whole, between plain messages, sent both ways: sealed where the
-    /// payload lies, and encoded by the sender first.
+    /// whole, between plain messages.
     #[tokio::test]
     async fn payloads_of_every_size_arrive_whole_after_their_messages() {
         let first_share = NOISE_MAX_MESSAGE - 16 - 4;
@@ -394,20 +402,11 @@ mod tests {
             let sending = async {
                 for (i, len) in sizes.into_iter().enumerate() {
                     let label = format!("message {i}");
-                    if i % 2 == 0 {
-                        client
-                            .writer
-                            .send_with_payload(&label, &payload_of(len))
-                            .await
-                            .unwrap();
-                    } else {
-                        let encoded = crate::wire::encode_with_payload_in(
-                            &label,
-                            &payload_of(len),
-                            AlignedVec::new(),
-                        );
-                        client.writer.send_encoded(&encoded).await.unwrap();
-                    }
+                    client
+                        .writer
+                        .send_with_payload(&label, &payload_of(len))
+                        .await
+                        .unwrap();
                     client.send(&format!("plain {i}")).await.unwrap();
                 }
             };

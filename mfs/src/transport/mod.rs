@@ -13,10 +13,12 @@ mod handshake;
 pub mod listener;
 pub mod noise;
 pub mod outbox;
+mod shared_sender;
 
 pub use channel::{SecureChannel, SecureReader, SecureWriter};
 pub use handshake::{HANDSHAKE_TIMEOUT, accept, connect};
 pub use noise::NOISE_PARAMS;
+pub use shared_sender::SharedSender;
 
 use crate::NodeId;
 use crate::cluster_key::ClusterKey;

@@ -37,27 +37,14 @@ where
     bytes
 }
 
-/// [`encode_in`] with `payload` after the archive, outside it: bytes the
-/// receiver takes as they are ([`decode_with_payload_in`]). A sender with
-/// the payload in a buffer of its own (a write's data in the FUSE
-/// request) copies it once, here, where putting it inside the message
-/// would copy it twice (into the message's own `Vec`, then the archive).
-pub fn encode_with_payload_in<T>(message: &T, payload: &[u8], mut buffer: AlignedVec) -> AlignedVec
-where
-    T: for<'a> rkyv::Serialize<HighSerializer<AlignedVec, ArenaHandle<'a>, rancor::Error>>,
-{
-    buffer.clear();
-    buffer.reserve(payload.len() + PAYLOAD_TRAILER + 512);
-    let (mut bytes, trailer) = encode_payload_head_in(message, payload.len(), buffer);
-    bytes.extend_from_slice(payload);
-    bytes.extend_from_slice(&trailer);
-    bytes
-}
-
-/// The two ends of a message with a payload of `payload_len` bytes: the
-/// archive (into `buffer`, emptied first) and the trailer that follows
-/// the payload. A sender that seals the three pieces where they lie
-/// copies the payload not at all.
+/// The two ends of a message followed by a payload of `payload_len`
+/// bytes, outside the archive: the archive (into `buffer`, emptied
+/// first) and the trailer that follows the payload. The receiver takes
+/// the payload as it is ([`decode_with_payload_in`]). A sender seals the
+/// three pieces where they lie, so a payload in a buffer of its own (a
+/// write's data in the FUSE request, a read's in the owner's buffer) is
+/// copied only by the sealing, where putting it inside the message would
+/// copy it twice more (into the message's `Vec`, then the archive).
 pub fn encode_payload_head_in<T>(
     message: &T,
     payload_len: usize,
@@ -179,7 +166,7 @@ where
 }
 
 /// [`decode_in`] of a message that may have a payload
-/// ([`encode_with_payload_in`]): the message and its payload, empty if it
+/// ([`encode_payload_head_in`]): the message and its payload, empty if it
 /// has none. The payload is handed to `take` where it lies.
 pub fn decode_with_payload_in<T, R>(
     bytes: &[u8],
@@ -240,6 +227,17 @@ fn short_type_name<T>() -> &'static str {
 mod tests {
     use super::*;
     use crate::wire::messages::*;
+
+    /// A message and its payload in one buffer, as they go on the wire.
+    fn encode_with_payload_in<T>(message: &T, payload: &[u8], buffer: AlignedVec) -> AlignedVec
+    where
+        T: for<'a> rkyv::Serialize<HighSerializer<AlignedVec, ArenaHandle<'a>, rancor::Error>>,
+    {
+        let (mut bytes, trailer) = encode_payload_head_in(message, payload.len(), buffer);
+        bytes.extend_from_slice(payload);
+        bytes.extend_from_slice(&trailer);
+        bytes
+    }
 
     /// A message decodes the same where it lies aligned (read in place)
     /// and at every misalignment (copied first), and a buffer kept between

@@ -299,7 +299,7 @@ pub enum FsResult {
 }
 
 /// A payload came after a message that does not take one (see
-/// [`crate::wire::codec::encode_with_payload_in`]).
+/// [`crate::wire::codec::encode_payload_head_in`]).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("a payload of {len} bytes came after {what}, which takes none")]
 pub struct PayloadError {

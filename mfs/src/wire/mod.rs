@@ -16,7 +16,7 @@ pub mod plain;
 
 pub use codec::{
     DecodeError, decode, decode_in, decode_with_payload_in, encode, encode_in,
-    encode_with_payload_in, keep_buffer,
+    encode_payload_head_in, keep_buffer,
 };
 pub use frame::{FrameDecoder, FrameError, MAX_FRAME_LEN};
 pub use messages::*;

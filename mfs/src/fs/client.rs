@@ -2,8 +2,9 @@
 //! node, many requests in flight on it, and an answer or a prompt error
 //! for every caller.
 //!
-//! FUSE threads block in [`FsClient::call`]; a task per owner writes the
-//! requests and hands each answer to the thread that waits for it. When
+//! FUSE threads block in [`FsClient::call`]; each seals its request and
+//! writes it to the owner's socket itself ([`SharedSender`]), and a task
+//! per owner hands each answer to the thread that waits for it. When
 //! the connection fails every waiting caller gets ENOTCONN at once; an
 //! owner that does not answer in time gets the caller EIO. Open files
 //! live in the owner's connection: after a reconnection, handles from the
@@ -53,8 +54,9 @@ pub const PREFETCH_AFTER: u64 = 1 << 20;
 /// on the wire. The write still returns only when every piece is written
 /// at the owner. Two pieces of a 1 MiB write beat four (each piece is a
 /// request, an answer and their wake-ups at both ends) and one (nothing
-/// overlaps): `dd bs=1M` of 2 GiB took 4.8 s against 5.2 s and 5.7 s
-/// (medians, alternating runs in one lab).
+/// overlaps): `dd bs=1M` of 2 GiB to another node took 5.0 s against
+/// 5.2 s and 5.7 s (medians of 7, 7 and 3 runs, alternating, each in a
+/// fresh lab).
 pub const WRITE_PIECE: usize = 512 << 10;
 
 /// A read ahead asked of the owner and not yet answered.

@@ -223,9 +223,23 @@ impl Peer {
         }
     }
 
-    /// Opens or closes the link (a closed one shuts its socket down).
-    fn set_link(&self, new: Link) {
-        let old = std::mem::replace(&mut *self.link.lock().expect("link lock"), new);
+    /// Opens the link on `sender`, unless it was closed while being made
+    /// (the client is gone); says whether it opened.
+    fn open(&self, sender: Arc<SharedSender>) -> bool {
+        let mut link = self.link.lock().expect("link lock");
+        if !matches!(*link, Link::Connecting) {
+            sender.shut_down();
+            return false;
+        }
+        *link = Link::Open(sender);
+        self.link_changed.notify_all();
+        true
+    }
+
+    /// Closes the link, shutting its socket down (which ends the task
+    /// reading it).
+    fn close(&self) {
+        let old = std::mem::replace(&mut *self.link.lock().expect("link lock"), Link::Closed);
         if let Link::Open(sender) = old {
             sender.shut_down();
         }
@@ -591,7 +605,7 @@ impl FsClient {
             if let Err(e) = served.await {
                 warn!("MFS connection to node {node} failed: {e}");
             }
-            serving.set_link(Link::Closed);
+            serving.close();
             // Every caller still waiting learns at once (ENOTCONN).
             serving.waiting.lock().expect("waiters lock").clear();
             // Its handles are gone, and what was read through them.
@@ -601,6 +615,16 @@ impl FsClient {
                 .retain(|(g, _), _| *g != generation);
         });
         Ok(peer)
+    }
+}
+
+/// A client no longer used closes its connections: each one's task reads
+/// until its socket is shut down, and its callers are gone.
+impl Drop for FsClient {
+    fn drop(&mut self) {
+        for peer in self.peers.lock().expect("peers lock").values() {
+            peer.close();
+        }
     }
 }
 
@@ -686,7 +710,9 @@ async fn serve_peer(
     debug!("MFS connection to node {node} open");
     let (mut reader, writer) = channel.split();
     let sender = Arc::new(SharedSender::new(writer.into_sealer(), socket));
-    peer.set_link(Link::Open(sender.clone()));
+    if !peer.open(sender.clone()) {
+        return Err("the client closed it while it was being made".to_string());
+    }
     let revokes = Revokes {
         generation: peer.generation,
         kept: kept.clone(),

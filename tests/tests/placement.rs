@@ -368,6 +368,15 @@ fn jobs_asking_for_the_best_node_start_on_idle_nodes_and_an_idle_home_keeps_its_
     wait_for(Duration::from_secs(20), "all nodes up", || {
         lab.all_see_all("up")
     });
+    // An idle cluster: node 1 sees every node, itself included, quiet.
+    // Nodes that just started (and the commands that asked whether they
+    // are up) show in the figures smoothed over 2 s; on a busy host they
+    // took half a process on one node and a whole one at home.
+    wait_for(
+        Duration::from_secs(30),
+        "node 1 to see every node idle",
+        || (1..=3).all(|n| lab.runnable_seen(1, n).is_some_and(|r| r < 200)),
+    );
     let mut jobs = vec![mosrun(&lab, 1, &["-b"], &[CPU, "1000000000000"])];
     let first = jobs[0].id();
     // The placement round comes a fifth of a second after the start; give

@@ -239,7 +239,10 @@ impl Peer {
     /// Closes the link, shutting its socket down (which ends the task
     /// reading it).
     fn close(&self) {
-        let old = std::mem::replace(&mut *self.link.lock().expect("link lock"), Link::Closed);
+        // Poison tolerated: this runs in drops, also while unwinding.
+        let mut link = self.link.lock().unwrap_or_else(|e| e.into_inner());
+        let old = std::mem::replace(&mut *link, Link::Closed);
+        drop(link);
         if let Link::Open(sender) = old {
             sender.shut_down();
         }
@@ -598,23 +601,53 @@ impl FsClient {
         let identity = self.identity.clone();
         let port = self.port;
         let timeout = self.timeout;
-        let kept = self.kept.clone();
-        let serving = peer.clone();
+        // Closed however the task ends: failing, panicking, or dropped
+        // with the runtime. A link left "being made" would hold every
+        // caller to the timeout, for ever.
+        let serving = ClosesPeer {
+            peer: peer.clone(),
+            kept: self.kept.clone(),
+        };
         self.runtime.spawn(async move {
-            let served = serve_peer(node, address, port, timeout, &identity, &serving, &kept);
+            let served = serve_peer(
+                node,
+                address,
+                port,
+                timeout,
+                &identity,
+                &serving.peer,
+                &serving.kept,
+            );
             if let Err(e) = served.await {
                 warn!("MFS connection to node {node} failed: {e}");
             }
-            serving.close();
-            // Every caller still waiting learns at once (ENOTCONN).
-            serving.waiting.lock().expect("waiters lock").clear();
-            // Its handles are gone, and what was read through them.
-            let generation = serving.generation;
-            kept.lock()
-                .expect("kept lock")
-                .retain(|(g, _), _| *g != generation);
+            drop(serving);
         });
         Ok(peer)
+    }
+}
+
+/// Ends a connection's peer when dropped: closes its link, tells every
+/// caller still waiting (ENOTCONN at once), and forgets what was read
+/// through its handles, which are gone with it.
+struct ClosesPeer {
+    peer: Arc<Peer>,
+    kept: KeptFiles,
+}
+
+impl Drop for ClosesPeer {
+    fn drop(&mut self) {
+        self.peer.close();
+        // Locks poisoned by a panic still hold consistent maps: each
+        // change to them is a single insert or remove.
+        let mut waiting = self.peer.waiting.lock().unwrap_or_else(|e| e.into_inner());
+        waiting.clear();
+        drop(waiting);
+        let generation = self.peer.generation;
+        self.kept
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|(g, _), _| *g != generation);
     }
 }
 
@@ -741,6 +774,65 @@ async fn serve_peer(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A connection whose task is dropped while it is being made (here:
+    /// the runtime ends while the owner never answers the handshake)
+    /// still tells its caller at once, ENOTCONN, instead of holding it to
+    /// the timeout with a link "being made" for ever.
+    #[test]
+    fn a_caller_waiting_for_a_connection_learns_at_once_when_its_task_is_dropped() {
+        use crate::cluster_key::ClusterKey;
+        // Accepts connections and never says a word.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let silent = std::thread::spawn(move || listener.accept().map(|(stream, _)| stream));
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let map = ClusterMap::parse("1 127.0.0.2 1\n2 127.0.0.1 1\n", "test").unwrap();
+        let (_map_sender, map) = watch::channel(Arc::new(map));
+        let identity = Identity {
+            node: NodeId::new(1).unwrap(),
+            key: ClusterKey::generate().unwrap(),
+        };
+        let timeout = Duration::from_secs(30);
+        let client = Arc::new(FsClient::new(
+            identity,
+            map,
+            port,
+            timeout,
+            runtime.handle().clone(),
+        ));
+        let asking = std::thread::spawn({
+            let client = client.clone();
+            move || {
+                let caller = Caller {
+                    uid: 0,
+                    gid: 0,
+                    groups: vec![],
+                    pid: 1,
+                };
+                let op = FsOp::GetAttr {
+                    path: b"/".to_vec(),
+                    handle: None,
+                };
+                let started = Instant::now();
+                let result = client.call(NodeId::new(2).unwrap(), &caller, op, None, Wait::Bounded);
+                (result.map(|_| ()), started.elapsed())
+            }
+        });
+        // The handshake is under way once the owner has accepted.
+        let _held_open = silent.join().unwrap().unwrap();
+        runtime.shutdown_background();
+        let (result, waited) = asking.join().unwrap();
+        assert_eq!(result, Err(Errno::ENOTCONN));
+        assert!(
+            waited < timeout,
+            "the caller was held {waited:?}, to the timeout"
+        );
+    }
 
     fn leased(data: Vec<u8>, epoch: u64) -> FsResult {
         FsResult::Leased { data, epoch }

@@ -105,7 +105,9 @@ impl SharedSender {
     /// Shuts the socket down both ways (its reader ends too); later sends
     /// fail.
     pub fn shut_down(&self) {
-        let mut inner = self.inner.lock().expect("sender lock");
+        // Poison tolerated: a sender whose sealing panicked is shut down
+        // all the same, also from drops while unwinding.
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         inner.broken = true;
         let _ = inner.socket.shutdown(std::net::Shutdown::Both);
     }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use omx_tests::{Lab, stderr, stdout, wait_for};
+use omx_tests::{Lab, sample, stderr, stdout, wait_for};
 
 fn lab(name: &str, net: u8, nodes: u16) -> Lab {
     let lab = Lab::up(name, net, nodes, &[]);
@@ -634,4 +634,243 @@ else:
         // this test no longer tests anything and must say so.
         assert_eq!(stdout(&output).trim(), "reused and written", "in {base}");
     }
+}
+
+/// A program on node 1 that writes, for each line `n` it reads, `n`
+/// blocks of 1 MiB to `/mfs/2/frozen/behind` (block `k` is all byte
+/// `k`), then answers with the file's offset.
+const BLOCK_WRITER: &str = r#"
+import os, sys
+fd = os.open("/mfs/2/frozen/behind", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+k = 0
+for line in sys.stdin:
+    for _ in range(int(line)):
+        assert os.write(fd, bytes([k % 256]) * (1 << 20)) == 1 << 20
+        k += 1
+    print(k << 20, flush=True)
+"#;
+
+/// The size of `path` and its last byte, as `python3` in `node` reads
+/// them.
+fn size_and_last_byte(lab: &Lab, node: u16, path: &str) -> String {
+    sh(
+        lab,
+        node,
+        &format!(
+            "python3 -c 'import os; f = open(\"{path}\", \"rb\"); \
+             f.seek(-1, 2); print(os.fstat(f.fileno()).st_size, f.read(1)[0])'"
+        ),
+    )
+    .trim()
+    .to_string()
+}
+
+/// Thaws the frozen file system `path` of node 2 once told to (after
+/// `delay`), after `limit` in any case, or at once when dropped (before
+/// the lab goes, also when the test fails), so that nothing stays frozen
+/// and a write waiting for it fails the test instead of hanging it.
+struct Thaw {
+    tell: Option<std::sync::mpsc::Sender<()>>,
+    thawed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<bool>>,
+}
+
+impl Thaw {
+    fn start(lab: &Lab, path: &str, delay: Duration, limit: Duration) -> Thaw {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let (tell, told) = std::sync::mpsc::channel::<()>();
+        let thawed = std::sync::Arc::new(AtomicBool::new(false));
+        let (name, path, flag) = (lab.name.clone(), path.to_string(), thawed.clone());
+        let thread = std::thread::spawn(move || {
+            if told.recv_timeout(limit).is_ok() {
+                std::thread::sleep(delay);
+            }
+            flag.store(true, Ordering::SeqCst);
+            let output = omx_tests::omx(&[
+                "lab", "exec", "--name", &name, "2", "--", "fsfreeze", "-u", &path,
+            ]);
+            output.status.success()
+        });
+        Thaw {
+            tell: Some(tell),
+            thawed,
+            thread: Some(thread),
+        }
+    }
+
+    /// Thaws `delay` from now.
+    fn soon(&self) {
+        if let Some(tell) = &self.tell {
+            let _ = tell.send(());
+        }
+    }
+
+    fn thawed(&self) -> bool {
+        self.thawed.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Waits for the thaw, which must have worked.
+    fn finish(mut self) {
+        self.soon();
+        let thawed = self.thread.take().unwrap().join().unwrap();
+        assert!(thawed, "thawing the owner's file system failed");
+    }
+}
+
+impl Drop for Thaw {
+    fn drop(&mut self) {
+        self.tell = None;
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Large writes to another node's file go behind their program under
+/// the owner's write lease: they return while the owner's disk is frozen
+/// (and the metric counts them). Yet each is there for every reader and
+/// stat that comes after it returned, which waits for it to land: one
+/// reading the owner's disk directly, one of a third node, a stat from a
+/// third node, from the owner's own /mfs and from another process of the
+/// writer's node.
+#[test]
+fn writes_behind_their_program_are_there_for_every_reader_and_stat_after_them() {
+    let lab = lab("fbehind", 70, 3);
+    // A file system of its own at the owner, to freeze: writes landing
+    // there wait until it thaws.
+    let image = lab.dir().join("node-2/frozen.img");
+    let made = std::process::Command::new("mkfs.ext4")
+        .args(["-q", "-F"])
+        .arg(&image)
+        .arg("64M")
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "mkfs.ext4: {}", stderr(&made));
+    let frozen = disk(&lab, 2).join("frozen");
+    let frozen = frozen.to_str().unwrap().to_string();
+    sh(
+        &lab,
+        2,
+        &format!(
+            "mkdir {frozen} && mount -o loop {} {frozen} && chmod 1777 {frozen}",
+            image.display()
+        ),
+    );
+    let behind_bytes = |lab: &Lab| {
+        sample(
+            &lab.http_get(1, "/metrics"),
+            "omx_mfs_written_behind_bytes_total",
+        )
+    };
+    let before = behind_bytes(&lab);
+    let mut writer = Asker::start(&lab, 1, BLOCK_WRITER);
+    let file = "/mfs/2/frozen/behind";
+    let steps = 5u64;
+    for step in 0..steps {
+        // Answered before it returns: the check before took the lease
+        // back, and this write takes it again.
+        writer.ask("1");
+        sh(&lab, 2, &format!("fsfreeze -f {frozen}"));
+        let thaw = Thaw::start(
+            &lab,
+            &frozen,
+            Duration::from_millis(500),
+            Duration::from_secs(5),
+        );
+        let size: u64 = writer.ask("2").parse().unwrap();
+        assert!(
+            !thaw.thawed(),
+            "step {step}: the writes waited for the owner's disk"
+        );
+        assert_eq!(size, (3 * (step + 1)) << 20);
+        let expected = format!("{size} {}", (3 * step + 2) % 256);
+        // Thawed half a second from now: each check waits for that.
+        thaw.soon();
+        let seen = match step {
+            // Straight on the owner's disk: the open waits for the revoke.
+            0 => size_and_last_byte(&lab, 2, &format!("{frozen}/behind")),
+            // Read by a third node.
+            1 => size_and_last_byte(&lab, 3, file),
+            // Stat'ed by a third node, by the owner's own mount, and by
+            // another process of the writer's node.
+            node => format!(
+                "{} {}",
+                sh(
+                    &lab,
+                    [3, 2, 1][node as usize - 2],
+                    &format!("stat -c %s {file}")
+                )
+                .trim(),
+                (3 * step + 2) % 256
+            ),
+        };
+        assert!(
+            thaw.thawed(),
+            "step {step}: the check ended before the owner's disk thawed"
+        );
+        thaw.finish();
+        assert_eq!(seen, expected, "step {step}");
+    }
+    drop(writer);
+    let went_behind = behind_bytes(&lab) - before;
+    assert!(
+        went_behind >= (steps * (2 << 20)) as f64,
+        "only {went_behind} bytes went behind their program"
+    );
+    assert_eq!(
+        size_and_last_byte(&lab, 3, file),
+        format!("{} {}", (3 * steps) << 20, (3 * steps - 1) % 256)
+    );
+}
+
+/// A write that already returned and then fails at the owner (its disk
+/// full) is reported to its program by a later write or by its close,
+/// never lost without a word (nor turned into short counts only).
+#[test]
+fn a_write_behind_that_fails_at_the_owner_is_reported_by_a_later_write_or_the_close() {
+    let lab = lab("fwbfull", 71, 2);
+    let small = disk(&lab, 2).join("small");
+    std::fs::create_dir(&small).unwrap();
+    // A 3 MiB file system at the owner, mounted where its daemon exports.
+    sh(
+        &lab,
+        2,
+        &format!(
+            "mount -t tmpfs -o size=3m,mode=1777 tmpfs {}",
+            small.display()
+        ),
+    );
+    let report = sh(
+        &lab,
+        1,
+        r#"python3 -c '
+import os
+fd = os.open("/mfs/2/small/f", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+returned = 0
+for i in range(8):
+    try:
+        returned += os.write(fd, b"x" * (1 << 20))
+    except OSError as e:
+        print("write", i, e.errno)
+        break
+try:
+    os.close(fd)
+    print("closed", returned)
+except OSError as e:
+    print("close", e.errno, returned)
+'"#,
+    );
+    let enospc = libc::ENOSPC.to_string();
+    let words: Vec<&str> = report.split_whitespace().collect();
+    assert!(
+        (words[0] == "write" && words[2] == enospc) || (words[0] == "close" && words[1] == enospc),
+        "the program was not told its disk was full: {report}"
+    );
+    // Mounted in node 2's mount namespace only: looked at from there.
+    let on_disk: u64 = sh(&lab, 2, &format!("stat -c %s {}/f", small.display()))
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(on_disk <= 3 << 20, "{on_disk} bytes in a 3 MiB file system");
+    sh(&lab, 2, &format!("umount {}", small.display()));
 }

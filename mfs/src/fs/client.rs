@@ -9,6 +9,11 @@
 //! owner that does not answer in time gets the caller EIO. Open files
 //! live in the owner's connection: after a reconnection, handles from the
 //! old one are refused (EIO) rather than confused with new ones.
+//!
+//! Under the owner's leases it keeps what it read ahead of a file, and
+//! lets writes go on behind their program ([`super::write_behind`]);
+//! every other operation it sends to an owner waits first for the writes
+//! to that owner still on their way.
 
 use std::collections::HashMap;
 use std::os::fd::AsFd;
@@ -21,6 +26,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tracing::{debug, warn};
 
+use super::write_behind::{Behind, PendingWrite, WRITE_BEHIND};
 use crate::NodeId;
 use crate::cluster_map::ClusterMap;
 use crate::transport::{Identity, SharedSender, connect};
@@ -51,12 +57,12 @@ pub const PREFETCH_AFTER: u64 = 1 << 20;
 
 /// The pieces a large write to another node's file is cut into, all sent
 /// at once: the owner writes the first while the next are encrypted and
-/// on the wire. The write still returns only when every piece is written
-/// at the owner. Two pieces of a 1 MiB write beat four (each piece is a
-/// request, an answer and their wake-ups at both ends) and one (nothing
-/// overlaps): `dd bs=1M` of 2 GiB to another node took 5.0 s against
-/// 5.2 s and 5.7 s (medians of 7, 7 and 3 runs, alternating, each in a
-/// fresh lab).
+/// on the wire. Without the owner's write lease the write returns only
+/// when every piece is written at the owner. Two pieces of a 1 MiB write
+/// beat four (each piece is a request, an answer and their wake-ups at
+/// both ends) and one (nothing overlaps): `dd bs=1M` of 2 GiB to another
+/// node took 5.0 s against 5.2 s and 5.7 s (medians of 7, 7 and 3 runs,
+/// alternating, each in a fresh lab).
 pub const WRITE_PIECE: usize = 512 << 10;
 
 /// A read ahead asked of the owner and not yet answered.
@@ -174,6 +180,15 @@ impl Kept {
 /// Read-ahead kept, by connection generation and handle.
 type KeptFiles = Arc<Mutex<HashMap<(u64, u64), Kept>>>;
 
+/// One open file's writes behind its program, with the node that owns it.
+struct BehindFile {
+    node: NodeId,
+    state: Mutex<Behind>,
+}
+
+/// Writes behind their programs, by connection generation and handle.
+type BehindFiles = Arc<Mutex<HashMap<(u64, u64), Arc<BehindFile>>>>;
+
 /// One owner's connection: being made, open, or closed (failed or
 /// ended). The threads that ask send on it themselves
 /// ([`SharedSender`]); a task reads the answers and hands each to the
@@ -261,6 +276,7 @@ pub struct FsClient {
     next_id: AtomicU64,
     next_generation: AtomicU64,
     kept: KeptFiles,
+    behind: BehindFiles,
 }
 
 /// How long a call may wait.
@@ -290,6 +306,7 @@ impl FsClient {
             next_id: AtomicU64::new(1),
             next_generation: AtomicU64::new(1),
             kept: Arc::new(Mutex::new(HashMap::new())),
+            behind: Arc::new(Mutex::new(HashMap::new())),
         }
     }
 
@@ -304,9 +321,71 @@ impl FsClient {
         generation: Option<u64>,
         wait: Wait,
     ) -> Result<(FsResult, u64), Errno> {
+        // A write behind its program that failed fails every later write
+        // of its file until a flush (its close) or fsync reports it.
+        let (writes, reports) = match &op {
+            FsOp::Write { handle, .. } => (generation.map(|g| (g, *handle)), None),
+            FsOp::Flush { handle, .. } | FsOp::Fsync { handle, .. } => {
+                (None, generation.map(|g| (g, *handle)))
+            }
+            _ => (None, None),
+        };
+        // Whatever this asks (a stat, a read, a lock, a close), it comes
+        // after every write that returned.
+        self.settle_writes_to(node);
+        if let Some(key) = writes
+            && let Some(e) = self.write_error(key, false)
+        {
+            return Err(e);
+        }
         let (answer, generation) = self.submit(node, caller, op, generation)?;
-        self.wait(node, &answer, wait)
-            .map(|result| (result, generation))
+        let result = self.wait(node, &answer, wait)?;
+        if let Some(key) = reports
+            && let Some(e) = self.write_error(key, true)
+        {
+            return Err(e);
+        }
+        Ok((result, generation))
+    }
+
+    /// Waits for the answers of every write to `node` still behind its
+    /// program.
+    fn settle_writes_to(&self, node: NodeId) {
+        let files: Vec<Arc<BehindFile>> = {
+            let behind = self.behind.lock().expect("behind lock");
+            if behind.is_empty() {
+                return;
+            }
+            behind
+                .values()
+                .filter(|file| file.node == node)
+                .cloned()
+                .collect()
+        };
+        let deadline = Instant::now() + self.timeout;
+        for file in files {
+            file.state
+                .lock()
+                .expect("behind state lock")
+                .settle_all(deadline);
+        }
+    }
+
+    /// The failure of a write behind its program on `key` not yet
+    /// reported by a flush or fsync; `reported`: it is now.
+    fn write_error(&self, key: (u64, u64), reported: bool) -> Option<Errno> {
+        let file = self
+            .behind
+            .lock()
+            .expect("behind lock")
+            .get(&key)
+            .cloned()?;
+        let mut behind = file.state.lock().expect("behind state lock");
+        if reported {
+            behind.error.take()
+        } else {
+            behind.error
+        }
     }
 
     /// Sends `op` to `node` as `caller` without waiting: the answer will
@@ -492,8 +571,14 @@ impl FsClient {
     /// `generation`, as pieces of [`WRITE_PIECE`] bytes in flight together
     /// (positional writes of disjoint ranges: not for a file open for
     /// appending, whose writes the owner places at its end). Returns how
-    /// many bytes were written from `offset` on without a gap; an error
-    /// only if the first piece failed.
+    /// many bytes were written from `offset` on without a gap, and whether
+    /// they went behind the program; an error only if the first piece
+    /// failed.
+    ///
+    /// Each piece asks for the owner's write lease. While this node holds
+    /// it, the write returns once sent, with up to [`WRITE_BEHIND`] bytes
+    /// of the file on their way (see [`super::write_behind`]); without
+    /// it, once every piece is written at the owner.
     pub fn write_in_pieces(
         &self,
         node: NodeId,
@@ -502,21 +587,53 @@ impl FsClient {
         generation: u64,
         offset: u64,
         data: &[u8],
-    ) -> Result<u32, Errno> {
+    ) -> Result<(u32, bool), Errno> {
+        let file = self.behind_file(node, (generation, handle));
+        // Held until the write is sent (or answered): a revoke waits for
+        // it, and then for everything sent so far.
+        let mut behind = file.state.lock().expect("behind state lock");
+        if let Some(e) = behind.error {
+            return Err(e);
+        }
+        if behind.lease.is_some() {
+            let deadline = Instant::now() + self.timeout;
+            if behind.overlaps(offset, data.len()) {
+                behind.settle_all(deadline);
+            }
+            while !behind.pending.is_empty() && behind.pending_bytes() + data.len() > WRITE_BEHIND {
+                behind.settle_oldest(deadline);
+            }
+            if let Some(e) = behind.error {
+                return Err(e);
+            }
+        }
         let mut sent = Vec::new();
         for (i, piece) in data.chunks(WRITE_PIECE).enumerate() {
             // The data goes as the request's payload: copied once, from
             // FUSE's buffer straight into the encoded request.
+            let piece_offset = offset + (i * WRITE_PIECE) as u64;
             let op = FsOp::Write {
                 handle,
-                offset: offset + (i * WRITE_PIECE) as u64,
+                offset: piece_offset,
                 data: Vec::new(),
+                lease: true,
             };
             match self.submit_with_payload(node, caller, op, Some(piece), Some(generation)) {
-                Ok((answer, _)) => sent.push((piece.len(), answer)),
+                Ok((answer, _)) => sent.push(PendingWrite {
+                    offset: piece_offset,
+                    len: piece.len(),
+                    answer,
+                }),
                 Err(e) if sent.is_empty() => return Err(e),
                 Err(_) => break,
             }
+        }
+        if behind.lease.is_some() {
+            // Behind the program: the owner holds back anyone else until
+            // these are answered.
+            let sent_bytes: usize = sent.iter().map(|write| write.len).sum();
+            behind.pending.extend(sent);
+            return Ok((sent_bytes as u32, true));
         }
         // Every piece is waited for, even after a failure, so that none is
         // still being written when the caller learns the outcome; all
@@ -525,8 +642,15 @@ impl FsClient {
         let mut written = 0u32;
         let mut gap = false;
         let mut first_error = None;
-        for (len, answer) in sent {
-            match self.wait_until(node, &answer, deadline) {
+        for PendingWrite { len, answer, .. } in sent {
+            let answer = match self.wait_until(node, &answer, deadline) {
+                Ok(FsResult::WrittenLeased { written, epoch }) => {
+                    behind.grant(epoch);
+                    Ok(FsResult::Written(written))
+                }
+                other => other,
+            };
+            match answer {
                 Ok(FsResult::Written(n)) if !gap => {
                     written += n;
                     gap = n as usize != len;
@@ -549,7 +673,7 @@ impl FsClient {
         }
         match first_error {
             Some(e) if written == 0 => Err(e),
-            _ => Ok(written),
+            _ => Ok((written, false)),
         }
     }
 
@@ -572,11 +696,31 @@ impl FsClient {
         }
     }
 
-    /// Drops what was read ahead of a handle that is closed.
+    /// The writes behind their program of `key`, open at `node`.
+    fn behind_file(&self, node: NodeId, key: (u64, u64)) -> Arc<BehindFile> {
+        self.behind
+            .lock()
+            .expect("behind lock")
+            .entry(key)
+            .or_insert_with(|| {
+                Arc::new(BehindFile {
+                    node,
+                    state: Mutex::new(Behind::default()),
+                })
+            })
+            .clone()
+    }
+
+    /// Drops what was read ahead of a handle that is closed, and what is
+    /// known of its writes (its close settled them).
     pub fn forget(&self, handle: u64, generation: u64) {
         self.kept
             .lock()
             .expect("kept lock")
+            .remove(&(generation, handle));
+        self.behind
+            .lock()
+            .expect("behind lock")
             .remove(&(generation, handle));
     }
 
@@ -607,17 +751,10 @@ impl FsClient {
         let serving = ClosesPeer {
             peer: peer.clone(),
             kept: self.kept.clone(),
+            behind: self.behind.clone(),
         };
         self.runtime.spawn(async move {
-            let served = serve_peer(
-                node,
-                address,
-                port,
-                timeout,
-                &identity,
-                &serving.peer,
-                &serving.kept,
-            );
+            let served = serve_peer(node, address, port, timeout, &identity, &serving);
             if let Err(e) = served.await {
                 warn!("MFS connection to node {node} failed: {e}");
             }
@@ -633,6 +770,10 @@ impl FsClient {
 struct ClosesPeer {
     peer: Arc<Peer>,
     kept: KeptFiles,
+    /// Not touched when closing: a write behind its program on the
+    /// connection fails (ENOTCONN) when its answer is waited for, and is
+    /// reported then.
+    behind: BehindFiles,
 }
 
 impl Drop for ClosesPeer {
@@ -665,6 +806,7 @@ impl Drop for FsClient {
 struct Revokes {
     generation: u64,
     kept: KeptFiles,
+    behind: BehindFiles,
     /// The connection's sender, for the confirmations.
     sender: Arc<SharedSender>,
     timeout: Duration,
@@ -672,7 +814,9 @@ struct Revokes {
 
 impl Revokes {
     /// Drops what was read ahead of `handle` under lease `epoch` or an
-    /// earlier one, then confirms (the owner's writer waits for that).
+    /// earlier one, or has every write sent under its write lease
+    /// answered, then confirms (whoever wants the file at the owner waits
+    /// for that).
     fn revoke(&self, handle: u64, epoch: u64) {
         {
             let mut kept = self.kept.lock().expect("kept lock");
@@ -698,7 +842,20 @@ impl Revokes {
         // it: not on the task that reads the answers they wait for.
         let sender = self.sender.clone();
         let deadline = Instant::now() + self.timeout;
+        let behind = self
+            .behind
+            .lock()
+            .expect("behind lock")
+            .get(&(self.generation, handle))
+            .cloned();
         tokio::task::spawn_blocking(move || {
+            // The answers come on the task that called this: wait here.
+            if let Some(file) = behind {
+                let mut behind = file.state.lock().expect("behind state lock");
+                behind.revoked = behind.revoked.max(epoch);
+                behind.lease = None;
+                behind.settle_all(deadline);
+            }
             if let Err(e) = sender.send(&request, None, deadline) {
                 debug!("confirming a revoke failed: {e}");
             }
@@ -710,17 +867,18 @@ impl Revokes {
 /// numbers its requests from 1).
 const CONFIRMATION_ID: u64 = 0;
 
-/// Connects to `node`, opens `peer`'s link, then hands each answer to
-/// the thread waiting for it until the connection fails.
+/// Connects to `node`, opens the link of `files`' peer, then hands each
+/// answer to the thread waiting for it (and each revoke to [`Revokes`])
+/// until the connection fails.
 async fn serve_peer(
     node: NodeId,
     address: std::net::IpAddr,
     port: u16,
     timeout: Duration,
     identity: &Identity,
-    peer: &Peer,
-    kept: &KeptFiles,
+    files: &ClosesPeer,
 ) -> Result<(), String> {
+    let ClosesPeer { peer, kept, behind } = files;
     let stream = tokio::time::timeout(timeout, TcpStream::connect((address, port)))
         .await
         .map_err(|_| format!("no answer from {address}:{port} within {timeout:?}"))?
@@ -749,6 +907,7 @@ async fn serve_peer(
     let revokes = Revokes {
         generation: peer.generation,
         kept: kept.clone(),
+        behind: behind.clone(),
         sender,
         timeout,
     };

@@ -18,7 +18,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use nix::errno::Errno;
 use nix::fcntl::{AtFlags, OFlag, OpenHow, ResolveFlag, openat2};
@@ -27,6 +27,7 @@ use nix::sys::time::TimeSpec;
 
 use super::creds::{Credentials, run_as};
 use super::{lease, sys};
+use crate::NodeId;
 use crate::wire::fs::{
     Attr, DirEntry, FsOp, FsResult, LockSpec, MAX_FS_IO, SetAttrs, SetTime, StatFs,
 };
@@ -40,15 +41,42 @@ struct OpenFile {
     file: File,
     /// The access mode it was opened with (for lock descriptors).
     access: OFlag,
+    /// Opened with O_APPEND: the owner places each write, so none may go
+    /// behind the writer's program (their order is the file's).
+    appending: bool,
+    /// The file's device and inode number, naming it among write leases.
+    id: (u64, u64),
     /// One descriptor per lock owner holding locks through this file.
     lock_fds: Mutex<HashMap<u64, Arc<File>>>,
     lease: Mutex<LeaseState>,
+    /// Held while a lease is being broken, so that a second break (the
+    /// kernel's and a stat's at once) waits for the first's revoke instead
+    /// of letting go of the lease before the node confirmed.
+    one_break: Mutex<()>,
+    write_leases: Arc<WriteLeases>,
 }
 
-/// The read lease of an open file, for the node that opened it.
+/// The files under a write lease of another node, by device and inode:
+/// a stat or a change of attributes through MFS by anyone but the holder
+/// revokes the lease first (the kernel calls the holder back for opens
+/// and truncates, not for those).
+type WriteLeases = Mutex<HashMap<(u64, u64), WriteLeaseHolder>>;
+
+struct WriteLeaseHolder {
+    node: NodeId,
+    handle: u64,
+    file: Weak<OpenFile>,
+}
+
+/// The lease of an open file (read lease for a read-only handle, write
+/// lease for one open for writing), for the node that opened it.
 #[derive(Default)]
 struct LeaseState {
     held: bool,
+    /// The lease is being broken: none is taken again until it is let
+    /// go (a write or read finishing meanwhile would take it again, and
+    /// letting go would then leave the handle believing it holds one).
+    breaking: bool,
     /// Counts the leases taken on this handle: what was read under one is
     /// revoked by its number.
     epoch: u64,
@@ -68,17 +96,81 @@ impl OpenFile {
         if self.access != OFlag::O_RDONLY {
             return None;
         }
+        self.lease_of(lease::Kind::Read, revoker, || {})
+    }
+
+    /// The epoch of this handle's write lease for `node`, taken now if
+    /// need be; `None` if there is none (someone else has the file open,
+    /// or the handle appends or only reads).
+    fn write_lease_for(self: &Arc<Self>, revoker: &Arc<dyn Revoker>, node: NodeId) -> Option<u64> {
+        if self.access == OFlag::O_RDONLY || self.appending {
+            return None;
+        }
+        self.lease_of(lease::Kind::Write, revoker, || {
+            self.write_leases.lock().expect("write leases lock").insert(
+                self.id,
+                WriteLeaseHolder {
+                    node,
+                    handle: self.handle,
+                    file: Arc::downgrade(self),
+                },
+            );
+        })
+    }
+
+    /// The epoch of this handle's lease of `kind`, taken now (then
+    /// `taken` runs) if it holds none and none is being broken.
+    fn lease_of(
+        self: &Arc<Self>,
+        kind: lease::Kind,
+        revoker: &Arc<dyn Revoker>,
+        taken: impl FnOnce(),
+    ) -> Option<u64> {
         let mut state = self.lease.lock().expect("lease lock");
+        if state.breaking {
+            return None;
+        }
         if !state.held {
             let me: Arc<dyn lease::LeaseHolder> = self.clone();
-            if !lease::take(&self.file, Arc::downgrade(&me)) {
+            if !lease::take(&self.file, kind, Arc::downgrade(&me)) {
                 return None;
             }
             state.held = true;
             state.epoch += 1;
             state.revoker = Some(revoker.clone());
+            taken();
         }
         Some(state.epoch)
+    }
+
+    /// Forgets this handle's entry among the write leases.
+    fn forget_write_lease(&self) {
+        let mut leases = self.write_leases.lock().expect("write leases lock");
+        if leases
+            .get(&self.id)
+            .is_some_and(|holder| holder.handle == self.handle)
+        {
+            leases.remove(&self.id);
+        }
+    }
+
+    /// Writes all of `data` at `offset`; short only if the file system
+    /// stops taking bytes after some.
+    fn write_full(&self, offset: u64, data: &[u8]) -> Result<u32, Errno> {
+        let mut written = 0;
+        while written < data.len() {
+            match self
+                .file
+                .write_at(&data[written..], offset + written as u64)
+            {
+                Ok(0) => break,
+                Ok(n) => written += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) if written == 0 => return Err(io_errno(e)),
+                Err(_) => break,
+            }
+        }
+        Ok(written as u32)
     }
 
     /// Reads up to `size` bytes at `offset`, short only at the end.
@@ -104,15 +196,25 @@ impl OpenFile {
 
 impl lease::LeaseHolder for OpenFile {
     fn on_break(&self) {
+        let _one_break = self.one_break.lock().expect("one break lock");
         let (epoch, revoker) = {
             let mut state = self.lease.lock().expect("lease lock");
+            state.breaking = true;
             let held = std::mem::take(&mut state.held);
             (state.epoch, state.revoker.take().filter(|_| held))
         };
         if let Some(revoker) = revoker {
             revoker.revoke(self.handle, epoch);
         }
+        self.forget_write_lease();
         lease::release(&self.file);
+        self.lease.lock().expect("lease lock").breaking = false;
+    }
+}
+
+impl Drop for OpenFile {
+    fn drop(&mut self) {
+        self.forget_write_lease();
     }
 }
 
@@ -120,6 +222,7 @@ impl lease::LeaseHolder for OpenFile {
 pub struct Exporter {
     root: OwnedFd,
     files: Mutex<HashMap<u64, Arc<OpenFile>>>,
+    write_leases: Arc<WriteLeases>,
     next_handle: AtomicU64,
     /// The device of this node's own MFS mount, never exported (it would
     /// loop back into MFS).
@@ -206,6 +309,7 @@ impl Exporter {
         Ok(Exporter {
             root,
             files: Mutex::new(HashMap::new()),
+            write_leases: Arc::new(Mutex::new(HashMap::new())),
             next_handle: AtomicU64::new(1),
             own_mount_dev: AtomicU64::new(u64::MAX),
             refuse_remote: AtomicBool::new(false),
@@ -295,15 +399,19 @@ impl Exporter {
         self.file(handle)?.file.try_clone().map_err(io_errno)
     }
 
-    fn add_file(&self, file: File, flags: i32) -> u64 {
+    fn add_file(&self, file: File, flags: i32, attr: &Attr) -> u64 {
         let handle = self.next_handle.fetch_add(1, Ordering::Relaxed);
         let access = OFlag::from_bits_truncate(flags & libc::O_ACCMODE);
         let open = OpenFile {
             handle,
             file,
             access,
+            appending: flags & libc::O_APPEND != 0,
+            id: (attr.dev, attr.ino),
             lock_fds: Mutex::new(HashMap::new()),
             lease: Mutex::new(LeaseState::default()),
+            one_break: Mutex::new(()),
+            write_leases: self.write_leases.clone(),
         };
         self.files
             .lock()
@@ -350,6 +458,69 @@ impl Exporter {
             })
         });
         result.unwrap_or_else(|errno: Errno| FsResult::Errno(errno as i32))
+    }
+
+    /// A write of node `from` that asks for a write lease: written, and
+    /// answered with the lease's epoch if `from`'s handle holds one (taken
+    /// now if no one else has the file open), which `revoker` takes back
+    /// before anyone else opens, truncates or stats the file.
+    pub fn write_leased(
+        &self,
+        credentials: &Credentials,
+        handle: u64,
+        offset: u64,
+        data: &[u8],
+        from: NodeId,
+        revoker: &Arc<dyn Revoker>,
+    ) -> FsResult {
+        let result = run_as(credentials, || {
+            let open = self.file(handle)?;
+            let written = open.write_full(offset, data)?;
+            Ok(match open.write_lease_for(revoker, from) {
+                Some(epoch) => FsResult::WrittenLeased { written, epoch },
+                None => FsResult::Written(written),
+            })
+        });
+        result.unwrap_or_else(|errno: Errno| FsResult::Errno(errno as i32))
+    }
+
+    /// Before `op` of node `asker` (`None`: this node's own mount) runs:
+    /// if it stats or changes the attributes of a file another node holds
+    /// a write lease of, revokes that lease (the holder has its writes
+    /// answered first), so that sizes and times are those of every write
+    /// that returned. The holder's own node settled its writes before
+    /// asking.
+    pub fn settle_write_leases(&self, op: &FsOp, asker: Option<NodeId>) {
+        let path = match op {
+            FsOp::Lookup { path }
+            | FsOp::GetAttr { path, handle: None }
+            | FsOp::SetAttr {
+                path, handle: None, ..
+            } => path,
+            _ => return,
+        };
+        if self
+            .write_leases
+            .lock()
+            .expect("write leases lock")
+            .is_empty()
+        {
+            return;
+        }
+        // Only to name the file: the operation itself runs as its caller.
+        let Ok(attr) = self.stat_path(path) else {
+            return;
+        };
+        let holder = {
+            let leases = self.write_leases.lock().expect("write leases lock");
+            match leases.get(&(attr.dev, attr.ino)) {
+                Some(holder) if Some(holder.node) != asker => holder.file.upgrade(),
+                _ => None,
+            }
+        };
+        if let Some(open) = holder {
+            lease::LeaseHolder::on_break(&*open);
+        }
     }
 
     fn run(&self, op: FsOp) -> Result<FsResult, Errno> {
@@ -430,7 +601,7 @@ impl Exporter {
                 let file = File::from(fd);
                 let attr = attr_of(&nix::sys::stat::fstat(file.as_fd())?);
                 FsResult::Opened {
-                    handle: self.add_file(file, flags),
+                    handle: self.add_file(file, flags, &attr),
                     attr,
                 }
             }
@@ -440,7 +611,7 @@ impl Exporter {
                 let file = File::from(fd);
                 let attr = attr_of(&nix::sys::stat::fstat(file.as_fd())?);
                 FsResult::Opened {
-                    handle: self.add_file(file, flags),
+                    handle: self.add_file(file, flags, &attr),
                     attr,
                 }
             }
@@ -453,27 +624,14 @@ impl Exporter {
                 ahead: _,
             } => FsResult::Data(self.file(handle)?.read_full(offset, size)?),
             FsOp::Revoked { .. } => return Err(Errno::EINVAL),
+            // A write lease needs a node to revoke it from: see
+            // `write_leased`.
             FsOp::Write {
                 handle,
                 offset,
                 data,
-            } => {
-                let open = self.file(handle)?;
-                let mut written = 0;
-                while written < data.len() {
-                    match open
-                        .file
-                        .write_at(&data[written..], offset + written as u64)
-                    {
-                        Ok(0) => break,
-                        Ok(n) => written += n,
-                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                        Err(e) if written == 0 => return Err(io_errno(e)),
-                        Err(_) => break,
-                    }
-                }
-                FsResult::Written(written as u32)
-            }
+                lease: _,
+            } => FsResult::Written(self.file(handle)?.write_full(offset, &data)?),
             FsOp::Flush { handle, lock_owner } => {
                 // close() releases the closing process's locks.
                 if let Ok(open) = self.file(handle) {

@@ -30,7 +30,7 @@ use fuser::{
 use tokio::sync::watch;
 use tracing::{debug, info};
 
-use super::client::{FsClient, WRITE_PIECE, Wait};
+use super::client::{FsClient, Wait};
 use super::creds::{Credentials, Squash, groups_of};
 use super::export::Exporter;
 use super::stats::FsStats;
@@ -363,6 +363,7 @@ impl Mfs {
         let reads = matches!(op, FsOp::Read { .. });
         let (result, generation) = if node == self.me {
             let credentials = Credentials::of(&caller, false, self.squash);
+            self.exporter.settle_write_leases(&op, None);
             (self.exporter.execute(&credentials, op), 0)
         } else {
             self.client
@@ -1115,10 +1116,13 @@ impl Filesystem for Mfs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        // A large write to another node's file goes in pieces in flight
-        // together, unless the owner places it (appending).
+        // A write to another node's file goes in pieces in flight
+        // together, and behind its program under a write lease, unless
+        // the owner places it (appending). Small writes too: the kernel
+        // sends a large write in two when the program's buffer is not all
+        // in memory yet, and a program may write in small blocks.
         let appending = flags.0 & libc::O_APPEND != 0;
-        if data.len() > WRITE_PIECE && !appending {
+        if !appending {
             let away = match self.open_handle(fh) {
                 Ok((node, handle, Some(generation))) => Some((node, handle, generation)),
                 Ok(_) => None,
@@ -1132,7 +1136,12 @@ impl Filesystem for Mfs {
                     .client
                     .write_in_pieces(node, &caller, handle, generation, offset, data)
                 {
-                    Ok(n) => reply.written(n),
+                    Ok((n, behind)) => {
+                        if behind {
+                            self.stats.count_written_behind(n as usize);
+                        }
+                        reply.written(n)
+                    }
                     Err(e) => reply.error(errno(e)),
                 };
             }
@@ -1141,6 +1150,7 @@ impl Filesystem for Mfs {
             handle,
             offset,
             data: data.to_vec(),
+            lease: false,
         };
         match self.on_open(req, fh, op, Wait::Bounded) {
             Ok(FsResult::Written(n)) => reply.written(n),

@@ -1,6 +1,12 @@
-//! Read leases: the owner lets a node keep what it read ahead of a file
-//! for as long as no one can write the file, and takes that back before
-//! any writer proceeds, so reading ahead never returns stale data.
+//! Read and write leases: the owner lets a node keep what it read ahead
+//! of a file for as long as no one can write the file, and takes that back
+//! before any writer proceeds, so reading ahead never returns stale data;
+//! and it lets the only node that has a file open write behind its
+//! program, and has those writes land before anyone else opens the file.
+//!
+//! A write lease (`F_WRLCK`) is granted only while no one else has the
+//! file open at all; any open or truncate by another process then blocks
+//! until the holder lets go, as for a read lease.
 //!
 //! The kernel's file leases (`fcntl(F_SETLEASE, F_RDLCK)`, what Samba's
 //! oplocks use) do the watching. A read lease is granted only while no one
@@ -135,9 +141,19 @@ fn start() -> Option<Leases> {
     })
 }
 
-/// Takes a read lease on `file` for `holder`; false if the kernel refuses
-/// (someone has it open for writing, it is not a regular file, ...).
-pub fn take(file: &File, holder: Weak<dyn LeaseHolder>) -> bool {
+/// The kind of lease: what the holder keeps, and so who must wait.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Data read ahead: writers (opens for writing, truncates) wait.
+    Read,
+    /// Writes not yet landed: every other open (and truncate) waits.
+    Write,
+}
+
+/// Takes a lease of `kind` on `file` for `holder`; false if the kernel
+/// refuses (for a read lease: someone has it open for writing; for a
+/// write lease: anyone else has it open; not a regular file, ...).
+pub fn take(file: &File, kind: Kind, holder: Weak<dyn LeaseHolder>) -> bool {
     let Some(leases) = leases() else {
         return false;
     };
@@ -150,7 +166,14 @@ pub fn take(file: &File, holder: Weak<dyn LeaseHolder>) -> bool {
     // SAFETY: fcntl on a descriptor we own, with integer arguments.
     let taken = unsafe {
         libc::fcntl(fd, F_SETSIG, leases.signal) == 0
-            && libc::fcntl(fd, libc::F_SETLEASE, libc::F_RDLCK) == 0
+            && libc::fcntl(
+                fd,
+                libc::F_SETLEASE,
+                match kind {
+                    Kind::Read => libc::F_RDLCK,
+                    Kind::Write => libc::F_WRLCK,
+                },
+            ) == 0
     };
     if !taken {
         leases.holders.lock().expect("lease holders").remove(&fd);

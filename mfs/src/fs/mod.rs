@@ -6,7 +6,9 @@
 //!   the caller ([`creds`]).
 //! - [`server`]: serves other nodes' MFS connections with it.
 //! - [`client`]: asks other nodes, keeping what it read ahead of a file
-//!   while the owner's read [`lease`] lasts.
+//!   while the owner's read [`lease`] lasts, and letting large writes go
+//!   on behind their program while its write lease lasts
+//!   ([`write_behind`]).
 //! - [`fuse`]: the tree the kernel sees, dispatching each operation to the
 //!   owner; [`mount`] puts it at `/mfs`.
 
@@ -21,6 +23,7 @@ pub mod server;
 pub mod stats;
 #[allow(unsafe_code)]
 mod sys;
+pub mod write_behind;
 
 pub use client::FsClient;
 pub use creds::Squash;

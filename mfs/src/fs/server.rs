@@ -48,7 +48,8 @@ impl Revoker for ConnectionRevoker {
         {
             warn!(
                 "node {} did not confirm within {REVOKE_TIMEOUT:?} that it dropped what it read \
-                 ahead of a file about to be written",
+                 ahead of a file, or landed what it wrote behind its program, before another \
+                 process uses the file",
                 self.from
             );
         }
@@ -183,7 +184,16 @@ fn answer(
             size,
             ahead,
         } if ahead > 0 => exporter.read_ahead(&credentials, handle, offset, size, ahead, revoker),
-        op => exporter.execute(&credentials, op),
+        FsOp::Write {
+            handle,
+            offset,
+            data,
+            lease: true,
+        } => exporter.write_leased(&credentials, handle, offset, &data, from, revoker),
+        op => {
+            exporter.settle_write_leases(&op, Some(from));
+            exporter.execute(&credentials, op)
+        }
     };
     if let FsResult::Opened { handle, .. } = &result {
         handles.lock().expect("handles lock").insert(*handle);

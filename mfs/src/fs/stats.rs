@@ -14,6 +14,9 @@ pub struct FsStats {
     pub bytes_read: AtomicU64,
     /// Bytes written through the daemon.
     pub bytes_written: AtomicU64,
+    /// Of those, bytes of writes that returned before the owner answered
+    /// them (under its write lease).
+    pub bytes_written_behind: AtomicU64,
 }
 
 impl FsStats {
@@ -32,6 +35,11 @@ impl FsStats {
 
     pub fn count_written(&self, bytes: usize) {
         self.bytes_written
+            .fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    pub fn count_written_behind(&self, bytes: usize) {
+        self.bytes_written_behind
             .fetch_add(bytes as u64, Ordering::Relaxed);
     }
 }

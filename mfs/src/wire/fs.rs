@@ -134,15 +134,21 @@ pub enum FsOp {
         size: u32,
         ahead: u32,
     },
-    /// The client dropped what it kept of `handle` under lease `epoch`.
+    /// The client dropped what it kept of `handle` under lease `epoch`
+    /// (read ahead), or has every write it sent under it answered (write
+    /// lease).
     Revoked {
         handle: u64,
         epoch: u64,
     },
+    /// With `lease`, the writer asks for a write lease of the file: under
+    /// one it may answer its program before the owner has the data (see
+    /// [`FsResult::WrittenLeased`]).
     Write {
         handle: u64,
         offset: u64,
         data: Vec<u8>,
+        lease: bool,
     },
     Flush {
         handle: u64,
@@ -289,6 +295,15 @@ pub enum FsResult {
         epoch: u64,
     },
     Written(u32),
+    /// Written, and the writer's node holds write lease `epoch` of the
+    /// file: no one else has it open, and the owner revokes the lease
+    /// (the writer then has its writes in flight answered, and confirms)
+    /// before anyone opens, truncates or stats it, so the writer may let
+    /// its program go on before the owner answers its next writes.
+    WrittenLeased {
+        written: u32,
+        epoch: u64,
+    },
     Entries(Vec<DirEntry>),
     StatFs(StatFs),
     /// The size an xattr call needs (asked with size 0).
@@ -393,6 +408,7 @@ mod tests {
             handle: 3,
             offset: 4096,
             data: data.to_vec(),
+            lease: false,
         }
     }
 

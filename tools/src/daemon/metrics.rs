@@ -237,6 +237,12 @@ pub fn render(sources: &Sources) -> String {
             "bytes written through MFS by this node's daemon (not passthrough)",
             counter(&mfs.bytes_written),
         );
+        registry.register(
+            "mfs_written_behind_bytes",
+            "of those, bytes of writes that returned before the owner answered them, under its \
+             write lease",
+            counter(&mfs.bytes_written_behind),
+        );
     }
 
     let mut text = String::new();

@@ -636,19 +636,23 @@ else:
     }
 }
 
-/// A program on node 1 that writes, for each line `n` it reads, `n`
-/// blocks of 1 MiB to `/mfs/2/frozen/behind` (block `k` is all byte
-/// `k`), then answers with the file's offset.
-const BLOCK_WRITER: &str = r#"
+/// A python program that writes to `path`, opened with `flags`, for
+/// each line `n` it reads, `n` blocks of `block` bytes (block `k` is all
+/// byte `k`), then answers with how many blocks it wrote in all.
+fn block_writer(path: &str, flags: &str, block: usize) -> String {
+    format!(
+        r#"
 import os, sys
-fd = os.open("/mfs/2/frozen/behind", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+fd = os.open("{path}", {flags}, 0o644)
 k = 0
 for line in sys.stdin:
     for _ in range(int(line)):
-        assert os.write(fd, bytes([k % 256]) * (1 << 20)) == 1 << 20
+        assert os.write(fd, bytes([k % 256]) * {block}) == {block}
         k += 1
-    print(k << 20, flush=True)
-"#;
+    print(k, flush=True)
+"#
+    )
+}
 
 /// The size of `path` and its last byte, as `python3` in `node` reads
 /// them.
@@ -665,10 +669,36 @@ fn size_and_last_byte(lab: &Lab, node: u16, path: &str) -> String {
     .to_string()
 }
 
-/// Thaws the frozen file system `path` of node 2 once told to (after
-/// `delay`), after `limit` in any case, or at once when dropped (before
-/// the lab goes, also when the test fails), so that nothing stays frozen
-/// and a write waiting for it fails the test instead of hanging it.
+/// A file system of node 2's own, mounted at `frozen` under its export
+/// (`/mfs/2/frozen`) in node 2, to freeze: writes landing there wait
+/// until it thaws. Its path at node 2.
+fn freezable_dir(lab: &Lab) -> String {
+    let image = lab.dir().join("node-2/frozen.img");
+    let made = std::process::Command::new("mkfs.ext4")
+        .args(["-q", "-F"])
+        .arg(&image)
+        .arg("64M")
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "mkfs.ext4: {}", stderr(&made));
+    let frozen = disk(lab, 2).join("frozen");
+    let frozen = frozen.to_str().unwrap().to_string();
+    sh(
+        lab,
+        2,
+        &format!(
+            "mkdir {frozen} && mount -o loop {} {frozen} && chmod 1777 {frozen}",
+            image.display()
+        ),
+    );
+    frozen
+}
+
+/// Freezes the file system `path` of node 2, and thaws it half a second
+/// after being told to, after 5 s in any case, or at once when dropped
+/// (before the lab goes, also when the test fails), so that nothing stays
+/// frozen and a write waiting for it fails the test instead of hanging
+/// it.
 struct Thaw {
     tell: Option<std::sync::mpsc::Sender<()>>,
     thawed: std::sync::Arc<std::sync::atomic::AtomicBool>,
@@ -676,8 +706,10 @@ struct Thaw {
 }
 
 impl Thaw {
-    fn start(lab: &Lab, path: &str, delay: Duration, limit: Duration) -> Thaw {
+    fn freeze(lab: &Lab, path: &str) -> Thaw {
         use std::sync::atomic::{AtomicBool, Ordering};
+        let (delay, limit) = (Duration::from_millis(500), Duration::from_secs(5));
+        sh(lab, 2, &format!("fsfreeze -f {path}"));
         let (tell, told) = std::sync::mpsc::channel::<()>();
         let thawed = std::sync::Arc::new(AtomicBool::new(false));
         let (name, path, flag) = (lab.name.clone(), path.to_string(), thawed.clone());
@@ -736,26 +768,7 @@ impl Drop for Thaw {
 #[test]
 fn writes_behind_their_program_are_there_for_every_reader_and_stat_after_them() {
     let lab = lab("fbehind", 70, 3);
-    // A file system of its own at the owner, to freeze: writes landing
-    // there wait until it thaws.
-    let image = lab.dir().join("node-2/frozen.img");
-    let made = std::process::Command::new("mkfs.ext4")
-        .args(["-q", "-F"])
-        .arg(&image)
-        .arg("64M")
-        .output()
-        .unwrap();
-    assert!(made.status.success(), "mkfs.ext4: {}", stderr(&made));
-    let frozen = disk(&lab, 2).join("frozen");
-    let frozen = frozen.to_str().unwrap().to_string();
-    sh(
-        &lab,
-        2,
-        &format!(
-            "mkdir {frozen} && mount -o loop {} {frozen} && chmod 1777 {frozen}",
-            image.display()
-        ),
-    );
+    let frozen = freezable_dir(&lab);
     let behind_bytes = |lab: &Lab| {
         sample(
             &lab.http_get(1, "/metrics"),
@@ -763,21 +776,16 @@ fn writes_behind_their_program_are_there_for_every_reader_and_stat_after_them() 
         )
     };
     let before = behind_bytes(&lab);
-    let mut writer = Asker::start(&lab, 1, BLOCK_WRITER);
     let file = "/mfs/2/frozen/behind";
+    let writer_program = block_writer(file, "os.O_WRONLY | os.O_CREAT | os.O_TRUNC", 1 << 20);
+    let mut writer = Asker::start(&lab, 1, &writer_program);
     let steps = 5u64;
     for step in 0..steps {
         // Answered before it returns: the check before took the lease
         // back, and this write takes it again.
         writer.ask("1");
-        sh(&lab, 2, &format!("fsfreeze -f {frozen}"));
-        let thaw = Thaw::start(
-            &lab,
-            &frozen,
-            Duration::from_millis(500),
-            Duration::from_secs(5),
-        );
-        let size: u64 = writer.ask("2").parse().unwrap();
+        let thaw = Thaw::freeze(&lab, &frozen);
+        let size = writer.ask("2").parse::<u64>().unwrap() << 20;
         assert!(
             !thaw.thawed(),
             "step {step}: the writes waited for the owner's disk"
@@ -820,6 +828,50 @@ fn writes_behind_their_program_are_there_for_every_reader_and_stat_after_them() 
     assert_eq!(
         size_and_last_byte(&lab, 3, file),
         format!("{} {}", (3 * steps) << 20, (3 * steps - 1) % 256)
+    );
+}
+
+/// Appends to another node's file go behind their program too (they
+/// return while the owner's disk is frozen), and land whole and in the
+/// program's order, though the owner writes each at the end as it
+/// comes: a reader of a third node, after them, sees every block in
+/// place.
+#[test]
+fn appends_behind_their_program_land_in_their_order() {
+    let lab = lab("fappend", 72, 3);
+    let frozen = freezable_dir(&lab);
+    let appender_program = block_writer(
+        "/mfs/2/frozen/log",
+        "os.O_WRONLY | os.O_CREAT | os.O_APPEND",
+        64 << 10,
+    );
+    let mut appender = Asker::start(&lab, 1, &appender_program);
+    // Answered before it returns, and takes the write lease.
+    assert_eq!(appender.ask("1"), "1");
+    let thaw = Thaw::freeze(&lab, &frozen);
+    // 24 appends of 64 KiB: all on their way at once, each waiting at
+    // the owner for the thaw.
+    assert_eq!(appender.ask("24"), "25");
+    assert!(!thaw.thawed(), "the appends waited for the owner's disk");
+    thaw.soon();
+    let blocks = sh(
+        &lab,
+        3,
+        "python3 -c 'import sys; d = open(\"/mfs/2/frozen/log\", \"rb\").read(); \
+         print(len(d), [d[i] for i in range(0, len(d), 64 << 10) \
+         if d[i:i + (64 << 10)] != bytes([d[i]]) * (64 << 10)], \
+         [d[i] for i in range(0, len(d), 64 << 10)])'",
+    );
+    assert!(
+        thaw.thawed(),
+        "the read ended before the owner's disk thawed"
+    );
+    thaw.finish();
+    let expected: Vec<String> = (0..25).map(|k| k.to_string()).collect();
+    assert_eq!(
+        blocks.trim(),
+        format!("{} [] [{}]", 25 << 16, expected.join(", ")),
+        "(size, blocks not all one byte, each block's byte)"
     );
 }
 

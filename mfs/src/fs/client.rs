@@ -180,6 +180,18 @@ impl Kept {
 /// Read-ahead kept, by connection generation and handle.
 type KeptFiles = Arc<Mutex<HashMap<(u64, u64), Kept>>>;
 
+/// A file of another node open on one of its connections, as a write
+/// names it.
+#[derive(Debug, Clone, Copy)]
+pub struct RemoteFile {
+    pub node: NodeId,
+    pub handle: u64,
+    /// The connection it was opened on.
+    pub generation: u64,
+    /// Opened for appending: the owner places each write at the end.
+    pub appending: bool,
+}
+
 /// One open file's writes behind its program, with the node that owns it.
 struct BehindFile {
     node: NodeId,
@@ -567,10 +579,11 @@ impl FsClient {
         Ok(data)
     }
 
-    /// Writes `data` at `offset` of `handle`, open at `node` on connection
-    /// `generation`, as pieces of [`WRITE_PIECE`] bytes in flight together
-    /// (positional writes of disjoint ranges: not for a file open for
-    /// appending, whose writes the owner places at its end). Returns how
+    /// Writes `data` at `offset` of `file`, as pieces of [`WRITE_PIECE`]
+    /// bytes in flight together (positional writes of disjoint ranges),
+    /// or whole if it is open for appending (the owner places it at the
+    /// end, and runs the appends of a handle in the order they came).
+    /// Returns how
     /// many bytes were written from `offset` on without a gap, and whether
     /// they went behind the program; an error only if the first piece
     /// failed.
@@ -581,23 +594,29 @@ impl FsClient {
     /// it, once every piece is written at the owner.
     pub fn write_in_pieces(
         &self,
-        node: NodeId,
+        file: RemoteFile,
         caller: &Caller,
-        handle: u64,
-        generation: u64,
         offset: u64,
         data: &[u8],
     ) -> Result<(u32, bool), Errno> {
-        let file = self.behind_file(node, (generation, handle));
+        let RemoteFile {
+            node,
+            handle,
+            generation,
+            appending,
+        } = file;
+        let behind_file = self.behind_file(node, (generation, handle));
         // Held until the write is sent (or answered): a revoke waits for
         // it, and then for everything sent so far.
-        let mut behind = file.state.lock().expect("behind state lock");
+        let mut behind = behind_file.state.lock().expect("behind state lock");
         if let Some(e) = behind.error {
             return Err(e);
         }
         if behind.lease.is_some() {
             let deadline = Instant::now() + self.timeout;
-            if behind.overlaps(offset, data.len()) {
+            // Appends keep their order at the owner; other writes may not
+            // cross ones still on their way.
+            if !appending && behind.overlaps(offset, data.len()) {
                 behind.settle_all(deadline);
             }
             while !behind.pending.is_empty() && behind.pending_bytes() + data.len() > WRITE_BEHIND {
@@ -608,10 +627,15 @@ impl FsClient {
             }
         }
         let mut sent = Vec::new();
-        for (i, piece) in data.chunks(WRITE_PIECE).enumerate() {
+        let piece_len = if appending {
+            data.len().max(1)
+        } else {
+            WRITE_PIECE
+        };
+        for (i, piece) in data.chunks(piece_len).enumerate() {
             // The data goes as the request's payload: copied once, from
             // FUSE's buffer straight into the encoded request.
-            let piece_offset = offset + (i * WRITE_PIECE) as u64;
+            let piece_offset = offset + (i * piece_len) as u64;
             let op = FsOp::Write {
                 handle,
                 offset: piece_offset,

@@ -41,8 +41,9 @@ struct OpenFile {
     file: File,
     /// The access mode it was opened with (for lock descriptors).
     access: OFlag,
-    /// Opened with O_APPEND: the owner places each write, so none may go
-    /// behind the writer's program (their order is the file's).
+    /// Opened with O_APPEND: the owner places each write at the end, so
+    /// a connection's writes to it run in the order they came
+    /// (`server.rs`).
     appending: bool,
     /// The file's device and inode number, naming it among write leases.
     id: (u64, u64),
@@ -101,9 +102,9 @@ impl OpenFile {
 
     /// The epoch of this handle's write lease for `node`, taken now if
     /// need be; `None` if there is none (someone else has the file open,
-    /// or the handle appends or only reads).
+    /// or the handle only reads).
     fn write_lease_for(self: &Arc<Self>, revoker: &Arc<dyn Revoker>, node: NodeId) -> Option<u64> {
-        if self.access == OFlag::O_RDONLY || self.appending {
+        if self.access == OFlag::O_RDONLY {
             return None;
         }
         self.lease_of(lease::Kind::Write, revoker, || {
@@ -392,6 +393,15 @@ impl Exporter {
             .get(&handle)
             .cloned()
             .ok_or(Errno::EBADF)
+    }
+
+    /// Whether `handle` was opened for appending (false if unknown).
+    pub fn appends(&self, handle: u64) -> bool {
+        self.files
+            .lock()
+            .expect("files lock")
+            .get(&handle)
+            .is_some_and(|open| open.appending)
     }
 
     /// The descriptor of an open file, for passthrough.

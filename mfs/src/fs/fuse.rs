@@ -30,7 +30,7 @@ use fuser::{
 use tokio::sync::watch;
 use tracing::{debug, info};
 
-use super::client::{FsClient, Wait};
+use super::client::{FsClient, RemoteFile, Wait};
 use super::creds::{Credentials, Squash, groups_of};
 use super::export::Exporter;
 use super::stats::FsStats;
@@ -1117,12 +1117,12 @@ impl Filesystem for Mfs {
         reply: ReplyWrite,
     ) {
         // A write to another node's file goes in pieces in flight
-        // together, and behind its program under a write lease, unless
-        // the owner places it (appending). Small writes too: the kernel
+        // together (whole if appending: the owner places it), and behind
+        // its program under a write lease. Small writes too: the kernel
         // sends a large write in two when the program's buffer is not all
         // in memory yet, and a program may write in small blocks.
         let appending = flags.0 & libc::O_APPEND != 0;
-        if !appending {
+        {
             let away = match self.open_handle(fh) {
                 Ok((node, handle, Some(generation))) => Some((node, handle, generation)),
                 Ok(_) => None,
@@ -1132,10 +1132,17 @@ impl Filesystem for Mfs {
                 self.stats.count_op(false);
                 self.stats.count_written(data.len());
                 let caller = Self::caller(req);
-                return match self
-                    .client
-                    .write_in_pieces(node, &caller, handle, generation, offset, data)
-                {
+                return match self.client.write_in_pieces(
+                    RemoteFile {
+                        node,
+                        handle,
+                        generation,
+                        appending,
+                    },
+                    &caller,
+                    offset,
+                    data,
+                ) {
                     Ok((n, behind)) => {
                         if behind {
                             self.stats.count_written_behind(n as usize);

@@ -3,7 +3,7 @@
 //! Files the connection opened are closed when it ends, which also
 //! releases every lock its callers held.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -60,6 +60,17 @@ impl Revoker for ConnectionRevoker {
     }
 }
 
+/// The writes to one file opened for appending, run one after the other
+/// in the order they came: the owner places each at the end, so their
+/// order is the file's. (Other requests run side by side; the writer's
+/// node sends a program's appends in its order, several at once when it
+/// writes behind the program.)
+#[derive(Default)]
+struct InOrder {
+    /// Writes waiting, and whether a thread is running them.
+    queue: Mutex<(VecDeque<FsRequest>, bool)>,
+}
+
 /// Serves `from`'s MFS connection until it closes.
 pub async fn serve(
     mut channel: SecureChannel<TcpStream>,
@@ -84,6 +95,7 @@ pub async fn serve(
         }
     });
     let handles: Arc<Mutex<HashSet<u64>>> = Arc::new(Mutex::new(HashSet::new()));
+    let mut in_order: HashMap<u64, Arc<InOrder>> = HashMap::new();
     let revoker = Arc::new(ConnectionRevoker {
         from,
         answers: answers.clone(),
@@ -124,6 +136,45 @@ pub async fn serve(
                 result: FsResult::Done,
             };
             let _ = answers.send(FsAnswer::Reply(reply)).await;
+            continue;
+        }
+        if let FsOp::Release { handle } = &request.op {
+            in_order.remove(handle);
+        }
+        let appends = match &request.op {
+            FsOp::Write { handle, .. } if exporter.appends(*handle) => Some(*handle),
+            _ => None,
+        };
+        if let Some(handle) = appends {
+            let queue = in_order.entry(handle).or_default().clone();
+            let mut waiting = queue.queue.lock().expect("in-order lock");
+            waiting.0.push_back(request);
+            if waiting.1 {
+                continue;
+            }
+            waiting.1 = true;
+            drop(waiting);
+            let exporter = exporter.clone();
+            let answers = answers.clone();
+            let handles = handles.clone();
+            let revoker: Arc<dyn Revoker> = revoker.clone();
+            tokio::task::spawn_blocking(move || {
+                loop {
+                    let request = {
+                        let mut waiting = queue.queue.lock().expect("in-order lock");
+                        match waiting.0.pop_front() {
+                            Some(request) => request,
+                            None => {
+                                waiting.1 = false;
+                                return;
+                            }
+                        }
+                    };
+                    let id = request.id;
+                    let result = answer(&exporter, from, request, squash, &handles, &revoker);
+                    let _ = answers.blocking_send(FsAnswer::Reply(FsReply { id, result }));
+                }
+            });
             continue;
         }
         let exporter = exporter.clone();

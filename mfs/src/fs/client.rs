@@ -26,7 +26,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tracing::{debug, warn};
 
-use super::write_behind::{Behind, PendingWrite, WRITE_BEHIND};
+use super::write_behind::{Behind, PendingWrite};
 use crate::NodeId;
 use crate::cluster_map::ClusterMap;
 use crate::transport::{Identity, SharedSender, connect};
@@ -589,9 +589,10 @@ impl FsClient {
     /// failed.
     ///
     /// Each piece asks for the owner's write lease. While this node holds
-    /// it, the write returns once sent, with up to [`WRITE_BEHIND`] bytes
-    /// of the file on their way (see [`super::write_behind`]); without
-    /// it, once every piece is written at the owner.
+    /// it, the write returns once sent, with up to `WRITE_BEHIND` bytes in
+    /// `WRITES_BEHIND` requests of the file on their way (see
+    /// [`super::write_behind`]); without it, once every piece is written
+    /// at the owner.
     pub fn write_in_pieces(
         &self,
         file: RemoteFile,
@@ -612,6 +613,12 @@ impl FsClient {
         if let Some(e) = behind.error {
             return Err(e);
         }
+        // An append is one request, so the owner lands it whole.
+        let piece_len = if appending {
+            data.len().max(1)
+        } else {
+            WRITE_PIECE
+        };
         if behind.lease.is_some() {
             let deadline = Instant::now() + self.timeout;
             // Appends keep their order at the owner; other writes may not
@@ -619,19 +626,12 @@ impl FsClient {
             if !appending && behind.overlaps(offset, data.len()) {
                 behind.settle_all(deadline);
             }
-            while !behind.pending.is_empty() && behind.pending_bytes() + data.len() > WRITE_BEHIND {
-                behind.settle_oldest(deadline);
-            }
+            behind.make_room(data.len(), data.len().div_ceil(piece_len).max(1), deadline);
             if let Some(e) = behind.error {
                 return Err(e);
             }
         }
         let mut sent = Vec::new();
-        let piece_len = if appending {
-            data.len().max(1)
-        } else {
-            WRITE_PIECE
-        };
         for (i, piece) in data.chunks(piece_len).enumerate() {
             // The data goes as the request's payload: copied once, from
             // FUSE's buffer straight into the encoded request.

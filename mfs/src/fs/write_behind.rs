@@ -25,6 +25,11 @@ use crate::wire::fs::FsResult;
 /// programs wrote and did not fsync, as a kernel loses its dirty pages.
 pub const WRITE_BEHIND: usize = 2 << 20;
 
+/// How many writes of one file may be on their way: a program writing
+/// in small blocks has each one a request, which the owner runs on a
+/// thread of its own (a pool shared by every node and file).
+pub const WRITES_BEHIND: usize = 64;
+
 /// A write sent and not yet answered.
 pub struct PendingWrite {
     pub offset: u64,
@@ -52,6 +57,18 @@ impl Behind {
     /// Bytes on their way.
     pub fn pending_bytes(&self) -> usize {
         self.pending.iter().map(|write| write.len).sum()
+    }
+
+    /// Waits, until `deadline`, for the oldest writes on their way until
+    /// `len` bytes more, in `pieces` requests, fit within [`WRITE_BEHIND`]
+    /// bytes and [`WRITES_BEHIND`] requests.
+    pub fn make_room(&mut self, len: usize, pieces: usize, deadline: Instant) {
+        while !self.pending.is_empty()
+            && (self.pending_bytes() + len > WRITE_BEHIND
+                || self.pending.len() + pieces > WRITES_BEHIND)
+        {
+            self.settle_oldest(deadline);
+        }
     }
 
     /// Whether a write of `len` bytes at `offset` touches bytes still on
@@ -132,6 +149,25 @@ mod tests {
             len,
             answer: rx,
         });
+    }
+
+    #[test]
+    fn room_is_made_by_bytes_and_by_requests() {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut big = Behind::default();
+        pending(&mut big, 0, 1 << 20, Some(FsResult::Written(1 << 20)));
+        pending(&mut big, 1 << 20, 1 << 20, Some(FsResult::Written(1 << 20)));
+        big.make_room(1 << 20, 2, deadline);
+        assert_eq!(big.pending.len(), 1, "2 MiB at most: the oldest settled");
+        assert_eq!(big.pending[0].offset, 1 << 20);
+
+        let mut small = Behind::default();
+        for i in 0..WRITES_BEHIND as u64 {
+            pending(&mut small, i * 10, 10, Some(FsResult::Written(10)));
+        }
+        small.make_room(10, 1, deadline);
+        assert_eq!(small.pending.len(), WRITES_BEHIND - 1);
+        assert_eq!(small.error, None);
     }
 
     #[test]

@@ -202,10 +202,22 @@ fn main() -> anyhow::Result<()> {
                 target.name(),
                 dir.display()
             );
-            figures
-                .push(measure(&lab, &helper, &dir, &args).with_context(|| {
-                    format!("measuring {} in {}", target.name(), dir.display())
-                })?);
+            let measured = measure(&lab, &helper, &dir, &args)
+                .with_context(|| format!("measuring {} in {}", target.name(), dir.display()))?;
+            // Each round's figures too: the medians hide how much a slow
+            // spell of the host moved them.
+            eprintln!(
+                "mfs-io: round {round}/{}: {}: write {:.1} MiB/s, read {:.1} MiB/s, {:.0} random reads/s, {:.0} creates/s, {:.0} stats/s, {:.0} unlinks/s",
+                args.rounds,
+                target.name(),
+                measured.seq_write_mib_s,
+                measured.seq_read_mib_s,
+                measured.randread_iops,
+                measured.create_per_s,
+                measured.stat_per_s,
+                measured.unlink_per_s
+            );
+            figures.push(measured);
         }
     }
     let measured: Vec<(Target, Figures)> = chosen

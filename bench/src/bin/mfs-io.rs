@@ -244,6 +244,10 @@ fn main() -> anyhow::Result<()> {
             "meta_rounds": args.meta_rounds,
             "rounds": args.rounds,
             "tcp_mib_s": tcp,
+            "limits": limits(&get, tcp)
+                .iter()
+                .map(|(metric, limit, remote)| json!({ "metric": metric, "limit": limit, "mfs_remote": remote }))
+                .collect::<Vec<_>>(),
             "targets": targets,
             "checks": checks,
         });
@@ -766,6 +770,33 @@ fn print_table(args: &Args, get: &dyn Fn(Target) -> Option<Figures>, tcp: f64, c
         };
         println!("  [{mark}] {}: {ratio}", check.name);
     }
+    let limits = limits(get, tcp);
+    if !limits.is_empty() {
+        println!(
+            "\nphysical limit: the owner's disk is the same as node 1's (one host file system), so\n\
+             mfs-remote can go no faster than the slower of plain TCP and native:"
+        );
+    }
+    for (metric, limit, remote) in limits {
+        println!(
+            "  {metric}: limit {limit:.1}, mfs-remote {}",
+            omx_bench::ratio(remote, Some(limit))
+        );
+    }
+}
+
+/// For each throughput row: the physical limit of mfs-remote (the slower
+/// of plain TCP and the native disk, which node 2's disk shares) and
+/// mfs-remote's figure.
+fn limits(get: &dyn Fn(Target) -> Option<Figures>, tcp: f64) -> Vec<(&'static str, f64, f64)> {
+    ROWS.iter()
+        .filter(|row| row.2)
+        .filter_map(|row| {
+            let native = row.1(&get(Target::Native)?);
+            let remote = row.1(&get(Target::MfsRemote)?);
+            Some((row.0, native.min(tcp), remote))
+        })
+        .collect()
 }
 
 fn figures_json(f: &Figures) -> Value {

@@ -2,7 +2,8 @@
 //! before the owner answers: only under the owner's write lease (no one
 //! else has the file open, and the owner has this node land every write
 //! it sent before anyone else opens, truncates or stats the file), and
-//! only up to [`WRITE_BEHIND`] bytes at a time.
+//! only up to [`WRITE_BEHIND`] bytes in [`WRITES_BEHIND`] requests at a
+//! time.
 //!
 //! A write that already returned and then failed at the owner (a full
 //! disk) fails every later write of the file, until a flush (its close)

@@ -21,6 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, mpsc as sync_mpsc};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use nix::errno::Errno;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -75,7 +76,9 @@ struct Prefetch {
 #[derive(Default)]
 struct Kept {
     offset: u64,
-    data: Vec<u8>,
+    /// Shared with the replies cut from it: a reply takes its bytes
+    /// without copying them.
+    data: Bytes,
     /// `data` reaches the end of the file.
     at_end: bool,
     /// The latest lease the owner revoked: data read under it or an
@@ -98,7 +101,7 @@ struct Kept {
 impl Kept {
     /// The `size` bytes at `offset`, if they are all kept (or the kept
     /// data ends at the end of the file).
-    fn serve(&self, offset: u64, size: u32) -> Option<Vec<u8>> {
+    fn serve(&self, offset: u64, size: u32) -> Option<Bytes> {
         let end = self.end();
         if offset < self.offset || offset > end || (offset == end && !self.at_end) {
             return None;
@@ -109,7 +112,7 @@ impl Kept {
         }
         let from = (offset - self.offset) as usize;
         let to = (wanted_end.min(end) - self.offset) as usize;
-        Some(self.data[from..to].to_vec())
+        Some(self.data.slice(from..to))
     }
 
     /// Records that the program read `len` bytes at `offset`.
@@ -136,11 +139,13 @@ impl Kept {
                 let at_end = data.len() < MAX_FS_IO as usize;
                 let taken = self.next.clamp(self.offset, self.end());
                 if taken == self.end() {
-                    self.data = data;
+                    self.data = Bytes::from(data);
                 } else {
-                    let mut joined = self.data.split_off((taken - self.offset) as usize);
+                    let left = &self.data[(taken - self.offset) as usize..];
+                    let mut joined = Vec::with_capacity(left.len() + data.len());
+                    joined.extend_from_slice(left);
                     joined.extend_from_slice(&data);
-                    self.data = joined;
+                    self.data = Bytes::from(joined);
                 }
                 self.offset = taken;
                 self.at_end = at_end;
@@ -508,7 +513,7 @@ impl FsClient {
         generation: u64,
         offset: u64,
         size: u32,
-    ) -> Result<Vec<u8>, Errno> {
+    ) -> Result<Bytes, Errno> {
         let key = (generation, handle);
         let sequential = loop {
             let prefetch = {
@@ -551,12 +556,15 @@ impl FsClient {
         // the end of the file. Without a lease, nothing, not even where
         // the file ends.
         let (data, kept_ahead) = match result {
-            FsResult::Leased { mut data, epoch } => {
+            FsResult::Leased { data, epoch } => {
                 let at_end = (data.len() as u64) < u64::from(size) + u64::from(ahead);
+                // Cut where it lies: the part asked for goes to the
+                // program, the rest is kept, neither copied.
+                let mut data = Bytes::from(data);
                 let read_ahead = data.split_off(data.len().min(size as usize));
                 (data, Some((read_ahead, at_end, epoch)))
             }
-            FsResult::Data(data) => (data, None),
+            FsResult::Data(data) => (Bytes::from(data), None),
             FsResult::Errno(e) => return Err(Errno::from_raw(e)),
             other => {
                 debug!("unexpected answer to a read: {other:?}");
@@ -571,7 +579,7 @@ impl FsClient {
         file.unleased = kept_ahead.is_none() && ahead > 0;
         (file.data, file.at_end) = match kept_ahead {
             Some((read_ahead, at_end, epoch)) if epoch > file.revoked => (read_ahead, at_end),
-            _ => (Vec::new(), false),
+            _ => (Bytes::new(), false),
         };
         if sequential {
             self.prefetch(node, caller, key, file);
@@ -846,7 +854,7 @@ impl Revokes {
             let mut kept = self.kept.lock().expect("kept lock");
             let file = kept.entry((self.generation, handle)).or_default();
             file.revoked = file.revoked.max(epoch);
-            file.data = Vec::new();
+            file.data = Bytes::new();
             // Not even where the file ends is known now: a writer may be
             // about to extend it.
             file.at_end = false;
@@ -1065,7 +1073,7 @@ mod tests {
     fn an_answer_under_a_revoked_lease_is_dropped_and_one_without_a_lease_stops_reading_ahead() {
         let mut file = Kept {
             offset: 0,
-            data: vec![1; 10],
+            data: Bytes::from(vec![1; 10]),
             next: 4,
             streak: PREFETCH_AFTER,
             ..Kept::default()
@@ -1083,7 +1091,7 @@ mod tests {
         // A short answer under a live lease reaches the end of the file.
         file.absorb(end, leased(vec![4; 100], 6));
         assert!(file.at_end);
-        assert_eq!(file.serve(end, 4096), Some(vec![4; 100]));
+        assert_eq!(file.serve(end, 4096), Some(Bytes::from(vec![4; 100])));
         // No lease: nothing kept, and no more reading ahead.
         let mut file = Kept {
             streak: PREFETCH_AFTER,

@@ -14,6 +14,30 @@ fn root() -> Credentials {
     }
 }
 
+/// A user who is not root.
+fn user_1001() -> Credentials {
+    Credentials {
+        uid: 1001,
+        gid: 1001,
+        groups: vec![1001],
+    }
+}
+
+/// Writes `private` in `base`, a file only root may read.
+fn write_private_file(base: &std::path::Path) {
+    std::fs::write(base.join("private"), "root only").unwrap();
+    std::fs::set_permissions(
+        base.join("private"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+}
+
+/// The node a request comes from.
+fn node_2() -> omx_mfs::NodeId {
+    omx_mfs::NodeId::new(2).unwrap()
+}
+
 fn errno(result: FsResult) -> i32 {
     match result {
         FsResult::Errno(e) => e,
@@ -109,18 +133,9 @@ fn requests_that_leave_the_export_or_name_nothing_get_an_errno() {
 fn operations_run_with_the_callers_identity() {
     let base = std::env::temp_dir().join(format!("omx-export-id-{}", std::process::id()));
     std::fs::create_dir_all(&base).unwrap();
-    std::fs::write(base.join("private"), "root only").unwrap();
-    std::fs::set_permissions(
-        base.join("private"),
-        std::os::unix::fs::PermissionsExt::from_mode(0o600),
-    )
-    .unwrap();
+    write_private_file(&base);
     let exporter = Exporter::new(&base).unwrap();
-    let user = Credentials {
-        uid: 1001,
-        gid: 1001,
-        groups: vec![1001],
-    };
+    let user = user_1001();
     let open = |who: &Credentials| {
         exporter.execute(
             who,
@@ -154,5 +169,124 @@ fn operations_run_with_the_callers_identity() {
     assert_eq!((attr.uid, attr.gid, attr.mode & 0o777), (1001, 1001, 0o755));
     // The thread is root again afterwards.
     assert!(matches!(open(&root()), FsResult::Opened { .. }));
+    std::fs::remove_dir_all(&base).unwrap();
+}
+
+#[test]
+fn looks_run_as_the_caller_leave_the_threads_umask_and_never_enter_the_own_mount() {
+    let base = std::env::temp_dir().join(format!("omx-export-look-{}", std::process::id()));
+    std::fs::create_dir_all(base.join("mnt/below")).unwrap();
+    std::fs::write(base.join("mntx"), "beside the mount, not in it").unwrap();
+    write_private_file(&base);
+    let exporter = Exporter::new(&base).unwrap();
+    let user = user_1001();
+    let access = |who: &Credentials| {
+        let op = FsOp::Access {
+            path: b"private".to_vec(),
+            mask: libc::R_OK,
+        };
+        exporter.look(who, op, node_2()).expect("a look runs here")
+    };
+    // On a thread of its own file system context (a test thread shares
+    // the process's umask), set a umask the look must leave alone.
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                nix::sched::unshare(nix::sched::CloneFlags::CLONE_FS).unwrap();
+                nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o027));
+                assert_eq!(errno(access(&user)), libc::EACCES, "the caller's identity");
+                assert_eq!(access(&root()), FsResult::Done);
+                let umask = nix::sys::stat::umask(nix::sys::stat::Mode::empty());
+                assert_eq!(umask.bits(), 0o027, "a look changed the thread's umask");
+            })
+            .join()
+            .unwrap();
+    });
+    // The thread is itself again even when the operation panics.
+    let panicked = std::panic::catch_unwind(|| {
+        omx_mfs::fs::creds::run_as_looking(&user, || -> Result<(), nix::errno::Errno> {
+            panic!("an operation that panics")
+        })
+    });
+    assert!(panicked.is_err());
+    let fsuid = nix::unistd::setfsuid(nix::unistd::Uid::from_raw(0));
+    assert_eq!(fsuid.as_raw(), 0, "the thread kept the caller's fsuid");
+
+    // Only looks run this way: anything else is given back.
+    let mkdir = FsOp::MkDir {
+        path: b"made".to_vec(),
+        mode: 0o755,
+    };
+    assert_eq!(
+        exporter.look(&root(), mkdir.clone(), node_2()),
+        Err(Box::new(mkdir))
+    );
+
+    // This node's own mount, beneath the exported root, is never walked.
+    exporter.set_own_mount(u64::MAX - 1, &base.join("mnt"));
+    let lookup = |path: &[u8]| {
+        let op = FsOp::Lookup {
+            path: path.to_vec(),
+        };
+        exporter
+            .look(&root(), op, node_2())
+            .expect("a look runs here")
+    };
+    assert_eq!(errno(lookup(b"mnt")), libc::EACCES);
+    assert_eq!(errno(lookup(b"mnt/below")), libc::EACCES);
+    assert!(
+        matches!(lookup(b"mntx"), FsResult::Attr(_)),
+        "{:?}",
+        lookup(b"mntx")
+    );
+    std::fs::remove_dir_all(&base).unwrap();
+}
+
+/// Takes back nothing: the lease it would take back is released when
+/// the test ends.
+struct NoRevoke;
+
+impl omx_mfs::fs::export::Revoker for NoRevoke {
+    fn revoke(&self, _handle: u64, _epoch: u64) {}
+}
+
+#[test]
+fn a_look_at_a_file_another_node_writes_behind_is_given_back_to_wait_elsewhere() {
+    let base = std::env::temp_dir().join(format!("omx-export-lease-{}", std::process::id()));
+    std::fs::create_dir_all(&base).unwrap();
+    std::fs::write(base.join("written"), "").unwrap();
+    let exporter = Exporter::new(&base).unwrap();
+    let writer = omx_mfs::NodeId::new(3).unwrap();
+    let FsResult::Opened { handle, .. } = exporter.execute(
+        &root(),
+        FsOp::Open {
+            path: b"written".to_vec(),
+            flags: libc::O_WRONLY,
+        },
+    ) else {
+        panic!("open failed");
+    };
+    let revoker: std::sync::Arc<dyn omx_mfs::fs::export::Revoker> = std::sync::Arc::new(NoRevoke);
+    let written = exporter.write_leased(&root(), handle, 0, b"behind", writer, &revoker);
+    assert!(
+        matches!(written, FsResult::WrittenLeased { written: 6, .. }),
+        "no write lease: {written:?}"
+    );
+    // Another node's stat must wait for node 3 to settle its writes, and
+    // node 3's confirmation comes in on a connection's reader: not there.
+    let stat = FsOp::GetAttr {
+        path: b"written".to_vec(),
+        handle: None,
+    };
+    assert_eq!(
+        exporter.look(&root(), stat.clone(), node_2()),
+        Err(Box::new(stat.clone()))
+    );
+    // The writer's own node settled its writes before asking.
+    assert!(matches!(
+        exporter.look(&root(), stat, writer),
+        Ok(FsResult::Attr(_))
+    ));
+    exporter.release(handle);
     std::fs::remove_dir_all(&base).unwrap();
 }

@@ -53,40 +53,79 @@ impl Credentials {
 }
 
 thread_local! {
-    static PREPARED: Cell<bool> = const { Cell::new(false) };
+    /// Whether this thread's file system context (umask) is its own.
+    static UMASK_PRIVATE: Cell<bool> = const { Cell::new(false) };
     /// The thread's own supplementary groups, given back after each
     /// operation (read once: they never change).
-    static OWN_GROUPS: std::cell::RefCell<Vec<u32>> = const { std::cell::RefCell::new(Vec::new()) };
+    static OWN_GROUPS: std::cell::RefCell<Option<Vec<u32>>> = const { std::cell::RefCell::new(None) };
 }
 
 /// Runs `operation` with `credentials` on this thread, then gives the
-/// thread back its own identity.
+/// thread back its own identity. The thread's umask is made private and
+/// cleared first, once, so files are made with the mode the caller's own
+/// kernel already masked.
 pub fn run_as<T>(
     credentials: &Credentials,
     operation: impl FnOnce() -> Result<T, Errno>,
 ) -> Result<T, Errno> {
-    prepare_thread()?;
-    sys::set_thread_groups(&credentials.groups).map_err(io_errno)?;
-    setfsgid(Gid::from_raw(credentials.gid));
-    setfsuid(Uid::from_raw(credentials.uid));
-    let result = operation();
-    setfsuid(Uid::from_raw(0));
-    setfsgid(Gid::from_raw(0));
-    OWN_GROUPS
-        .with_borrow(|own| sys::set_thread_groups(own))
-        .map_err(io_errno)?;
-    result
+    make_umask_private()?;
+    as_caller(credentials, operation)
 }
 
-fn prepare_thread() -> Result<(), Errno> {
-    if PREPARED.get() {
+/// Runs `operation`, which makes nothing (a stat, a lookup, a read of a
+/// link or of attributes), with `credentials` on this thread, leaving the
+/// thread's umask alone: it may run on a thread shared with other work of
+/// the daemon, which must keep making its own files with its own umask.
+pub fn run_as_looking<T>(
+    credentials: &Credentials,
+    operation: impl FnOnce() -> Result<T, Errno>,
+) -> Result<T, Errno> {
+    as_caller(credentials, operation)
+}
+
+fn as_caller<T>(
+    credentials: &Credentials,
+    operation: impl FnOnce() -> Result<T, Errno>,
+) -> Result<T, Errno> {
+    let own = own_groups()?;
+    // Gives the thread its identity back however `operation` ends, a
+    // panic included: the thread goes on serving other callers.
+    struct Restore(Vec<u32>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            setfsuid(Uid::from_raw(0));
+            setfsgid(Gid::from_raw(0));
+            if let Err(e) = sys::set_thread_groups(&self.0) {
+                // The thread would keep a caller's groups for whatever it
+                // runs next, which no error return can undo.
+                tracing::error!("cannot give an MFS thread back its own groups ({e}): stopping");
+                std::process::abort();
+            }
+        }
+    }
+    sys::set_thread_groups(&credentials.groups).map_err(io_errno)?;
+    let _restore = Restore(own);
+    setfsgid(Gid::from_raw(credentials.gid));
+    setfsuid(Uid::from_raw(credentials.uid));
+    operation()
+}
+
+fn own_groups() -> Result<Vec<u32>, Errno> {
+    OWN_GROUPS.with_borrow_mut(|own| {
+        if own.is_none() {
+            *own = Some(sys::thread_groups().map_err(io_errno)?);
+        }
+        Ok(own.clone().unwrap_or_default())
+    })
+}
+
+fn make_umask_private() -> Result<(), Errno> {
+    if UMASK_PRIVATE.get() {
         return Ok(());
     }
-    let own = sys::thread_groups().map_err(io_errno)?;
-    OWN_GROUPS.with_borrow_mut(|groups| *groups = own);
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_FS)?;
     nix::sys::stat::umask(nix::sys::stat::Mode::empty());
-    PREPARED.set(true);
+    UMASK_PRIVATE.set(true);
     Ok(())
 }
 

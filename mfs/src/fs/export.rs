@@ -16,7 +16,7 @@ use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
@@ -25,7 +25,7 @@ use nix::fcntl::{AtFlags, OFlag, OpenHow, ResolveFlag, openat2};
 use nix::sys::stat::{FileStat, Mode, SFlag};
 use nix::sys::time::TimeSpec;
 
-use super::creds::{Credentials, run_as};
+use super::creds::{Credentials, run_as, run_as_looking};
 use super::{lease, sys};
 use crate::NodeId;
 use crate::wire::fs::{
@@ -228,6 +228,11 @@ pub struct Exporter {
     /// The device of this node's own MFS mount, never exported (it would
     /// loop back into MFS).
     own_mount_dev: AtomicU64,
+    /// Where that mount is, as a path from the exported root (if it is
+    /// beneath it).
+    own_mount_path: Mutex<Option<Vec<u8>>>,
+    /// The exported root, as it was named.
+    root_path: PathBuf,
     /// `nomfs`: refuse other nodes.
     refuse_remote: AtomicBool,
 }
@@ -295,16 +300,16 @@ fn io_errno(e: std::io::Error) -> Errno {
 
 impl Exporter {
     /// Exports the tree at `root`.
-    pub fn new(root: &Path) -> Result<Exporter, std::io::Error> {
+    pub fn new(root_path: &Path) -> Result<Exporter, std::io::Error> {
         let root = nix::fcntl::open(
-            root,
+            root_path,
             OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
             Mode::empty(),
         )
         .map_err(|e| {
             std::io::Error::new(
                 std::io::ErrorKind::NotFound,
-                format!("cannot export {}: {e}", root.display()),
+                format!("cannot export {}: {e}", root_path.display()),
             )
         })?;
         Ok(Exporter {
@@ -313,14 +318,34 @@ impl Exporter {
             write_leases: Arc::new(Mutex::new(HashMap::new())),
             next_handle: AtomicU64::new(1),
             own_mount_dev: AtomicU64::new(u64::MAX),
+            own_mount_path: Mutex::new(None),
+            root_path: root_path.to_path_buf(),
             refuse_remote: AtomicBool::new(false),
         })
     }
 
-    /// Records the device of this node's MFS mount, so that it is never
-    /// exported back into itself.
-    pub fn set_own_mount_dev(&self, dev: u64) {
+    /// Records this node's MFS mount, device and mount point, so that it
+    /// is never exported back into itself.
+    pub fn set_own_mount(&self, dev: u64, mountpoint: &Path) {
         self.own_mount_dev.store(dev, Ordering::Relaxed);
+        let canonical = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+        let beneath = canonical(mountpoint)
+            .strip_prefix(canonical(&self.root_path))
+            .ok()
+            .map(|relative| relative.as_os_str().as_bytes().to_vec());
+        *self.own_mount_path.lock().expect("own mount lock") = beneath;
+    }
+
+    /// Whether `path` (from the wire) names this node's own MFS mount or
+    /// something in it: walking it would ask MFS itself.
+    fn enters_own_mount(&self, path: &[u8]) -> bool {
+        let own = self.own_mount_path.lock().expect("own mount lock");
+        match own.as_deref() {
+            // The exported root is the mount itself, or in it.
+            Some([]) => true,
+            Some(own) => path.starts_with(own) && matches!(path.get(own.len()), None | Some(b'/')),
+            None => false,
+        }
     }
 
     /// `nomfs`: whether other nodes are refused.
@@ -501,13 +526,21 @@ impl Exporter {
     /// that returned. The holder's own node settled its writes before
     /// asking.
     pub fn settle_write_leases(&self, op: &FsOp, asker: Option<NodeId>) {
+        if let Some(open) = self.write_lease_to_settle(op, asker) {
+            lease::LeaseHolder::on_break(&*open);
+        }
+    }
+
+    /// The file under another node's write lease that `op` of `asker`
+    /// must have settled before it runs, if any.
+    fn write_lease_to_settle(&self, op: &FsOp, asker: Option<NodeId>) -> Option<Arc<OpenFile>> {
         let path = match op {
             FsOp::Lookup { path }
             | FsOp::GetAttr { path, handle: None }
             | FsOp::SetAttr {
                 path, handle: None, ..
             } => path,
-            _ => return,
+            _ => return None,
         };
         if self
             .write_leases
@@ -515,22 +548,66 @@ impl Exporter {
             .expect("write leases lock")
             .is_empty()
         {
-            return;
+            return None;
         }
         // Only to name the file: the operation itself runs as its caller.
-        let Ok(attr) = self.stat_path(path) else {
-            return;
-        };
-        let holder = {
-            let leases = self.write_leases.lock().expect("write leases lock");
-            match leases.get(&(attr.dev, attr.ino)) {
-                Some(holder) if Some(holder.node) != asker => holder.file.upgrade(),
-                _ => None,
-            }
-        };
-        if let Some(open) = holder {
-            lease::LeaseHolder::on_break(&*open);
+        let attr = self.stat_path(path).ok()?;
+        let leases = self.write_leases.lock().expect("write leases lock");
+        match leases.get(&(attr.dev, attr.ino)) {
+            Some(holder) if Some(holder.node) != asker => holder.file.upgrade(),
+            _ => None,
         }
+    }
+
+    /// Whether `op` only looks (a lookup, a stat, a read of a link, of
+    /// extended attributes or of permissions): it makes and changes
+    /// nothing, and takes no longer than the file system takes to find
+    /// the file.
+    pub fn only_looks(op: &FsOp) -> bool {
+        matches!(
+            op,
+            FsOp::Lookup { .. }
+                | FsOp::GetAttr { .. }
+                | FsOp::ReadLink { .. }
+                | FsOp::Access { .. }
+                | FsOp::GetXattr { .. }
+                | FsOp::ListXattr { .. }
+        )
+    }
+
+    /// Runs `op`, which [only looks](Self::only_looks), as `credentials`
+    /// of node `asker`, on a thread shared with other work (its umask is
+    /// left alone); or gives it back if it must first wait for another
+    /// node to settle its writes to the file (that node's confirmation may
+    /// need the very thread this runs on).
+    pub fn look(
+        &self,
+        credentials: &Credentials,
+        op: FsOp,
+        asker: NodeId,
+    ) -> Result<FsResult, Box<FsOp>> {
+        let path = match &op {
+            FsOp::GetAttr {
+                handle: Some(_), ..
+            } => None,
+            FsOp::Lookup { path }
+            | FsOp::GetAttr { path, .. }
+            | FsOp::ReadLink { path }
+            | FsOp::Access { path, .. }
+            | FsOp::GetXattr { path, .. }
+            | FsOp::ListXattr { path, .. } => Some(path),
+            _ => return Err(Box::new(op)),
+        };
+        // Never walked: this thread may be the one that would answer it
+        // (through this node's own mount and another node's, back here).
+        if path.is_some_and(|path| self.enters_own_mount(path)) {
+            return Ok(FsResult::Errno(libc::EACCES));
+        }
+        if self.write_lease_to_settle(&op, Some(asker)).is_some() {
+            return Err(Box::new(op));
+        }
+        Ok(run_as_looking(credentials, || self.run(op))
+            .unwrap_or_else(|errno| FsResult::Errno(errno as i32)))
     }
 
     fn run(&self, op: FsOp) -> Result<FsResult, Errno> {

@@ -177,6 +177,23 @@ pub async fn serve(
             });
             continue;
         }
+        // A look runs here, on the reader: handing it to a blocking
+        // thread and its answer back costs more than the look itself
+        // (on a virtual machine whose idle CPUs halt, each hand-over is a
+        // wake-up of tens of microseconds), and the next request of the
+        // connection waits only as long as the file system takes to find
+        // a file.
+        let request = if Exporter::only_looks(&request.op) {
+            match look(&exporter, from, request, squash, &handles) {
+                Ok(reply) => {
+                    let _ = answers.send(FsAnswer::Reply(reply)).await;
+                    continue;
+                }
+                Err(request) => *request,
+            }
+        } else {
+            request
+        };
         let exporter = exporter.clone();
         let answers = answers.clone();
         let handles = handles.clone();
@@ -195,20 +212,53 @@ pub async fn serve(
     }
 }
 
-fn answer(
+/// Answers `request`, which [only looks](Exporter::only_looks), on the
+/// calling thread; gives it back if it must run on a blocking thread
+/// instead (it must first wait for another node to settle its writes).
+fn look(
     exporter: &Exporter,
     from: NodeId,
     request: FsRequest,
     squash: Squash,
     handles: &Mutex<HashSet<u64>>,
-    revoker: &Arc<dyn Revoker>,
-) -> FsResult {
+) -> Result<FsReply, Box<FsRequest>> {
+    let id = request.id;
+    if let Some(result) = refusal(exporter, from, &request, handles) {
+        return Ok(FsReply { id, result });
+    }
+    let credentials = Credentials::of(&request.caller, true, squash);
+    let FsRequest { id, caller, op } = request;
+    match exporter.look(&credentials, op, from) {
+        Ok(result) => Ok(FsReply { id, result }),
+        Err(op) => Err(Box::new(FsRequest {
+            id,
+            caller,
+            op: *op,
+        })),
+    }
+}
+
+/// Why `request` of node `from` must not run, if it must not: this node
+/// refuses MFS, or it names a handle another connection opened.
+fn refusal(
+    exporter: &Exporter,
+    from: NodeId,
+    request: &FsRequest,
+    handles: &Mutex<HashSet<u64>>,
+) -> Option<FsResult> {
     if exporter.refuses_remote() {
         debug!("refusing an MFS request of node {from}: this node is set to nomfs");
-        return FsResult::Errno(libc::EACCES);
+        return Some(FsResult::Errno(libc::EACCES));
     }
     // A handle is usable only on the connection that opened it.
-    let handle = match &request.op {
+    let handle = handle_of(&request.op)?;
+    (!handles.lock().expect("handles lock").contains(&handle))
+        .then_some(FsResult::Errno(libc::EBADF))
+}
+
+/// The handle `op` works on, if it works on one.
+fn handle_of(op: &FsOp) -> Option<u64> {
+    match op {
         FsOp::Read { handle, .. }
         | FsOp::Write { handle, .. }
         | FsOp::Flush { handle, .. }
@@ -220,12 +270,21 @@ fn answer(
         | FsOp::SetLk { handle, .. } => Some(*handle),
         FsOp::GetAttr { handle, .. } | FsOp::SetAttr { handle, .. } => *handle,
         _ => None,
-    };
-    if let Some(handle) = handle
-        && !handles.lock().expect("handles lock").contains(&handle)
-    {
-        return FsResult::Errno(libc::EBADF);
     }
+}
+
+fn answer(
+    exporter: &Exporter,
+    from: NodeId,
+    request: FsRequest,
+    squash: Squash,
+    handles: &Mutex<HashSet<u64>>,
+    revoker: &Arc<dyn Revoker>,
+) -> FsResult {
+    if let Some(refused) = refusal(exporter, from, &request, handles) {
+        return refused;
+    }
+    let handle = handle_of(&request.op);
     let releases = matches!(request.op, FsOp::Release { .. });
     let credentials = Credentials::of(&request.caller, true, squash);
     let result = match request.op {

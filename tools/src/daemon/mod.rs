@@ -150,12 +150,13 @@ pub fn run(config_path: &Path, metrics_addr: Option<std::net::SocketAddr>) -> an
                     squash,
                 );
                 mfs_stats = Some(mfs.stats());
-                let mountpoint = mountpoint.clone();
                 let threads = config.mfs.threads;
-                let mounted =
+                let mounted = {
+                    let mountpoint = mountpoint.clone();
                     tokio::task::spawn_blocking(move || mount::mount(mfs, &mountpoint, threads))
-                        .await??;
-                exporter.set_own_mount_dev(mounted.dev());
+                        .await??
+                };
+                exporter.set_own_mount(mounted.dev(), mountpoint);
                 Some(mounted)
             }
             None => None,

@@ -245,6 +245,27 @@ fn permissions_are_the_callers_and_root_of_another_node_is_nobody() {
         "{}",
         stderr(&other)
     );
+    // A supplementary group of the caller counts at the owner.
+    sh(
+        &lab,
+        2,
+        "echo shared > /mfs/2/pub/grouped && chown 0:1500 /mfs/2/pub/grouped && chmod 640 /mfs/2/pub/grouped",
+    );
+    let in_group = lab.exec(
+        1,
+        &[
+            "setpriv",
+            "--reuid=1003",
+            "--regid=1003",
+            "--groups=1500",
+            "cat",
+            "/mfs/2/pub/grouped",
+        ],
+    );
+    assert!(in_group.status.success(), "{}", stderr(&in_group));
+    assert_eq!(stdout(&in_group), "shared\n");
+    let outside = as_user(1003, "cat /mfs/2/pub/grouped");
+    assert!(!outside.status.success(), "read without the group");
     // The user's files are theirs at the owner.
     let made = as_user(1002, "echo mine > /mfs/2/pub/made");
     assert!(made.status.success(), "{}", stderr(&made));

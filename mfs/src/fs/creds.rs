@@ -9,6 +9,12 @@
 //! masked by its own kernel, are used as given.
 
 use std::cell::Cell;
+use std::fs::File;
+use std::num::NonZeroUsize;
+use std::os::unix::fs::FileExt;
+use std::sync::{Arc, Mutex};
+
+use lru::LruCache;
 
 use nix::errno::Errno;
 use nix::unistd::{Gid, Uid, setfsgid, setfsuid};
@@ -133,12 +139,68 @@ fn io_errno(e: std::io::Error) -> Errno {
     Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))
 }
 
-/// The supplementary groups of process `pid`, from /proc.
-pub fn groups_of(pid: u32) -> Vec<u32> {
-    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
-        return Vec::new();
+/// How many callers' `status` files [`CallerGroups`] keeps open.
+const STATUS_FILES_KEPT: usize = 64;
+
+/// The supplementary groups of calling processes, read from
+/// `/proc/PID/status` for every operation (a process may change them at
+/// any moment). Each caller's file is kept open: a read at offset 0 makes
+/// the kernel write it afresh, and opening it anew costs more than the
+/// read. A kept file of a process that ended reads ESRCH, never another
+/// process's groups, even when its pid has been given to a new process
+/// since: then the file is opened again.
+pub struct CallerGroups {
+    status_files: Mutex<LruCache<u32, Arc<File>>>,
+}
+
+impl Default for CallerGroups {
+    fn default() -> CallerGroups {
+        let kept = NonZeroUsize::new(STATUS_FILES_KEPT).expect("a non-zero count");
+        CallerGroups {
+            status_files: Mutex::new(LruCache::new(kept)),
+        }
+    }
+}
+
+impl CallerGroups {
+    /// The supplementary groups of process (or thread) `pid` now; none if
+    /// it cannot be read (the process is gone).
+    pub fn of(&self, pid: u32) -> Vec<u32> {
+        let kept = self.files().get(&pid).cloned();
+        if let Some(file) = kept {
+            if let Some(groups) = groups_in(&file) {
+                return groups;
+            }
+            self.files().pop(&pid);
+        }
+        let Ok(file) = File::open(format!("/proc/{pid}/status")) else {
+            return Vec::new();
+        };
+        let groups = groups_in(&file).unwrap_or_default();
+        self.files().put(pid, Arc::new(file));
+        groups
+    }
+
+    fn files(&self) -> std::sync::MutexGuard<'_, LruCache<u32, Arc<File>>> {
+        self.status_files.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The groups in an open `/proc/PID/status`, read whole in one read from
+/// offset 0 (so from one writing of it by the kernel).
+fn groups_in(status: &File) -> Option<Vec<u32>> {
+    let mut buffer = vec![0u8; 4096];
+    let read = loop {
+        let read = status.read_at(&mut buffer, 0).ok()?;
+        // A full buffer may have cut the file short (a process with
+        // thousands of groups): read it again into a larger one.
+        if read < buffer.len() {
+            break read;
+        }
+        buffer.resize(buffer.len() * 2, 0);
     };
-    status
+    let text = std::str::from_utf8(&buffer[..read]).ok()?;
+    let groups = text
         .lines()
         .find_map(|l| l.strip_prefix("Groups:"))
         .map(|g| {
@@ -146,5 +208,64 @@ pub fn groups_of(pid: u32) -> Vec<u32> {
                 .filter_map(|n| n.parse().ok())
                 .collect()
         })
-        .unwrap_or_default()
+        .unwrap_or_default();
+    Some(groups)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_callers_groups_are_read_afresh_through_the_kept_file() {
+        let groups = CallerGroups::default();
+        // This test's own thread, whose groups only it changes.
+        std::thread::spawn(move || {
+            let tid = nix::unistd::gettid().as_raw() as u32;
+            sys::set_thread_groups(&[4101, 4102]).unwrap();
+            assert_eq!(groups.of(tid), vec![4101, 4102]);
+            assert!(groups.files().contains(&tid), "the file is kept");
+            sys::set_thread_groups(&[4103]).unwrap();
+            assert_eq!(groups.of(tid), vec![4103], "the groups of the moment");
+        })
+        .join()
+        .unwrap();
+    }
+
+    #[test]
+    fn an_ended_process_has_no_groups_though_its_file_was_kept() {
+        let groups = CallerGroups::default();
+        let mut child = std::process::Command::new("setpriv")
+            .args(["--groups=4242", "sleep", "30"])
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        // setpriv sets the groups, then becomes sleep, under one pid.
+        let started = std::time::Instant::now();
+        while groups.of(pid) != vec![4242] {
+            assert!(
+                started.elapsed().as_secs() < 10,
+                "setpriv never set the groups"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        // The kept file now reads ESRCH; the pid names no process.
+        assert_eq!(groups.of(pid), Vec::<u32>::new());
+    }
+
+    #[test]
+    fn a_process_with_thousands_of_groups_has_them_all() {
+        let groups = CallerGroups::default();
+        let many: Vec<u32> = (10_000..13_000).collect();
+        let wanted = many.clone();
+        std::thread::spawn(move || {
+            let tid = nix::unistd::gettid().as_raw() as u32;
+            sys::set_thread_groups(&many).unwrap();
+            assert_eq!(groups.of(tid), wanted);
+        })
+        .join()
+        .unwrap();
+    }
 }

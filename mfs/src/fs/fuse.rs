@@ -31,7 +31,7 @@ use tokio::sync::watch;
 use tracing::{debug, info};
 
 use super::client::{FsClient, RemoteFile, Wait};
-use super::creds::{Credentials, Squash, groups_of};
+use super::creds::{CallerGroups, Credentials, Squash};
 use super::export::Exporter;
 use super::stats::FsStats;
 use crate::NodeId;
@@ -173,6 +173,7 @@ pub struct Mfs {
     next_handle: AtomicU64,
     passthrough: AtomicBool,
     stats: Arc<FsStats>,
+    caller_groups: CallerGroups,
 }
 
 /// A FUSE inode number for file `ino` of device `dev` at `node`: the same
@@ -327,6 +328,7 @@ impl Mfs {
             next_handle: AtomicU64::new(1),
             passthrough: AtomicBool::new(false),
             stats: Arc::new(FsStats::default()),
+            caller_groups: CallerGroups::default(),
         }
     }
 
@@ -336,7 +338,7 @@ impl Mfs {
         self.stats.clone()
     }
 
-    fn caller(req: &Request) -> Caller {
+    fn caller(&self, req: &Request) -> Caller {
         // Root's groups decide nothing (the owner's thread acts with
         // root's capabilities, or squashes root to an id without
         // groups), and reading them costs a read of /proc, several
@@ -344,7 +346,7 @@ impl Mfs {
         let groups = if req.uid() == 0 {
             Vec::new()
         } else {
-            groups_of(req.pid())
+            self.caller_groups.of(req.pid())
         };
         Caller {
             uid: req.uid(),
@@ -364,7 +366,7 @@ impl Mfs {
         generation: Option<u64>,
         wait: Wait,
     ) -> Result<(FsResult, u64), Errno> {
-        let caller = Self::caller(req);
+        let caller = self.caller(req);
         self.stats.count_op(node == self.me);
         if let FsOp::Write { data, .. } = &op {
             self.stats.count_written(data.len());
@@ -1088,7 +1090,7 @@ impl Filesystem for Mfs {
         // owner's lease, when it has the bytes.
         if let Some(generation) = generation {
             self.stats.count_op(false);
-            let caller = Self::caller(req);
+            let caller = self.caller(req);
             return match self
                 .client
                 .read(node, &caller, handle, generation, offset, size)
@@ -1140,7 +1142,7 @@ impl Filesystem for Mfs {
             if let Some((node, handle, generation)) = away {
                 self.stats.count_op(false);
                 self.stats.count_written(data.len());
-                let caller = Self::caller(req);
+                let caller = self.caller(req);
                 return match self.client.write_in_pieces(
                     RemoteFile {
                         node,

@@ -4,9 +4,12 @@
 //! behalf: each operation runs on a thread whose file system identity
 //! (fsuid, fsgid, supplementary groups) is the caller's, so the kernel
 //! checks permissions exactly as for that user logged in on the owner.
-//! These are per-thread settings; the thread's file system context
-//! (umask) is made private once, so the caller's mode bits, already
-//! masked by its own kernel, are used as given.
+//! These are per-thread settings. A thread that makes files has its file
+//! system context (umask) made private once, so the caller's mode bits,
+//! already masked by its own kernel, are used as given; a look (a stat, a
+//! lookup) leaves it alone, as it may run on a thread shared with other
+//! work. The caller's groups are read from /proc for every operation
+//! ([`CallerGroups`]).
 
 use std::cell::Cell;
 use std::fs::File;

@@ -222,8 +222,8 @@ fn look(
     squash: Squash,
     handles: &Mutex<HashSet<u64>>,
 ) -> Result<FsReply, Box<FsRequest>> {
-    let id = request.id;
     if let Some(result) = refusal(exporter, from, &request, handles) {
+        let id = request.id;
         return Ok(FsReply { id, result });
     }
     let credentials = Credentials::of(&request.caller, true, squash);

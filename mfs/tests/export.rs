@@ -290,3 +290,67 @@ fn a_look_at_a_file_another_node_writes_behind_is_given_back_to_wait_elsewhere()
     exporter.release(handle);
     std::fs::remove_dir_all(&base).unwrap();
 }
+
+#[test]
+fn a_look_into_a_fuse_mount_made_after_the_start_that_may_hang_is_given_back_to_wait_elsewhere() {
+    use nix::mount::{MntFlags, MsFlags, mount, umount2};
+    let base = std::env::temp_dir().join(format!("omx-export-slow-{}", std::process::id()));
+    std::fs::create_dir_all(base.join("hung")).unwrap();
+    std::fs::write(base.join("beside"), "local").unwrap();
+    // A mount namespace of this thread's own, private to it.
+    std::thread::spawn(move || {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).unwrap();
+        let private = MsFlags::MS_REC | MsFlags::MS_PRIVATE;
+        mount(None::<&str>, "/", None::<&str>, private, None::<&str>).unwrap();
+        let exporter = Exporter::new(&base).unwrap();
+        // A FUSE mount no one serves: a stat in it would never return.
+        let fuse = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/fuse")
+            .unwrap();
+        let options = format!(
+            "fd={},rootmode=40000,user_id=0,group_id=0",
+            std::os::fd::AsRawFd::as_raw_fd(&fuse)
+        );
+        let hung = base.join("hung");
+        mount(
+            Some("test"),
+            &hung,
+            Some("fuse"),
+            MsFlags::empty(),
+            Some(options.as_str()),
+        )
+        .unwrap();
+        let stat = |path: &[u8]| FsOp::GetAttr {
+            path: path.to_vec(),
+            handle: None,
+        };
+        let inside = stat(b"hung/file");
+        let (answered, answer) = std::sync::mpsc::channel();
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                let _ = answered.send(exporter.look(&root(), stat(b"hung/file"), node_2()));
+            });
+            let looked = answer.recv_timeout(std::time::Duration::from_secs(5));
+            // Ends a look stuck in the mount (ENOTCONN), whatever happened.
+            drop(fuse);
+            let looked = looked.expect("a look into a hung mount blocked its thread");
+            assert_eq!(looked, Err(Box::new(inside)));
+        });
+        assert!(matches!(
+            exporter.look(&root(), stat(b"beside"), node_2()),
+            Ok(FsResult::Attr(_))
+        ));
+        umount2(&hung, MntFlags::MNT_DETACH).unwrap();
+        // The mount table is read again once it changed: a plain
+        // directory again, looked at here.
+        assert_eq!(
+            exporter.look(&root(), stat(b"hung/file"), node_2()),
+            Ok(FsResult::Errno(libc::ENOENT))
+        );
+        std::fs::remove_dir_all(&base).unwrap();
+    })
+    .join()
+    .unwrap();
+}

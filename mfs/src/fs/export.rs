@@ -26,6 +26,7 @@ use nix::sys::stat::{FileStat, Mode, SFlag};
 use nix::sys::time::TimeSpec;
 
 use super::creds::{Credentials, run_as, run_as_looking};
+use super::mounts::SlowMounts;
 use super::{lease, sys};
 use crate::NodeId;
 use crate::wire::fs::{
@@ -233,6 +234,8 @@ pub struct Exporter {
     own_mount_path: Mutex<Option<Vec<u8>>>,
     /// The exported root, as it was named.
     root_path: PathBuf,
+    /// Where beneath the root a look may wait on a slow file system.
+    slow_mounts: SlowMounts,
     /// `nomfs`: refuse other nodes.
     refuse_remote: AtomicBool,
 }
@@ -320,6 +323,7 @@ impl Exporter {
             own_mount_dev: AtomicU64::new(u64::MAX),
             own_mount_path: Mutex::new(None),
             root_path: root_path.to_path_buf(),
+            slow_mounts: SlowMounts::new(root_path),
             refuse_remote: AtomicBool::new(false),
         })
     }
@@ -577,9 +581,10 @@ impl Exporter {
 
     /// Runs `op`, which [only looks](Self::only_looks), as `credentials`
     /// of node `asker`, on a thread shared with other work (its umask is
-    /// left alone); or gives it back if it must first wait for another
-    /// node to settle its writes to the file (that node's confirmation may
-    /// need the very thread this runs on).
+    /// left alone); or gives it back if it may wait: for another node to
+    /// settle its writes to the file (that node's confirmation may need
+    /// the very thread this runs on), or on a network or FUSE file system
+    /// mounted beneath the root (a hung server would hold the thread).
     pub fn look(
         &self,
         credentials: &Credentials,
@@ -602,6 +607,10 @@ impl Exporter {
         // (through this node's own mount and another node's, back here).
         if path.is_some_and(|path| self.enters_own_mount(path)) {
             return Ok(FsResult::Errno(libc::EACCES));
+        }
+        // A network or FUSE file system may hang: never on a reader.
+        if path.is_some_and(|path| self.slow_mounts.may_be_slow(path)) {
+            return Err(Box::new(op));
         }
         if self.write_lease_to_settle(&op, Some(asker)).is_some() {
             return Err(Box::new(op));

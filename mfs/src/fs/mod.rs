@@ -19,6 +19,7 @@ pub mod fuse;
 #[allow(unsafe_code)]
 pub mod lease;
 pub mod mount;
+pub mod mounts;
 pub mod server;
 pub mod stats;
 #[allow(unsafe_code)]

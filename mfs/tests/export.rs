@@ -282,6 +282,15 @@ fn a_look_at_a_file_another_node_writes_behind_is_given_back_to_wait_elsewhere()
         exporter.look(&root(), stat.clone(), node_2()),
         Err(Box::new(stat.clone()))
     );
+    // A stat through an open file may be of any file system, NFS too.
+    let through_open = FsOp::GetAttr {
+        path: Vec::new(),
+        handle: Some(handle),
+    };
+    assert_eq!(
+        exporter.look(&root(), through_open.clone(), writer),
+        Err(Box::new(through_open))
+    );
     // The writer's own node settled its writes before asking.
     assert!(matches!(
         exporter.look(&root(), stat, writer),

@@ -592,24 +592,26 @@ impl Exporter {
         asker: NodeId,
     ) -> Result<FsResult, Box<FsOp>> {
         let path = match &op {
+            // An open file of any file system, NFS too: nothing says it
+            // answers soon.
             FsOp::GetAttr {
                 handle: Some(_), ..
-            } => None,
+            } => return Err(Box::new(op)),
             FsOp::Lookup { path }
             | FsOp::GetAttr { path, .. }
             | FsOp::ReadLink { path }
             | FsOp::Access { path, .. }
             | FsOp::GetXattr { path, .. }
-            | FsOp::ListXattr { path, .. } => Some(path),
+            | FsOp::ListXattr { path, .. } => path,
             _ => return Err(Box::new(op)),
         };
         // Never walked: this thread may be the one that would answer it
         // (through this node's own mount and another node's, back here).
-        if path.is_some_and(|path| self.enters_own_mount(path)) {
+        if self.enters_own_mount(path) {
             return Ok(FsResult::Errno(libc::EACCES));
         }
         // A network or FUSE file system may hang: never on a reader.
-        if path.is_some_and(|path| self.slow_mounts.may_be_slow(path)) {
+        if self.slow_mounts.may_be_slow(path) {
             return Err(Box::new(op));
         }
         if self.write_lease_to_settle(&op, Some(asker)).is_some() {

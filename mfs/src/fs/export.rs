@@ -16,7 +16,7 @@ use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
@@ -26,7 +26,7 @@ use nix::sys::stat::{FileStat, Mode, SFlag};
 use nix::sys::time::TimeSpec;
 
 use super::creds::{Credentials, run_as, run_as_looking};
-use super::mounts::SlowMounts;
+use super::mounts::{SlowMounts, beneath};
 use super::{lease, sys};
 use crate::NodeId;
 use crate::wire::fs::{
@@ -232,9 +232,8 @@ pub struct Exporter {
     /// Where that mount is, as a path from the exported root (if it is
     /// beneath it).
     own_mount_path: Mutex<Option<Vec<u8>>>,
-    /// The exported root, as it was named.
-    root_path: PathBuf,
-    /// Where beneath the root a look may wait on a slow file system.
+    /// Where beneath the root a look may wait on a slow file system (and
+    /// the root, resolved).
     slow_mounts: SlowMounts,
     /// `nomfs`: refuse other nodes.
     refuse_remote: AtomicBool,
@@ -322,7 +321,6 @@ impl Exporter {
             next_handle: AtomicU64::new(1),
             own_mount_dev: AtomicU64::new(u64::MAX),
             own_mount_path: Mutex::new(None),
-            root_path: root_path.to_path_buf(),
             slow_mounts: SlowMounts::new(root_path),
             refuse_remote: AtomicBool::new(false),
         })
@@ -332,24 +330,15 @@ impl Exporter {
     /// is never exported back into itself.
     pub fn set_own_mount(&self, dev: u64, mountpoint: &Path) {
         self.own_mount_dev.store(dev, Ordering::Relaxed);
-        let canonical = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
-        let beneath = canonical(mountpoint)
-            .strip_prefix(canonical(&self.root_path))
-            .ok()
-            .map(|relative| relative.as_os_str().as_bytes().to_vec());
-        *self.own_mount_path.lock().expect("own mount lock") = beneath;
+        *self.own_mount_path.lock().expect("own mount lock") =
+            self.slow_mounts.from_root(mountpoint);
     }
 
     /// Whether `path` (from the wire) names this node's own MFS mount or
     /// something in it: walking it would ask MFS itself.
     fn enters_own_mount(&self, path: &[u8]) -> bool {
         let own = self.own_mount_path.lock().expect("own mount lock");
-        match own.as_deref() {
-            // The exported root is the mount itself, or in it.
-            Some([]) => true,
-            Some(own) => path.starts_with(own) && matches!(path.get(own.len()), None | Some(b'/')),
-            None => false,
-        }
+        own.as_deref().is_some_and(|own| beneath(path, own))
     }
 
     /// `nomfs`: whether other nodes are refused.

@@ -103,6 +103,13 @@ impl SlowMounts {
         }
     }
 
+    /// `path` as a path from the root, if it is the root or beneath it.
+    pub fn from_root(&self, path: &Path) -> Option<Vec<u8>> {
+        let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+        let relative = path.strip_prefix(&self.root).ok()?;
+        Some(relative.as_os_str().as_bytes().to_vec())
+    }
+
     /// Whether walking `path` (relative to the root, from the wire) may
     /// enter a slow file system.
     pub fn may_be_slow(&self, path: &[u8]) -> bool {
@@ -129,8 +136,9 @@ impl Watch {
     }
 }
 
-/// Whether `path` is `mount` or beneath it (both relative to the root).
-fn beneath(path: &[u8], mount: &[u8]) -> bool {
+/// Whether `path` is `mount` or beneath it (both relative to the root;
+/// an empty `mount` is the root).
+pub(crate) fn beneath(path: &[u8], mount: &[u8]) -> bool {
     mount.is_empty()
         || (path.starts_with(mount) && matches!(path.get(mount.len()), None | Some(b'/')))
 }
@@ -151,7 +159,8 @@ fn read_whole(file: &File) -> Option<Vec<u8>> {
 /// beneath it, and an empty path if the mount holding the root is slow.
 fn slow_mounts_beneath(mountinfo: &[u8], root: &Path) -> Vec<Vec<u8>> {
     let mut slow = Vec::new();
-    // The deepest mount at or above the root holds it.
+    // The deepest mount at or above the root holds it (of several at one
+    // point, the last, which covers the others): its depth and slowness.
     let mut holder: Option<(usize, bool)> = None;
     for line in mountinfo.split(|b| *b == b'\n') {
         let Some((point, kind)) = mount_point_and_type(line) else {
@@ -159,18 +168,15 @@ fn slow_mounts_beneath(mountinfo: &[u8], root: &Path) -> Vec<Vec<u8>> {
         };
         let is_slow = !LOCAL_TYPES.contains(&kind.as_str());
         let point = PathBuf::from(std::ffi::OsStr::from_bytes(&point));
-        if let Ok(relative) = point.strip_prefix(root) {
-            let relative = relative.as_os_str().as_bytes();
-            if relative.is_empty() {
-                holder = Some((usize::MAX, is_slow));
-            } else if is_slow {
-                slow.push(relative.to_vec());
-            }
-        } else if root.starts_with(&point) {
+        if root.starts_with(&point) {
             let depth = point.components().count();
-            if holder.is_none_or(|(deepest, _)| depth >= deepest && deepest != usize::MAX) {
+            if holder.is_none_or(|(deepest, _)| depth >= deepest) {
                 holder = Some((depth, is_slow));
             }
+        } else if let Ok(relative) = point.strip_prefix(root)
+            && is_slow
+        {
+            slow.push(relative.as_os_str().as_bytes().to_vec());
         }
     }
     if holder.is_some_and(|(_, is_slow)| is_slow) {

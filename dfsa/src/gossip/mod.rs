@@ -1,7 +1,11 @@
 //! Dissemination of load information, as MOSIX's information daemon does it.
 //!
 //! Every time step a node sends its own fresh entry plus the `w` freshest
-//! entries it holds (its window) to one node chosen at random. Entries
+//! entries it holds (its window) to one node chosen at random. A node that
+//! starts announces itself to a few members at once, and a node that hears
+//! from a member it did not hold as up answers it at once: a (re)joining
+//! node is known, and knows its peers, after one exchange instead of after
+//! the others' random steps happen to reach it. Entries
 //! carry their age, never a clock reading; a receiver keeps an entry if it
 //! is fresher than what it holds. A node whose freshest entry grows older
 //! than a timeout is down; a fresh entry brings it back up.
@@ -28,6 +32,12 @@ pub type Millis = u64;
 /// the local clock itself (a node that just started hears of a node dead
 /// for an hour) has a negative stamp, and keeps its true age.
 type Stamp = i64;
+
+/// How many members a starting node announces itself to: all of a small
+/// cluster; in a large one, enough that their answers (each with its
+/// window) tell it of many peers while a whole cluster starting at once
+/// sends no more than this many messages per node.
+pub const ANNOUNCE_TO: usize = 8;
 
 /// A stamp for an entry never received.
 const NEVER: Stamp = Stamp::MIN;
@@ -182,6 +192,53 @@ impl<P: Clone + Default> GossipNode<P> {
         Some(to)
     }
 
+    /// Refreshes our own entry and sends it with the window to
+    /// [`ANNOUNCE_TO`] members chosen at random (every other member if
+    /// there are fewer): what a node does when it starts. Returns them.
+    pub fn announce<R: Rng, T: GossipTransport<P>>(
+        &mut self,
+        now: Millis,
+        own: P,
+        rng: &mut R,
+        transport: &mut T,
+    ) -> Vec<NodeId> {
+        self.set_own(now, own);
+        let me = self.my_slot();
+        let others: Vec<usize> = (0..self.members.len()).filter(|s| *s != me).collect();
+        let chosen: Vec<NodeId> = rand::seq::IndexedRandom::sample(&others[..], rng, ANNOUNCE_TO)
+            .map(|slot| self.members.ids()[*slot])
+            .collect();
+        for to in &chosen {
+            transport.send(self.me, *to, self.outgoing(now, me));
+        }
+        chosen
+    }
+
+    /// Takes in a message from member `from` (see [`GossipNode::receive`])
+    /// and, if `from` was not up here before it (it just started, or came
+    /// back), answers it at once with our own entry and the window.
+    /// Returns whether it answered. Two nodes that did not know each other
+    /// exchange three messages at most: the answer to an answer finds the
+    /// other side up.
+    pub fn receive_and_welcome<T: GossipTransport<P>>(
+        &mut self,
+        now: Millis,
+        from: NodeId,
+        rumors: Vec<Rumor<P>>,
+        own: P,
+        transport: &mut T,
+    ) -> bool {
+        let was_up = self.status(now, from) == Some(NodeStatus::Up);
+        self.receive(now, rumors);
+        let member = from != self.me && self.members.slot(from).is_some();
+        if was_up || !member {
+            return false;
+        }
+        self.set_own(now, own);
+        transport.send(self.me, from, self.outgoing(now, self.my_slot()));
+        true
+    }
+
     /// Our own entry followed by the window, with ages as of `now`.
     fn outgoing(&self, now: Millis, me: usize) -> Vec<Rumor<P>> {
         std::iter::once(me)
@@ -331,6 +388,74 @@ mod tests {
         }
         let targets: std::collections::BTreeSet<u16> = sent.0.iter().map(|s| s.1.get()).collect();
         assert_eq!(targets.len(), 4, "all other members get picked");
+    }
+
+    #[test]
+    fn a_starting_node_announces_itself_to_every_member_of_a_small_cluster_and_a_few_of_a_large_one()
+     {
+        let mut small: GossipNode<u32> = GossipNode::new(id(2), members(&[1, 2, 3, 4]), PARAMS);
+        let mut sent = Captured::default();
+        let mut rng = SmallRng::seed_from_u64(5);
+        let mut chosen = small.announce(100, 22, &mut rng, &mut sent);
+        chosen.sort();
+        assert_eq!(chosen, vec![id(1), id(3), id(4)]);
+        assert_eq!(sent.0.len(), 3);
+        for (from, _, rumors) in &sent.0 {
+            assert_eq!(*from, id(2));
+            assert_eq!(
+                (rumors[0].node, rumors[0].age, rumors[0].payload),
+                (id(2), 0, 22)
+            );
+        }
+        let all: Vec<u16> = (1..=1000).collect();
+        let mut large: GossipNode<u32> = GossipNode::new(id(7), members(&all), PARAMS);
+        let mut sent = Captured::default();
+        let chosen = large.announce(100, 7, &mut rng, &mut sent);
+        let distinct: std::collections::BTreeSet<NodeId> = chosen.iter().copied().collect();
+        assert_eq!(distinct.len(), ANNOUNCE_TO, "{chosen:?}");
+        assert!(!distinct.contains(&id(7)), "never to itself");
+        assert_eq!(sent.0.len(), ANNOUNCE_TO);
+    }
+
+    #[test]
+    fn a_node_not_up_here_is_answered_at_once_and_the_exchange_ends() {
+        let all = members(&[1, 2, 3]);
+        let mut old: GossipNode<u32> = GossipNode::new(id(1), all.clone(), PARAMS);
+        old.receive(
+            1000,
+            vec![Rumor {
+                node: id(3),
+                age: 0,
+                payload: 30,
+            }],
+        );
+        let mut new: GossipNode<u32> = GossipNode::new(id(2), all, PARAMS);
+        // Node 2 starts and announces itself to node 1.
+        let mut to_old = Captured::default();
+        new.announce(0, 20, &mut SmallRng::seed_from_u64(1), &mut to_old);
+        let (_, _, hello) = to_old.0.into_iter().find(|s| s.1 == id(1)).unwrap();
+        let mut to_new = Captured::default();
+        assert!(old.receive_and_welcome(1000, id(2), hello.clone(), 10, &mut to_new));
+        assert_eq!(old.status(1000, id(2)), Some(NodeStatus::Up));
+        // The answer tells node 2 of node 1 and of what node 1 knows.
+        let (from, to, answer) = to_new.0.pop().unwrap();
+        assert_eq!((from, to), (id(1), id(2)));
+        let mut back = Captured::default();
+        assert!(new.receive_and_welcome(50, id(1), answer.clone(), 20, &mut back));
+        assert_eq!(new.status(50, id(1)), Some(NodeStatus::Up));
+        assert_eq!(new.entry(50, id(3)), Some((0, &30)));
+        // Node 1 holds node 2 up now: node 2's answer to the answer ends it.
+        let mut none = Captured::default();
+        let (_, _, last) = back.0.pop().unwrap();
+        assert!(!old.receive_and_welcome(1001, id(2), last, 10, &mut none));
+        assert!(!new.receive_and_welcome(51, id(1), answer, 20, &mut none));
+        assert!(none.0.is_empty());
+        // A node come back from down is answered too; a stranger is not.
+        assert!(old.receive_and_welcome(9000, id(2), hello.clone(), 10, &mut none));
+        let mut stranger = hello;
+        stranger[0].node = id(42);
+        assert!(!old.receive_and_welcome(9001, id(42), stranger, 10, &mut none));
+        assert_eq!(none.0.len(), 1);
     }
 
     #[test]

@@ -70,6 +70,7 @@ pub struct GossipSimReport {
 
 /// A message in flight.
 struct Delivery {
+    from: NodeId,
     to: usize,
     rumors: Vec<Rumor<()>>,
 }
@@ -87,7 +88,7 @@ struct SimNetwork<'a> {
 }
 
 impl GossipTransport<()> for SimNetwork<'_> {
-    fn send(&mut self, _from: NodeId, to: NodeId, rumors: Vec<Rumor<()>>) {
+    fn send(&mut self, from: NodeId, to: NodeId, rumors: Vec<Rumor<()>>) {
         self.sent += 1;
         self.entries += rumors.len() as u64;
         if self.loss > 0.0 && self.rng.random_bool(self.loss) {
@@ -95,7 +96,7 @@ impl GossipTransport<()> for SimNetwork<'_> {
         }
         let to = self.members.slot(to).expect("targets are members");
         self.in_flight
-            .schedule(self.now + self.latency, Delivery { to, rumors });
+            .schedule(self.now + self.latency, Delivery { from, to, rumors });
     }
 }
 
@@ -187,13 +188,40 @@ impl SimCluster {
             .insert(self.members.slot(id).expect("a member"));
     }
 
-    /// Restarts a crashed node with an empty table, as a fresh daemon.
+    /// Restarts a crashed node with an empty table, as a fresh daemon,
+    /// which announces itself.
     pub fn restart(&mut self, id: NodeId) {
         let slot = self.members.slot(id).expect("a member");
         self.crashed.remove(&slot);
         let params = self.nodes[slot].params();
         self.nodes[slot] = GossipNode::new(id, self.members.clone(), params);
         self.clock_origin[slot] = self.now;
+        self.sending(slot, self.now, |node, network, rng| {
+            node.announce(0, (), rng, network);
+        });
+    }
+
+    /// Runs `send` on node `slot` (with the nodes' randomness) at global
+    /// time `at`, through the network, and counts what it sent.
+    fn sending(
+        &mut self,
+        slot: usize,
+        at: Millis,
+        send: impl FnOnce(&mut GossipNode<()>, &mut SimNetwork<'_>, &mut SmallRng),
+    ) {
+        let mut network = SimNetwork {
+            now: at,
+            latency: self.latency,
+            loss: self.loss,
+            rng: &mut self.loss_rng,
+            members: &self.members,
+            in_flight: &mut self.in_flight,
+            sent: 0,
+            entries: 0,
+        };
+        send(&mut self.nodes[slot], &mut network, &mut self.choice_rng);
+        self.messages_sent += network.sent;
+        self.entries_sent += network.entries;
     }
 
     /// Runs one step: every live node ticks once, at its phase.
@@ -207,20 +235,10 @@ impl SimCluster {
             if self.crashed.contains(&node) {
                 continue;
             }
-            let mut network = SimNetwork {
-                now: at,
-                latency: self.latency,
-                loss: self.loss,
-                rng: &mut self.loss_rng,
-                members: &self.members,
-                in_flight: &mut self.in_flight,
-                sent: 0,
-                entries: 0,
-            };
             let local = at - self.clock_origin[node];
-            self.nodes[node].step(local, (), &mut self.choice_rng, &mut network);
-            self.messages_sent += network.sent;
-            self.entries_sent += network.entries;
+            self.sending(node, at, |node, network, rng| {
+                node.step(local, (), rng, network);
+            });
         }
         self.now = step_start + self.interval;
         self.deliver_until(self.now - 1);
@@ -228,10 +246,14 @@ impl SimCluster {
 
     fn deliver_until(&mut self, until: Millis) {
         while let Some((at, delivery)) = self.in_flight.pop_until(until) {
-            if !self.crashed.contains(&delivery.to) {
-                let local = at - self.clock_origin[delivery.to];
-                self.nodes[delivery.to].receive(local, delivery.rumors);
+            if self.crashed.contains(&delivery.to) {
+                continue;
             }
+            let local = at - self.clock_origin[delivery.to];
+            let Delivery { from, to, rumors } = delivery;
+            self.sending(to, at, |node, network, _| {
+                node.receive_and_welcome(local, from, rumors, (), network);
+            });
         }
     }
 
@@ -334,6 +356,22 @@ mod tests {
         }
         assert_eq!(cluster.count_seeing(victim, NodeStatus::Down), 49);
         cluster.restart(victim);
+        // Its announcement and the answers: one step, not a spread by
+        // random steps.
+        cluster.run_step();
+        let slot = cluster.members.slot(victim).unwrap();
+        let (now, origin) = (cluster.now, cluster.clock_origin[slot]);
+        let up_for_it = (1..=50u16)
+            .map(|n| NodeId::new(n).unwrap())
+            .filter(|n| *n != victim)
+            .filter(|n| cluster.nodes[slot].status(now - origin, *n) == Some(NodeStatus::Up))
+            .count();
+        assert_eq!(up_for_it, 49, "the answers tell it of everyone");
+        let seeing_it = cluster.count_seeing(victim, NodeStatus::Up);
+        assert!(
+            seeing_it >= crate::gossip::ANNOUNCE_TO,
+            "{seeing_it} see it up"
+        );
         for _ in 0..20 {
             cluster.run_step();
         }

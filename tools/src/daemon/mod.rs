@@ -195,7 +195,7 @@ pub fn run(config_path: &Path, metrics_addr: Option<std::net::SocketAddr>) -> an
                 },
             ));
         }
-        tokio::spawn(node.clone().dispatch_inbound(inbound_rx));
+        tokio::spawn(node.clone().dispatch_inbound(inbound_rx, outbox.clone()));
         tokio::spawn(sample_load(node.clone()));
         tokio::spawn(balancer.clone().run());
         tokio::spawn(gossip(node.clone(), outbox));
@@ -277,9 +277,13 @@ async fn sample_load(node: Arc<Node>) {
     }
 }
 
-/// One gossip step per interval, starting at a random phase so that the
+/// An announcement at the start (with a first load sample in it), then
+/// one gossip step per interval, starting at a random phase so that the
 /// nodes of a cluster do not send in lockstep.
 async fn gossip(node: Arc<Node>, outbox: Outbox) {
+    // The sampling task reports a failure to measure.
+    let _ = node.sample_load();
+    node.gossip_announce(&outbox);
     let interval = node.config().gossip.interval;
     let phase = rand::rng().random_range(0..interval.as_millis().max(1) as u64);
     tokio::time::sleep(Duration::from_millis(phase)).await;

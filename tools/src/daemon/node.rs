@@ -141,6 +141,25 @@ impl Node {
             .step(self.now(), own, &mut rng, &mut transport);
     }
 
+    /// Announces this node to a few members (all of a small cluster), as
+    /// a starting daemon does; they answer with what they know. Nothing if
+    /// the node is quiet.
+    pub fn gossip_announce(&self, outbox: &Outbox) {
+        if self.settings.get().quiet {
+            return;
+        }
+        let own = self.own_report();
+        let mut transport = OutboxTransport { outbox };
+        let mut rng = rand::rng();
+        let told = self.gossip.lock().expect("gossip lock").announce(
+            self.now(),
+            own,
+            &mut rng,
+            &mut transport,
+        );
+        debug!("announced this node to {} members", told.len());
+    }
+
     /// This node's load, with its switches: whether it takes guests and
     /// whether automatic moves away from it are off.
     pub fn own_report(&self) -> LoadReport {
@@ -168,17 +187,23 @@ impl Node {
     }
 
     /// Takes in messages from other nodes until the listener stops.
-    pub async fn dispatch_inbound(self: Arc<Self>, mut inbound: mpsc::Receiver<Inbound>) {
+    /// Answers to gossip (to a node that just started) leave through
+    /// `outbox`.
+    pub async fn dispatch_inbound(
+        self: Arc<Self>,
+        mut inbound: mpsc::Receiver<Inbound>,
+        outbox: Outbox,
+    ) {
         while let Some(Inbound { from, message }) = inbound.recv().await {
             match message {
-                PeerMessage::Gossip(packet) => self.receive_gossip(from, packet),
+                PeerMessage::Gossip(packet) => self.receive_gossip(from, packet, &outbox),
                 // The listener hands these over before they get here.
                 PeerMessage::OpenLink(_) | PeerMessage::OpenFs => {}
             }
         }
     }
 
-    fn receive_gossip(&self, from: NodeId, packet: GossipPacket) {
+    fn receive_gossip(&self, from: NodeId, packet: GossipPacket, outbox: &Outbox) {
         // A packet leads with its sender's own entry; anything else is not
         // what our peers send.
         if packet.entries.first().map(|e| e.node) != Some(from.get()) {
@@ -199,10 +224,16 @@ impl Node {
             })
             .collect();
         debug!("gossip from node {from}: {} entries", rumors.len());
-        self.gossip
-            .lock()
-            .expect("gossip lock")
-            .receive(self.now(), rumors);
+        let mut gossip = self.gossip.lock().expect("gossip lock");
+        if self.settings.get().quiet {
+            gossip.receive(self.now(), rumors);
+            return;
+        }
+        let own = self.own_report();
+        let mut transport = OutboxTransport { outbox };
+        if gossip.receive_and_welcome(self.now(), from, rumors, own, &mut transport) {
+            debug!("answered node {from}, which was not up here");
+        }
     }
 
     /// Logs nodes that went down or came (back) up since the last call.

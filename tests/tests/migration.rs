@@ -231,6 +231,40 @@ fn exit_codes_and_deaths_by_signal_reach_the_parent_unchanged() {
     assert_eq!(rest.trim(), "status=143");
 }
 
+/// A process that ends while its remote keeper stops it for a move (here:
+/// its last call, a write home blocked on a full pipe, is cut short by
+/// the move and returns, and the process exits at once) ends as it
+/// ended: its exit code reaches the parent, and the move is answered.
+#[test]
+fn a_process_ending_while_it_is_stopped_for_a_move_keeps_its_exit_code() {
+    let lab = lab("mendmove", 76);
+    let script = "import os, time\ntime.sleep(1)\nn = os.write(1, b'x' * (1 << 20))\nos._exit(37 if n > 0 else 1)";
+    for round in 0..6 {
+        let mut child = lab.spawn(1, &["python3", "-c", script], Stdio::null(), Stdio::piped());
+        let pid = child.id();
+        std::thread::sleep(Duration::from_millis(300));
+        lab.migrate(1, pid, "2").expect("moved to node 2");
+        // The write fills the pipe at home and waits there for a reader.
+        let wchan = format!("/proc/{pid}/wchan");
+        wait_for(Duration::from_secs(10), "the write to wait at home", || {
+            std::fs::read_to_string(&wchan).is_ok_and(|w| w.contains("pipe_write"))
+        });
+        match lab.migrate(1, pid, "3") {
+            Ok(_) => {}
+            Err(e) => assert!(e.contains("the process ended"), "round {round}: {e}"),
+        }
+        let mut out = Vec::new();
+        child.stdout.take().unwrap().read_to_end(&mut out).unwrap();
+        let status = child.wait().unwrap();
+        assert_eq!(status.code(), Some(37), "round {round}: {status:?}");
+        assert!(
+            !out.is_empty() && out.len() < 1 << 20,
+            "round {round}: {} bytes: the cut write was not run twice",
+            out.len()
+        );
+    }
+}
+
 #[test]
 // The child is reaped by waitpid, which also sees its stop.
 #[allow(clippy::zombie_processes)]

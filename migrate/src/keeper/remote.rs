@@ -384,34 +384,16 @@ impl Remote {
 
     fn on_child(&mut self) -> Result<Option<i32>, KeeperError> {
         while let Some(stop) = ptrace::wait_nohang(self.child)? {
+            if stop.is_gone() {
+                self.report_end(stop)?;
+                return Ok(Some(0));
+            }
             if !matches!(stop, Stop::Continued | Stop::Interrupt | Stop::Event(_)) {
-                // The deputy ends or stops as the process did: whoever
-                // shares its files at home sees where it left them.
+                // The deputy stops as the process did: whoever shares its
+                // files at home sees where it left them.
                 self.sync_offsets()?;
             }
             match stop {
-                Stop::Exited(code) => {
-                    self.link.send(&LinkMessage::Exited { code })?;
-                    self.daemon.report(&KeeperReport::Ended {
-                        code: Some(code),
-                        signal: None,
-                    });
-                    return Ok(Some(0));
-                }
-                Stop::Killed {
-                    signal,
-                    core_dumped,
-                } => {
-                    self.link.send(&LinkMessage::Killed {
-                        signal,
-                        core_dumped,
-                    })?;
-                    self.daemon.report(&KeeperReport::Ended {
-                        code: None,
-                        signal: Some(signal),
-                    });
-                    return Ok(Some(0));
-                }
                 Stop::Signal(signal) | Stop::Group(signal) => {
                     let signal = match (signal, self.stopped_for.take()) {
                         (libc::SIGSTOP, Some(original)) => original,
@@ -420,10 +402,40 @@ impl Remote {
                     self.link.send(&LinkMessage::Stopped { signal })?;
                 }
                 Stop::Continued => self.link.send(&LinkMessage::Continued)?,
-                Stop::Interrupt | Stop::Event(_) => {}
+                Stop::Exited(_) | Stop::Killed { .. } | Stop::Interrupt | Stop::Event(_) => {}
             }
         }
         Ok(None)
+    }
+
+    /// Tells home and the daemon that the process ended as `end` says,
+    /// after home's offsets: the deputy ends as the process did, and
+    /// whoever shares its files at home sees where it left them.
+    fn report_end(&mut self, end: Stop) -> Result<(), KeeperError> {
+        self.sync_offsets()?;
+        let (code, signal) = match end {
+            Stop::Exited(code) => {
+                self.link.send(&LinkMessage::Exited { code })?;
+                (Some(code), None)
+            }
+            Stop::Killed {
+                signal,
+                core_dumped,
+            } => {
+                self.link.send(&LinkMessage::Killed {
+                    signal,
+                    core_dumped,
+                })?;
+                (None, Some(signal))
+            }
+            other => {
+                return Err(KeeperError::Protocol(format!(
+                    "{other:?} is not the end of the process"
+                )));
+            }
+        };
+        self.daemon.report(&KeeperReport::Ended { code, signal });
+        Ok(())
     }
 
     fn on_notification(&mut self) -> Result<Option<i32>, KeeperError> {
@@ -690,37 +702,39 @@ impl Remote {
     }
 
     /// Stops the process for a move: ends any forwarded call first, then
-    /// freezes and captures it.
-    fn freeze(&mut self) -> Result<Frozen, KeeperError> {
+    /// freezes and captures it. `None` if it ended first: its end is
+    /// reported as any end is, and there is nothing left to move.
+    fn freeze(&mut self) -> Result<Option<Frozen>, KeeperError> {
         let held = self.settle_pending_call()?;
         for signal in held {
             self.deliver(signal, false)?;
         }
         let child = self.child;
         let since = std::time::Instant::now();
-        ptrace::seize(child, 0)?;
-        ptrace::interrupt(child)?;
+        if let Err(e) = ptrace::seize(child, 0).and_then(|()| ptrace::interrupt(child)) {
+            // An ended process (a zombie) cannot be seized.
+            return match ptrace::wait_nohang(child)? {
+                Some(end) if end.is_gone() => self.report_end(end).map(|()| None),
+                _ => Err(e.into()),
+            };
+        }
         loop {
             match ptrace::wait(child)? {
                 Stop::Interrupt => break,
                 Stop::Signal(signal) => ptrace::cont(child, signal)?,
-                stop if stop.is_gone() => {
-                    return Err(KeeperError::Protocol(format!(
-                        "the process ended while stopping it ({stop:?})"
-                    )));
-                }
+                end if end.is_gone() => return self.report_end(end).map(|()| None),
                 _ => ptrace::cont(child, 0)?,
             }
         }
         let regs = ptrace::get_regs(child)?;
         let mut injector = Injector::bootstrap(child, &[])?;
         let captured = capture::capture(&mut injector, regs)?;
-        Ok(Frozen {
+        Ok(Some(Frozen {
             injector,
             captured,
             regs,
             since,
-        })
+        }))
     }
 
     /// Tells home what the move of a [`Frozen`] process cost, now that it
@@ -774,7 +788,9 @@ impl Remote {
             "process {} of node {} goes home: {reason}",
             self.args.home_pid, self.args.home_node
         );
-        let frozen = self.freeze()?;
+        let Some(frozen) = self.freeze()? else {
+            return Ok(0);
+        };
         self.sync_offsets()?;
         self.link.send(&LinkMessage::ComingHome {
             reason: reason.to_string(),
@@ -812,7 +828,9 @@ impl Remote {
         let address: IpAddr = address
             .parse()
             .map_err(|_| KeeperError::Protocol(format!("bad address {address}")))?;
-        let frozen = self.freeze()?;
+        let Some(frozen) = self.freeze()? else {
+            return Ok(Some(0));
+        };
         // Home's offsets are right wherever the process goes next.
         self.sync_offsets()?;
         let files = self.dfsa.handover();

@@ -8,8 +8,8 @@
 //! system context (umask) made private once, so the caller's mode bits,
 //! already masked by its own kernel, are used as given; a look (a stat, a
 //! lookup) leaves it alone, as it may run on a thread shared with other
-//! work. The caller's groups are read from /proc for every operation
-//! ([`CallerGroups`]).
+//! work. A non-root caller's groups are read from /proc for every
+//! operation ([`CallerGroups`]); root's decide nothing.
 
 use std::cell::Cell;
 use std::fs::File;

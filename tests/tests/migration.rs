@@ -515,6 +515,59 @@ fn migrate_refuses_unknown_nodes_and_other_peoples_processes() {
     child.wait().unwrap();
 }
 
+/// How many times `pid` gave up the CPU of its own accord: a sleeping
+/// process's count grows only when something wakes it (a ptrace stop
+/// does).
+fn voluntary_switches(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// The link to the destination is set up before the process is stopped:
+/// a destination that refuses it (here a blocked node) never stops it.
+#[test]
+fn a_move_the_destination_refuses_leaves_the_process_untouched() {
+    let lab = lab("mrefuse", 77);
+    let mut child = lab.spawn(1, &["sleep", "1000"], Stdio::null(), Stdio::null());
+    let pid = child.id();
+    std::thread::sleep(Duration::from_millis(300));
+    let blocked = lab.omx(2, &["mosctl", "block"]);
+    assert!(blocked.status.success(), "{}", omx_tests::stderr(&blocked));
+    let before = voluntary_switches(pid);
+    for _ in 0..3 {
+        let refused = lab.migrate(1, pid, "2").unwrap_err();
+        assert!(refused.contains("node 2 is blocked"), "{refused}");
+    }
+    assert_eq!(
+        voluntary_switches(pid),
+        before,
+        "the sleeping process was woken (stopped) for moves node 2 refused"
+    );
+    // Away, the same: refused by node 2, it sleeps on at node 3, and
+    // moves on once node 2 takes guests again.
+    lab.migrate(1, pid, "3").expect("moved to node 3");
+    let refused = lab.migrate(1, pid, "2").unwrap_err();
+    assert!(refused.contains("node 2 is blocked"), "{refused}");
+    assert_eq!(lab.where_is(1, pid)["node"].as_u64(), Some(3));
+    let unblocked = lab.omx(2, &["mosctl", "noblock"]);
+    assert!(
+        unblocked.status.success(),
+        "{}",
+        omx_tests::stderr(&unblocked)
+    );
+    lab.migrate(1, pid, "2").expect("moved on to node 2");
+    assert_eq!(lab.where_is(1, pid)["node"].as_u64(), Some(2));
+    child.kill().unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.signal(), Some(libc::SIGKILL));
+}
+
 #[test]
 fn every_move_reports_its_cost_and_status_shows_who_is_where() {
     let lab = lab("mwhere", 34);

@@ -341,13 +341,38 @@ struct Left {
 /// later, by [`release_deputy`], once the user knows it runs there.
 fn leave(args: &HomeArgs) -> Result<Left, String> {
     let pid = args.pid;
-    let frozen = std::time::Instant::now();
     let mut phases = super::Phases::start();
     if let Some(state) = process_state(pid)
         && matches!(state, 'Z' | 'X')
     {
         return Err("it has ended".into());
     }
+    let own_pid = std::process::id() as i32;
+    // Nearly every reason to stay shows on the running process: no link is
+    // opened for one that cannot go. It is asked again once it is stopped.
+    if let Some(reason) = constraints::reason_to_stay(pid, own_pid).map_err(|e| e.to_string())? {
+        return Err(reason);
+    }
+    // The link is set up while the process runs on: on a busy node its
+    // handshakes take tens of milliseconds, and a destination that refuses
+    // (admission) costs the process nothing.
+    let destination = &args.destination;
+    let request = LinkRequest::Immigrate {
+        home_node: args.identity.node.get(),
+        home_pid: pid as u32,
+        session: args.session,
+        from_placement: args.from_placement,
+    };
+    let mut link = open_link(
+        &args.identity,
+        destination.node,
+        destination.address,
+        destination.port,
+        request,
+    )
+    .map_err(|e| format!("node {} cannot take it: {e}", destination.node))?;
+    phases.mark("link");
+    let frozen = std::time::Instant::now();
     ptrace::seize(pid, ptrace::OPTION_EXITKILL)
         .map_err(|e| format!("cannot trace process {pid}: {e}"))?;
     let _boost = FreezeBoost::new(pid);
@@ -379,8 +404,8 @@ fn leave(args: &HomeArgs) -> Result<Left, String> {
     for signal in held {
         let _ = crate::sys::kill_raw(pid, signal);
     }
-    if let Some(reason) = constraints::reason_to_stay(pid, std::process::id() as i32)
-        .map_err(|e| detach(e.to_string()))?
+    if let Some(reason) =
+        constraints::reason_to_stay(pid, own_pid).map_err(|e| detach(e.to_string()))?
     {
         return Err(detach(reason));
     }
@@ -403,30 +428,7 @@ fn leave(args: &HomeArgs) -> Result<Left, String> {
         Some(_) => dfsa::files_of(pid, args.identity.node, &args.export, &args.mfs),
         None => DfsaList::default(),
     };
-    let destination = &args.destination;
-    let request = LinkRequest::Immigrate {
-        home_node: args.identity.node.get(),
-        home_pid: pid as u32,
-        session: args.session,
-        from_placement: args.from_placement,
-    };
     phases.mark("stop and capture");
-    let mut link = match open_link(
-        &args.identity,
-        destination.node,
-        destination.address,
-        destination.port,
-        request,
-    ) {
-        Ok(link) => link,
-        Err(e) => {
-            return Err(undo(
-                injector,
-                format!("node {} cannot take it: {e}", destination.node),
-            ));
-        }
-    };
-    phases.mark("link");
     let sent = link
         .send(&LinkMessage::DfsaFiles(files))
         .map_err(KeeperError::from)

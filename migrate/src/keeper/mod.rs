@@ -62,6 +62,11 @@ pub enum KeeperError {
     Protocol(String),
     #[error("the link closed")]
     LinkClosed,
+    /// The sender closed a new link before the image: it set the link up
+    /// while the process ran, and the process then could not go (it
+    /// ended, or a reason to stay showed once it was stopped).
+    #[error("the sender called the move off before sending the process")]
+    CalledOff,
 }
 
 /// A keeper's channel to its daemon: framed messages, and descriptors
@@ -286,7 +291,11 @@ pub fn receive_header(link: &mut Link) -> Result<ImageHeader, KeeperError> {
 /// image's header.
 pub fn receive_arrival(link: &mut Link) -> Result<(DfsaList, ImageHeader), KeeperError> {
     link.get_ref().set_read_timeout(Some(IMAGE_TIMEOUT))?;
-    match receive(link)? {
+    let first = match receive(link) {
+        Err(KeeperError::LinkClosed) => return Err(KeeperError::CalledOff),
+        other => other?,
+    };
+    match first {
         LinkMessage::DfsaFiles(list) => Ok((list, receive_header(link)?)),
         LinkMessage::Header(header) => Ok((DfsaList::default(), *header)),
         other => Err(KeeperError::Protocol(format!(

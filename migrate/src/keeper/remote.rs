@@ -131,6 +131,15 @@ pub fn run(args: RemoteArgs, link: TcpStream, daemon: UnixStream) -> i32 {
     };
     let (child, memory, listener, dfsa) = match arrive(&args, &mut link) {
         Ok(arrived) => arrived,
+        Err(KeeperError::CalledOff) => {
+            info!(
+                "process {} of node {} does not come: {}",
+                args.home_pid,
+                args.home_node,
+                KeeperError::CalledOff
+            );
+            return 1;
+        }
         Err(e) => {
             warn!(
                 "process {} of node {} could not be rebuilt: {e}",
@@ -828,32 +837,41 @@ impl Remote {
         let address: IpAddr = address
             .parse()
             .map_err(|_| KeeperError::Protocol(format!("bad address {address}")))?;
-        let Some(frozen) = self.freeze()? else {
-            return Ok(Some(0));
-        };
-        // Home's offsets are right wherever the process goes next.
-        self.sync_offsets()?;
-        let files = self.dfsa.handover();
         let request = LinkRequest::Immigrate {
             home_node: self.args.home_node.get(),
             home_pid: self.args.home_pid as u32,
             session: self.args.session,
             from_placement,
         };
-        let moved = open_link(&self.args.identity, destination, address, port, request).and_then(
-            |mut next| {
-                next.send(&LinkMessage::DfsaFiles(files))?;
-                send_image(&mut next, &frozen.captured, &frozen.injector)?;
-                match super::receive(&mut next)? {
-                    LinkMessage::Restored => Ok(()),
-                    LinkMessage::RestoreFailed { reason } => Err(KeeperError::Refused(reason)),
-                    other => Err(KeeperError::Protocol(format!(
-                        "node {node} answered {}",
-                        name_of(&other)
-                    ))),
-                }
-            },
-        );
+        // The link is set up while the process runs on (see the home
+        // keeper's `leave`).
+        let mut next = match open_link(&self.args.identity, destination, address, port, request) {
+            Ok(next) => next,
+            Err(e) => {
+                self.link.send(&LinkMessage::MoveFailed {
+                    reason: format!("node {node} cannot take it: {e}"),
+                })?;
+                return Ok(None);
+            }
+        };
+        let Some(frozen) = self.freeze()? else {
+            return Ok(Some(0));
+        };
+        // Home's offsets are right wherever the process goes next.
+        self.sync_offsets()?;
+        let files = self.dfsa.handover();
+        let moved = next
+            .send(&LinkMessage::DfsaFiles(files))
+            .map_err(KeeperError::from)
+            .and_then(|()| send_image(&mut next, &frozen.captured, &frozen.injector))
+            .and_then(|()| match super::receive(&mut next)? {
+                LinkMessage::Restored => Ok(()),
+                LinkMessage::RestoreFailed { reason } => Err(KeeperError::Refused(reason)),
+                other => Err(KeeperError::Protocol(format!(
+                    "node {node} answered {}",
+                    name_of(&other)
+                ))),
+            });
         match moved {
             Ok(()) => {
                 // The process runs on the next node; ours never runs again.

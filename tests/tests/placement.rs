@@ -555,3 +555,74 @@ fn a_process_busy_a_third_of_the_time_wants_a_third_of_a_cpu_at_home_and_away() 
     first_measurements("on node 2");
     end(&mut [job]);
 }
+
+/// A placement move the destination refuses (here node 3's admission: it
+/// took a guest within its last second) goes to the next best node at
+/// once: the refusal neither holds the job where it is for the minimum
+/// residency, as if it had just arrived, nor sends it to the same full
+/// node round after round.
+#[test]
+fn a_job_a_full_node_refuses_goes_to_the_next_best_at_once() {
+    // Speeds 1x, 1x, 4x, 2x: a lone job of node 1 is worth moving to
+    // node 3, and next to node 4.
+    let lab = balancing_lab("prefuse", 78, 4, &["--cpus", "0.2,0.2,0.8,0.4"]);
+    // Held for a minute where it lands: a refused move taken for an
+    // arrival would keep the job home for that minute.
+    lab.stop(1, false);
+    let config = lab.dir().join("node-1/omx.toml");
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    assert!(text.trim_end().ends_with("balance = true"), "{text}");
+    text.push_str("min_residency_ms = 60000\n");
+    std::fs::write(&config, text).unwrap();
+    lab.start(1);
+    wait_for(Duration::from_secs(20), "node 1 back up", || {
+        lab.all_see_all("up")
+    });
+    let mut sleeper = lab.spawn(1, &["sleep", "1000"], Stdio::null(), Stdio::null());
+    let sleeper_pid = sleeper.id();
+    let keep_full = std::sync::atomic::AtomicBool::new(true);
+    let (job_pid, reached) = std::thread::scope(|scope| {
+        // Node 3 stays full: a sleeper moved to it and back, again and
+        // again, is a guest it took within its last second.
+        scope.spawn(|| {
+            while keep_full.load(std::sync::atomic::Ordering::Relaxed) {
+                lab.migrate(1, sleeper_pid, "3")
+                    .expect("the sleeper moves to node 3");
+                lab.migrate(1, sleeper_pid, "home")
+                    .expect("the sleeper comes home");
+            }
+        });
+        std::thread::sleep(Duration::from_millis(500));
+        let job = mosrun(&lab, 1, &[], &[CPU, "1000000000000"]);
+        let pid = job.id();
+        let started = Instant::now();
+        let mut site = 1;
+        while started.elapsed() < Duration::from_secs(30) {
+            site = sites(&lab, 1, &[pid])[&pid];
+            if site == 4 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        keep_full.store(false, std::sync::atomic::Ordering::Relaxed);
+        (job, (site, started.elapsed()))
+    });
+    let mut job_pid = job_pid;
+    let log = lab.log(1);
+    let refused = format!("process {} stays home: node 3 cannot take it", job_pid.id());
+    end(std::slice::from_mut(&mut job_pid));
+    end(std::slice::from_mut(&mut sleeper));
+    assert!(
+        log.contains(&refused),
+        "node 3 never refused the job (the test did not test): {}",
+        placement_lines(&log)
+    );
+    assert_eq!(
+        reached.0,
+        4,
+        "refused by node 3, the job should have gone to node 4 at once; after {:?} it runs on node {}:\n{}",
+        reached.1,
+        reached.0,
+        placement_lines(&log)
+    );
+}

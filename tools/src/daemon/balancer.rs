@@ -46,6 +46,11 @@ const FIRST_MEASUREMENT_MIN_CPU: std::time::Duration = std::time::Duration::from
 /// beyond [`FIRST_MEASUREMENT_MIN`] (ticks are 10 ms; `mosrun` registers
 /// before it runs the program).
 const NEW_PROGRAM_SLACK: std::time::Duration = std::time::Duration::from_millis(50);
+/// A node that did not take a process (its admission, or any failure)
+/// is not a target of this node's moves for this long: it took as many
+/// guests as it has CPUs within its last second, which the figures here
+/// do not show yet.
+const REFUSED_FOR_MS: u64 = 1_000;
 /// How many generations below a followed process are followed too.
 const MAX_DESCENDANT_DEPTH: usize = 64;
 
@@ -86,6 +91,10 @@ struct Tracked {
     /// homes that picked the same idle node at once would keep their
     /// three jobs there for seconds).
     start_move_pending: bool,
+    /// Where it was, and since when, before the move under way: a move
+    /// that does not happen (the destination refused it) leaves it as it
+    /// was, not held where it is as if it had just arrived.
+    before_move: Option<(Site, Option<u64>)>,
 }
 
 impl Tracked {
@@ -104,6 +113,7 @@ impl Tracked {
             unseen: true,
             start_placed: false,
             start_move_pending: false,
+            before_move: None,
         }
     }
 }
@@ -144,6 +154,8 @@ pub struct Balancer {
 struct State {
     tracked: HashMap<u32, Tracked>,
     adjustments: Vec<Adjustment>,
+    /// Nodes that did not take a move of ours, until when (balancer ms).
+    refused_until: HashMap<NodeId, u64>,
 }
 
 impl Balancer {
@@ -188,7 +200,8 @@ impl Balancer {
                 () = self.migrations.started.notified() => {
                     // A program just started: give it the time to say
                     // what it wants, then judge it (and the rest of a
-                    // burst with it) without waiting out the round.
+                    // burst with it) without waiting out the round. Or a
+                    // move was refused: try another node as soon.
                     tokio::time::sleep(FIRST_MEASUREMENT_MIN + NEW_PROGRAM_SLACK).await;
                     ticker.reset();
                 }
@@ -251,7 +264,15 @@ impl Balancer {
                 .or_insert_with(|| Tracked::new(entry.site));
             tracked.controls = entry.controls.clone();
             if tracked.site != entry.site {
-                if entry.site != Site::Moving {
+                let before_move = std::mem::take(&mut tracked.before_move);
+                if let Some((site, arrived_at_ms)) =
+                    before_move.filter(|(site, _)| *site == entry.site)
+                {
+                    // The move did not happen: it carries on where it was.
+                    debug!("process {} did not move: it stays on {site:?}", entry.pid);
+                    tracked.arrived_at_ms = arrived_at_ms;
+                    tracked.start_move_pending = false;
+                } else if entry.site != Site::Moving {
                     tracked.arrived_at_ms =
                         (!std::mem::take(&mut tracked.start_move_pending)).then_some(now_ms);
                     // CPU time restarts with each remote, and the home
@@ -483,6 +504,7 @@ impl Balancer {
         let State {
             tracked,
             adjustments,
+            refused_until,
         } = &mut *state;
         adjustments.retain_mut(|a| {
             if a.landed_at_ms.is_none() {
@@ -490,8 +512,14 @@ impl Balancer {
                     Some(Site::Moving) => {}
                     Some(Site::Home) if a.to == me => a.landed_at_ms = Some(now_ms),
                     Some(Site::Away(n)) if a.to == n => a.landed_at_ms = Some(now_ms),
-                    // It did not go (or is gone): nothing to expect.
-                    _ => return false,
+                    // It did not go: nothing to expect, and its destination
+                    // is full for now.
+                    Some(_) => {
+                        refused_until.insert(a.to, now_ms + REFUSED_FOR_MS);
+                        return false;
+                    }
+                    // It is gone.
+                    None => return false,
                 }
             }
             let unseen = match a.landed_at_ms {
@@ -510,6 +538,12 @@ impl Balancer {
             }
             true
         });
+        refused_until.retain(|_, until| *until > now_ms);
+        for load in loads.iter_mut() {
+            if refused_until.contains_key(&load.node) {
+                load.accepts_guests = false;
+            }
+        }
         if !(switches.stay || switches.lstay) {
             start_new_jobs(&mut state, &mut loads, &params, |decision, state| {
                 self.carry_out(decision, me, me, now_ms, state)
@@ -659,6 +693,7 @@ impl Balancer {
             Ok(()) => {
                 info!("placement: {decision}");
                 if let Some(t) = state.tracked.get_mut(&pid) {
+                    t.before_move = Some((t.site, t.arrived_at_ms));
                     t.site = Site::Moving;
                     t.arrived_at_ms = Some(now_ms);
                 }

@@ -219,8 +219,8 @@ pub struct Migrations {
     /// This node's CPUs: how many guests it takes per admission window
     /// from the placement engines.
     cpus: usize,
-    /// Told of each program `mosrun` starts: the balancer looks at it
-    /// soon, not at its next round.
+    /// Told of each program `mosrun` starts, and of each move that did
+    /// not happen: the balancer looks at it soon, not at its next round.
     pub started: tokio::sync::Notify,
 }
 
@@ -648,6 +648,8 @@ impl Migrations {
                 }
                 managed.last_failure = Some(reason.clone());
                 managed.answer_all(ControlReply::Refused { reason });
+                // A placement move another node refused is tried elsewhere.
+                self.started.notify_one();
             }
             KeeperReport::Ended { code, signal } => {
                 info!("process {pid} ended away from home (code {code:?}, signal {signal:?})");

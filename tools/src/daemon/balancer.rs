@@ -265,14 +265,18 @@ impl Balancer {
             tracked.controls = entry.controls.clone();
             if tracked.site != entry.site {
                 let before_move = std::mem::take(&mut tracked.before_move);
-                if let Some((site, arrived_at_ms)) =
+                if entry.site == Site::Moving {
+                    // A move seen under way (a user's `migrate`) is
+                    // remembered as one started here is.
+                    tracked.before_move = Some((tracked.site, tracked.arrived_at_ms));
+                } else if let Some((site, arrived_at_ms)) =
                     before_move.filter(|(site, _)| *site == entry.site)
                 {
                     // The move did not happen: it carries on where it was.
                     debug!("process {} did not move: it stays on {site:?}", entry.pid);
                     tracked.arrived_at_ms = arrived_at_ms;
                     tracked.start_move_pending = false;
-                } else if entry.site != Site::Moving {
+                } else {
                     tracked.arrived_at_ms =
                         (!std::mem::take(&mut tracked.start_move_pending)).then_some(now_ms);
                     // CPU time restarts with each remote, and the home

@@ -563,9 +563,11 @@ fn a_process_busy_a_third_of_the_time_wants_a_third_of_a_cpu_at_home_and_away() 
 /// node round after round.
 #[test]
 fn a_job_a_full_node_refuses_goes_to_the_next_best_at_once() {
-    // Speeds 1x, 1x, 4x, 2x: a lone job of node 1 is worth moving to
-    // node 3, and next to node 4.
-    let lab = balancing_lab("prefuse", 78, 4, &["--cpus", "0.2,0.2,0.8,0.4"]);
+    // Speeds 1x, 3x, 8x, 4x: a lone job of node 1 is worth moving to
+    // node 3, and next to node 4 (the rules against reversal move a lone
+    // job only to a node at least 3x as fast). Node 2 takes no guests:
+    // its CPU is the sleeper's, below.
+    let lab = balancing_lab("prefuse", 78, 4, &["--cpus", "0.1,0.3,0.8,0.4"]);
     // Held for a minute where it lands: a refused move taken for an
     // arrival would keep the job home for that minute.
     lab.stop(1, false);
@@ -575,10 +577,27 @@ fn a_job_a_full_node_refuses_goes_to_the_next_best_at_once() {
     text.push_str("min_residency_ms = 60000\n");
     std::fs::write(&config, text).unwrap();
     lab.start(1);
+    let blocked = lab.omx(2, &["mosctl", "block"]);
+    assert!(blocked.status.success(), "{}", stderr(&blocked));
     wait_for(Duration::from_secs(20), "node 1 back up", || {
         lab.all_see_all("up")
     });
-    let mut sleeper = lab.spawn(1, &["sleep", "1000"], Stdio::null(), Stdio::null());
+    wait_for(
+        Duration::from_secs(20),
+        "node 1 to see node 2 blocked",
+        || {
+            lab.status(1).is_some_and(|s| {
+                s["nodes"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|n| n["node"] == 2 && n["load"]["accepts_guests"] == false)
+            })
+        },
+    );
+    // The sleeper's home is node 2, whose CPU no job uses: its trips
+    // stay quick however busy node 1 gets.
+    let mut sleeper = lab.spawn(2, &["sleep", "1000"], Stdio::null(), Stdio::null());
     let sleeper_pid = sleeper.id();
     let keep_full = std::sync::atomic::AtomicBool::new(true);
     let (job_pid, reached) = std::thread::scope(|scope| {
@@ -586,10 +605,17 @@ fn a_job_a_full_node_refuses_goes_to_the_next_best_at_once() {
         // again, is a guest it took within its last second.
         scope.spawn(|| {
             while keep_full.load(std::sync::atomic::Ordering::Relaxed) {
-                lab.migrate(1, sleeper_pid, "3")
+                let trip = Instant::now();
+                lab.migrate(2, sleeper_pid, "3")
                     .expect("the sleeper moves to node 3");
-                lab.migrate(1, sleeper_pid, "home")
+                lab.migrate(2, sleeper_pid, "home")
                     .expect("the sleeper comes home");
+                if trip.elapsed() > Duration::from_millis(900) {
+                    eprintln!(
+                        "a trip of the sleeper took {:?}: node 3 may have taken the job in the gap",
+                        trip.elapsed()
+                    );
+                }
             }
         });
         std::thread::sleep(Duration::from_millis(500));

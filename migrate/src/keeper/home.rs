@@ -336,16 +336,19 @@ struct Left {
     pidfd: Option<OwnedFd>,
 }
 
+/// Why a process stopped by job control does not move.
+const STOPPED: &str = "it is stopped (job control): continue it first";
+
 /// Stops the process and sends its image; on any failure the process
 /// carries on at home as if nothing happened. Its memory here is freed
 /// later, by [`release_deputy`], once the user knows it runs there.
 fn leave(args: &HomeArgs) -> Result<Left, String> {
     let pid = args.pid;
     let mut phases = super::Phases::start();
-    if let Some(state) = process_state(pid)
-        && matches!(state, 'Z' | 'X')
-    {
-        return Err("it has ended".into());
+    match process_state(pid) {
+        Some('Z' | 'X') => return Err("it has ended".into()),
+        Some('T') => return Err(STOPPED.into()),
+        _ => {}
     }
     let own_pid = std::process::id() as i32;
     // Nearly every reason to stay shows on the running process: no link is
@@ -373,8 +376,14 @@ fn leave(args: &HomeArgs) -> Result<Left, String> {
     .map_err(|e| format!("node {} cannot take it: {e}", destination.node))?;
     phases.mark("link");
     let frozen = std::time::Instant::now();
-    ptrace::seize(pid, ptrace::OPTION_EXITKILL)
-        .map_err(|e| format!("cannot trace process {pid}: {e}"))?;
+    if let Err(e) = ptrace::seize(pid, ptrace::OPTION_EXITKILL) {
+        // It may have ended while the link was set up: a zombie cannot
+        // be traced.
+        return Err(match process_state(pid) {
+            None | Some('Z' | 'X') => "it has ended".into(),
+            Some(_) => format!("cannot trace process {pid}: {e}"),
+        });
+    }
     let _boost = FreezeBoost::new(pid);
     let detach = |why: String| {
         let _ = ptrace::detach(pid, 0);
@@ -391,9 +400,7 @@ fn leave(args: &HomeArgs) -> Result<Left, String> {
                 ptrace::cont(pid, 0).map_err(|e| detach(e.to_string()))?;
             }
             Stop::Group(_) => {
-                return Err(detach(
-                    "it is stopped (job control): continue it first".into(),
-                ));
+                return Err(detach(STOPPED.into()));
             }
             stop if stop.is_gone() => return Err(format!("it ended ({stop:?})")),
             _ => ptrace::cont(pid, 0).map_err(|e| detach(e.to_string()))?,

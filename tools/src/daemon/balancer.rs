@@ -51,6 +51,11 @@ const NEW_PROGRAM_SLACK: std::time::Duration = std::time::Duration::from_millis(
 /// guests as it has CPUs within its last second, which the figures here
 /// do not show yet.
 const REFUSED_FOR_MS: u64 = 1_000;
+/// Moves in a row that may fail before the process is held for the
+/// minimum residency after one, as after an arrival: a destination that
+/// cannot rebuild it, or a process that cannot be captured, would
+/// otherwise be stopped and sent again every second.
+const QUICK_RETRIES: u32 = 2;
 /// How many generations below a followed process are followed too.
 const MAX_DESCENDANT_DEPTH: usize = 64;
 
@@ -91,10 +96,15 @@ struct Tracked {
     /// homes that picked the same idle node at once would keep their
     /// three jobs there for seconds).
     start_move_pending: bool,
-    /// Where it was, and since when, before the move under way: a move
-    /// that does not happen (the destination refused it) leaves it as it
-    /// was, not held where it is as if it had just arrived.
-    before_move: Option<(Site, Option<u64>)>,
+    /// Where it was, since when, and its moves completed, before the move
+    /// under way: a move that does not happen (the destination refused
+    /// it) leaves it as it was, not held where it is as if it had just
+    /// arrived.
+    before_move: Option<(Site, Option<u64>, u64)>,
+    /// Moves completed, as its entry last said.
+    landings: u64,
+    /// Moves in a row that did not happen (see [`QUICK_RETRIES`]).
+    failed_moves: u32,
 }
 
 impl Tracked {
@@ -114,6 +124,8 @@ impl Tracked {
             start_placed: false,
             start_move_pending: false,
             before_move: None,
+            landings: 0,
+            failed_moves: 0,
         }
     }
 }
@@ -268,15 +280,28 @@ impl Balancer {
                 if entry.site == Site::Moving {
                     // A move seen under way (a user's `migrate`) is
                     // remembered as one started here is.
-                    tracked.before_move = Some((tracked.site, tracked.arrived_at_ms));
-                } else if let Some((site, arrived_at_ms)) =
-                    before_move.filter(|(site, _)| *site == entry.site)
+                    tracked.before_move =
+                        Some((tracked.site, tracked.arrived_at_ms, tracked.landings));
+                } else if let Some((site, arrived_at_ms, _)) =
+                    before_move.filter(|(site, _, landings)| {
+                        *site == entry.site && *landings == entry.landings
+                    })
                 {
-                    // The move did not happen: it carries on where it was.
-                    debug!("process {} did not move: it stays on {site:?}", entry.pid);
-                    tracked.arrived_at_ms = arrived_at_ms;
+                    // The move did not happen: it carries on where it was,
+                    // and is judged again at once, the first times.
+                    tracked.failed_moves += 1;
+                    debug!(
+                        "process {} did not move ({} in a row): it stays on {site:?}",
+                        entry.pid, tracked.failed_moves
+                    );
+                    tracked.arrived_at_ms = if tracked.failed_moves > QUICK_RETRIES {
+                        Some(now_ms)
+                    } else {
+                        arrived_at_ms
+                    };
                     tracked.start_move_pending = false;
                 } else {
+                    tracked.failed_moves = 0;
                     tracked.arrived_at_ms =
                         (!std::mem::take(&mut tracked.start_move_pending)).then_some(now_ms);
                     // CPU time restarts with each remote, and the home
@@ -287,6 +312,7 @@ impl Balancer {
                 }
                 tracked.site = entry.site;
             }
+            tracked.landings = entry.landings;
             let decay = match entry.controls.decay {
                 DecayHint::None => Decay::None,
                 DecayHint::Fast => Decay::Rate {
@@ -453,6 +479,7 @@ impl Balancer {
                 entries.push(PlacementEntry {
                     pid: *pid,
                     site: Site::Home,
+                    landings: 0,
                     controls: ProcessControls {
                         selected: None,
                         baseline: Default::default(),
@@ -519,7 +546,9 @@ impl Balancer {
                     // It did not go: nothing to expect, and its destination
                     // is full for now.
                     Some(_) => {
-                        refused_until.insert(a.to, now_ms + REFUSED_FOR_MS);
+                        if a.to != me {
+                            refused_until.insert(a.to, now_ms + REFUSED_FOR_MS);
+                        }
                         return false;
                     }
                     // It is gone.
@@ -617,14 +646,30 @@ impl Balancer {
                 else {
                     if site == me && !pids.is_empty() {
                         debug!(
-                            "round at {now_ms} ms: no move from node {site} (load {:.2}): {} of {} processes candidates, {} in flight; targets: {}",
+                            "round at {now_ms} ms: no move from node {site} (load {:.2}): {} of {} processes candidates ({}), {} in flight; targets: {}",
                             here.load(),
                             candidates.len(),
                             pids.len(),
+                            candidates
+                                .iter()
+                                .map(|c| format!(
+                                    "{} wants {:.2} arrived {:?}",
+                                    c.pid,
+                                    placement::cost::demand(c, &here),
+                                    c.arrived_at_ms
+                                ))
+                                .collect::<Vec<_>>()
+                                .join(", "),
                             in_flight,
                             others
                                 .iter()
-                                .map(|o| format!("{}:{:.2}@{}ms", o.node, o.load(), o.age_ms))
+                                .map(|o| format!(
+                                    "{}:{:.2}@{}ms{}",
+                                    o.node,
+                                    o.load(),
+                                    o.age_ms,
+                                    if o.accepts_guests { "" } else { " (no guests)" }
+                                ))
                                 .collect::<Vec<_>>()
                                 .join(" ")
                         );
@@ -697,7 +742,7 @@ impl Balancer {
             Ok(()) => {
                 info!("placement: {decision}");
                 if let Some(t) = state.tracked.get_mut(&pid) {
-                    t.before_move = Some((t.site, t.arrived_at_ms));
+                    t.before_move = Some((t.site, t.arrived_at_ms, t.landings));
                     t.site = Site::Moving;
                     t.arrived_at_ms = Some(now_ms);
                 }

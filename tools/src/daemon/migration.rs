@@ -71,6 +71,10 @@ struct Managed {
     /// Where it was when the move in progress started.
     before_move: Location,
     moves: u32,
+    /// Moves that ended with the process running at its destination
+    /// (away or home), never reset: a move that failed leaves it as it
+    /// was, a quick trip there and back does not.
+    landings: u64,
     options: RunOptions,
     /// What the process wrote to its `selected` control file.
     selected: Option<NodeId>,
@@ -93,6 +97,7 @@ impl Managed {
             location: Location::Home,
             before_move: Location::Home,
             moves: 0,
+            landings: 0,
             options: RunOptions::default(),
             selected: None,
             baseline: ProcessFigures::default(),
@@ -167,6 +172,8 @@ pub enum Site {
 pub struct PlacementEntry {
     pub pid: u32,
     pub site: Site,
+    /// Moves it completed so far (see `Managed::landings`).
+    pub landings: u64,
     pub controls: ProcessControls,
 }
 
@@ -625,6 +632,7 @@ impl Migrations {
                 };
                 managed.location = Location::Away(node);
                 managed.moves = moves;
+                managed.landings += 1;
                 managed.last_failure = None;
                 let stats = managed.with_total(stats);
                 managed.answer_all(ControlReply::Moved {
@@ -636,6 +644,7 @@ impl Migrations {
                 managed.location = Location::Home;
                 managed.away_usage = None;
                 managed.moves = moves;
+                managed.landings += 1;
                 managed.keeper = None;
                 let stats = managed.with_total(stats);
                 managed.answer_all(ControlReply::Moved { node: None, stats });
@@ -993,6 +1002,7 @@ impl Migrations {
                     Location::Migrating => Site::Moving,
                     Location::Away(node) => Site::Away(node),
                 },
+                landings: m.landings,
                 controls: m.controls(),
             })
             .collect();

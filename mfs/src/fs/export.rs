@@ -42,10 +42,6 @@ struct OpenFile {
     file: File,
     /// The access mode it was opened with (for lock descriptors).
     access: OFlag,
-    /// Opened with O_APPEND: the owner places each write at the end, so
-    /// a connection's writes to it run in the order they came
-    /// (`server.rs`).
-    appending: bool,
     /// The file's device and inode number, naming it among write leases.
     id: (u64, u64),
     /// One descriptor per lock owner holding locks through this file.
@@ -413,15 +409,6 @@ impl Exporter {
             .ok_or(Errno::EBADF)
     }
 
-    /// Whether `handle` was opened for appending (false if unknown).
-    pub fn appends(&self, handle: u64) -> bool {
-        self.files
-            .lock()
-            .expect("files lock")
-            .get(&handle)
-            .is_some_and(|open| open.appending)
-    }
-
     /// The descriptor of an open file, for passthrough.
     pub fn handle_fd(&self, handle: u64) -> Result<File, Errno> {
         self.file(handle)?.file.try_clone().map_err(io_errno)
@@ -434,7 +421,6 @@ impl Exporter {
             handle,
             file,
             access,
-            appending: flags & libc::O_APPEND != 0,
             id: (attr.dev, attr.ino),
             lock_fds: Mutex::new(HashMap::new()),
             lease: Mutex::new(LeaseState::default()),

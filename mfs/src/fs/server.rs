@@ -60,11 +60,13 @@ impl Revoker for ConnectionRevoker {
     }
 }
 
-/// The writes to one file opened for appending, run one after the other
-/// in the order they came: the owner places each at the end, so their
-/// order is the file's. (Other requests run side by side; the writer's
-/// node sends a program's appends in its order, several at once when it
-/// writes behind the program.)
+/// The writes to one open file, run one after the other in the order they
+/// came, as its program made them: the writer's node sends several at once
+/// when it writes behind the program. Appends must land in that order (the
+/// owner places each at the end), and so must writes that extend the file:
+/// run side by side, a write past the end could take the last free blocks
+/// of a full disk before the write below it, leaving a hole under data
+/// the program was told failed. (Other requests run side by side.)
 #[derive(Default)]
 struct InOrder {
     /// Writes waiting, and whether a thread is running them.
@@ -141,11 +143,11 @@ pub async fn serve(
         if let FsOp::Release { handle } = &request.op {
             in_order.remove(handle);
         }
-        let appends = match &request.op {
-            FsOp::Write { handle, .. } if exporter.appends(*handle) => Some(*handle),
+        let write = match &request.op {
+            FsOp::Write { handle, .. } => Some(*handle),
             _ => None,
         };
-        if let Some(handle) = appends {
+        if let Some(handle) = write {
             let queue = in_order.entry(handle).or_default().clone();
             let mut waiting = queue.queue.lock().expect("in-order lock");
             waiting.0.push_back(request);

@@ -515,16 +515,22 @@ fn migrate_refuses_unknown_nodes_and_other_peoples_processes() {
     child.wait().unwrap();
 }
 
+/// Field `name` of `/proc/PID/status`, trimmed.
+fn status_field(pid: u32, name: &str) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+        .unwrap_or_else(|| panic!("/proc/{pid}/status has no {name}"))
+        .trim()
+        .to_string()
+}
+
 /// How many times `pid` gave up the CPU of its own accord: a sleeping
 /// process's count grows only when something wakes it (a ptrace stop
 /// does).
 fn voluntary_switches(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
-        .unwrap()
-        .trim()
+    status_field(pid, "voluntary_ctxt_switches")
         .parse()
         .unwrap()
 }
@@ -536,7 +542,9 @@ fn a_move_the_destination_refuses_leaves_the_process_untouched() {
     let lab = lab("mrefuse", 77);
     let mut child = lab.spawn(1, &["sleep", "1000"], Stdio::null(), Stdio::null());
     let pid = child.id();
-    std::thread::sleep(Duration::from_millis(300));
+    wait_for(Duration::from_secs(10), "sleep to be asleep", || {
+        status_field(pid, "Name") == "sleep" && status_field(pid, "State").starts_with('S')
+    });
     let blocked = lab.omx(2, &["mosctl", "block"]);
     assert!(blocked.status.success(), "{}", omx_tests::stderr(&blocked));
     let before = voluntary_switches(pid);
@@ -574,14 +582,7 @@ fn every_move_reports_its_cost_and_status_shows_who_is_where() {
     let mut child = lab.spawn(1, &[CPU, "100000000000"], Stdio::null(), Stdio::null());
     let pid = child.id();
     std::thread::sleep(Duration::from_millis(300));
-    let affinity = || {
-        std::fs::read_to_string(format!("/proc/{pid}/status"))
-            .unwrap()
-            .lines()
-            .find(|l| l.starts_with("Cpus_allowed_list:"))
-            .unwrap()
-            .to_string()
-    };
+    let affinity = || status_field(pid, "Cpus_allowed_list");
     let before = affinity();
     let status = |node: u16| lab.status(node).expect("the daemon answers");
     let pids = |view: &serde_json::Value, list: &str, field: &str| -> Vec<u64> {

@@ -600,7 +600,7 @@ fn a_job_a_full_node_refuses_goes_to_the_next_best_at_once() {
     let mut sleeper = lab.spawn(2, &["sleep", "1000"], Stdio::null(), Stdio::null());
     let sleeper_pid = sleeper.id();
     let keep_full = std::sync::atomic::AtomicBool::new(true);
-    let (job_pid, reached) = std::thread::scope(|scope| {
+    let (mut job, (site, waited)) = std::thread::scope(|scope| {
         // Node 3 stays full: a sleeper moved to it and back, again and
         // again, is a guest it took within its last second.
         scope.spawn(|| {
@@ -633,10 +633,9 @@ fn a_job_a_full_node_refuses_goes_to_the_next_best_at_once() {
         keep_full.store(false, std::sync::atomic::Ordering::Relaxed);
         (job, (site, started.elapsed()))
     });
-    let mut job_pid = job_pid;
     let log = lab.log(1);
-    let refused = format!("process {} stays home: node 3 cannot take it", job_pid.id());
-    end(std::slice::from_mut(&mut job_pid));
+    let refused = format!("process {} stays home: node 3 cannot take it", job.id());
+    end(std::slice::from_mut(&mut job));
     end(std::slice::from_mut(&mut sleeper));
     assert!(
         log.contains(&refused),
@@ -644,11 +643,9 @@ fn a_job_a_full_node_refuses_goes_to_the_next_best_at_once() {
         placement_lines(&log)
     );
     assert_eq!(
-        reached.0,
+        site,
         4,
-        "refused by node 3, the job should have gone to node 4 at once; after {:?} it runs on node {}:\n{}",
-        reached.1,
-        reached.0,
+        "refused by node 3, the job should have gone to node 4 at once; after {waited:?} it runs on node {site}:\n{}",
         placement_lines(&log)
     );
 }

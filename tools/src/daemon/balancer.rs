@@ -209,7 +209,7 @@ impl Balancer {
         loop {
             tokio::select! {
                 _ = ticker.tick() => {}
-                () = self.migrations.started.notified() => {
+                () = self.migrations.judge_soon.notified() => {
                     // A program just started: give it the time to say
                     // what it wants, then judge it (and the rest of a
                     // burst with it) without waiting out the round. Or a

@@ -228,7 +228,7 @@ pub struct Migrations {
     cpus: usize,
     /// Told of each program `mosrun` starts, and of each move that did
     /// not happen: the balancer looks at it soon, not at its next round.
-    pub started: tokio::sync::Notify,
+    pub judge_soon: tokio::sync::Notify,
 }
 
 /// When the process started (clock ticks after boot).
@@ -280,7 +280,7 @@ impl Migrations {
             keepers: Mutex::new(HashSet::new()),
             arrivals: Mutex::new(Vec::new()),
             cpus: cpus.max(1),
-            started: tokio::sync::Notify::new(),
+            judge_soon: tokio::sync::Notify::new(),
         })
     }
 
@@ -458,7 +458,7 @@ impl Migrations {
         }
         let send_to = options.send_to.clone();
         Self::entry(&mut self.processes.lock().expect("process table"), pid).options = options;
-        self.started.notify_one();
+        self.judge_soon.notify_one();
         if let Some(first) = self.pick(&send_to) {
             let me = self.clone();
             tokio::spawn(async move {
@@ -658,7 +658,7 @@ impl Migrations {
                 managed.last_failure = Some(reason.clone());
                 managed.answer_all(ControlReply::Refused { reason });
                 // A placement move another node refused is tried elsewhere.
-                self.started.notify_one();
+                self.judge_soon.notify_one();
             }
             KeeperReport::Ended { code, signal } => {
                 info!("process {pid} ended away from home (code {code:?}, signal {signal:?})");

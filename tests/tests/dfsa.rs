@@ -1,10 +1,13 @@
 //! DFSA end to end: a process's files reopened on the node where it runs.
 //! A program on node 1 with a file of node 2 (read and written), a file
-//! of its home node and an append-only log moves 1 -> 2 -> 3 -> home while
-//! a test drives its reads, writes, seeks and locks line by line. Its
-//! reads come out right, its I/O does not move the deputy's offsets (so it
-//! ran where the process was), the deputy has the right offsets whenever
-//! home needs them, and a lock taken at home holds all along.
+//! of its home node and an append-only log moves 1 -> 2 -> 3, home, 3 and
+//! home again while a test drives its reads, writes, seeks and locks line
+//! by line. Its reads come out right, its I/O does not move the deputy's
+//! offsets (so it ran where the process was) nor stop it (so it ran in the
+//! kernel, not through its keeper), the deputy has the right offsets
+//! whenever home needs them, a lock taken at home holds all along, and the
+//! calls the filter could not follow (an open that takes a closed file's
+//! number, a `dup`) bring the process home first.
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
@@ -95,6 +98,18 @@ fn deputy_offset(pid: u32, fd: i32) -> u64 {
         .unwrap()
 }
 
+/// How many times process `pid` has given up its CPU.
+fn voluntary_switches(pid: u64) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
 /// Whether another process at `node` finds bytes `start..start+len` of
 /// `path` locked.
 fn locked(lab: &Lab, node: u16, path: &str, start: u64, len: u64) -> bool {
@@ -176,6 +191,19 @@ fn files_are_read_written_and_locked_where_the_process_runs() {
         50,
         "the read of node 1's file ran at home (does the daemon pass the home keeper --export?)"
     );
+    // They run in the kernel, without the keeper: a call that went
+    // through it would stop the process once each (a context switch).
+    let guest = lab.status(2).expect("node 2 answers")["guests"][0]["pid"]
+        .as_u64()
+        .expect("node 2 hosts the process");
+    let switches = || voluntary_switches(guest);
+    let before = switches();
+    assert_eq!(program.ask(&format!("preads {a} 2000")), "ok");
+    let spent = switches() - before;
+    assert!(
+        spent < 500,
+        "2000 reads of a DFSA file stopped the process {spent} times: they went through its keeper"
+    );
     assert_eq!(program.ask(&format!("tell {a}")), "1100");
     assert_eq!(program.ask(&format!("size {a}")), "10000");
     assert_eq!(program.ask(&format!("write {a} XYZ")), "3");
@@ -225,27 +253,51 @@ fn files_are_read_written_and_locked_where_the_process_runs() {
         locked(&lab, 1, data_path, 0, 100),
         "lock lost after moving on"
     );
-    // A copy of a descriptor shares its offset at home: from then on it
-    // is forwarded, from the offset the process had.
-    let d = program.ask(&format!("dup {a}"));
-    assert_eq!(deputy_offset(pid, a), 1213);
-    assert_eq!(
-        program.ask(&format!("read {a} 10")),
-        expected(remote_byte, 1213, 10)
-    );
-    assert_eq!(deputy_offset(pid, a), 1223, "forwarded after dup");
-    // (Closing the copy would release the lock, as POSIX has it.)
-    let _ = d;
     // A closed file is closed at home too.
     assert_eq!(program.ask(&format!("close {b}")), "ok");
     assert_eq!(
         program.ask(&format!("read {b} 1")),
         format!("error {}", libc::EBADF)
     );
+    assert_eq!(lab.where_is(1, pid)["node"].as_u64(), Some(3));
+    // A file opened now, at home, takes the closed one's number there.
+    // Calls on that number ran here in the kernel, and would still: the
+    // open brings the process home first, where the new file is.
+    let e = program.open(&home_file, "r");
+    assert_eq!(e, b, "the new file took the lowest free number");
+    assert_eq!(
+        program.ask(&format!("read {e} 10")),
+        expected(home_byte, 0, 10)
+    );
+    assert_eq!(
+        lab.where_is(1, pid)["node"],
+        serde_json::Value::Null,
+        "the open did not bring the process home"
+    );
+    // Back to node 3. A copy of a descriptor would share its offset at
+    // home while its copy here moves on its own: `dup` brings the process
+    // home, where it carries on from the offset it had.
+    lab.migrate(1, pid, "3").expect("moved to node 3 again");
+    assert_eq!(
+        program.ask(&format!("read {a} 10")),
+        expected(remote_byte, 1213, 10)
+    );
+    assert_eq!(
+        deputy_offset(pid, a),
+        1213,
+        "the read on node 3 ran at home"
+    );
+    let d = program.ask(&format!("dup {a}"));
+    assert_eq!(
+        lab.where_is(1, pid)["node"],
+        serde_json::Value::Null,
+        "the dup did not bring the process home"
+    );
+    assert_eq!(deputy_offset(pid, a), 1223);
+    // (Closing the copy would release the lock, as POSIX has it.)
+    let _ = d;
 
     // Home: the process carries on from its offsets.
-    lab.migrate(1, pid, "home").expect("came home");
-    assert_eq!(lab.where_is(1, pid)["node"], serde_json::Value::Null);
     assert_eq!(deputy_offset(pid, a), 1223);
     assert_eq!(program.ask(&format!("tell {a}")), "1223");
     assert_eq!(

@@ -11,12 +11,20 @@
 //! - At home, and at a remote that passes the process on, [`files_of`] /
 //!   [`Dfsa::handover`] list those files; the list travels before the
 //!   image.
-//! - Where the process runs, [`Dfsa`] reopens a file at its first use, as
-//!   the process's user, installs it in the process at the same descriptor
-//!   number and keeps a copy of it: the copy's offset is the process's.
+//! - Where the process runs, [`Dfsa`] reopens its files before it runs
+//!   again, as the process's user, installs each in the process at the
+//!   same descriptor number and keeps a copy of it: the copy's offset is
+//!   the process's. The seccomp filter lets the process's reads, writes
+//!   and seeks on those descriptors run in the kernel: a call that went
+//!   through the keeper cost a notification round trip (15-20 us here,
+//!   half a second per GiB read 32 KiB at a time).
 //! - [`uses`] says what a call does with such a descriptor: run in the
 //!   process, or at home after home's offset has been brought up to date,
 //!   and whether the descriptor is forwarded from then on.
+//! - Since the filter cannot be changed once installed, a call that would
+//!   make such a descriptor name anything but its reopened file (a `dup`
+//!   sharing it at home, a new file taking the number of one closed) brings
+//!   the process home instead ([`Dfsa::needs_home`]).
 //!
 //! Locks are never taken on the reopened file: they are forwarded to the
 //! deputy's open file description (MFS takes them at the file's owner), so
@@ -35,7 +43,7 @@ use omx_mfs::NodeId;
 use omx_mfs::wire::link::{DfsaFile, DfsaList};
 
 use crate::sys::seccomp;
-use crate::syscalls::ON_DFSA_FILE;
+use crate::syscalls::ON_DFSA_DESCRIPTOR;
 use crate::usage::{FileHolder, holder_of};
 
 /// The `open` flags a file is reopened with: its access mode and the
@@ -215,6 +223,10 @@ pub enum Use {
     /// description there); if it succeeds, the process's copy is closed
     /// too.
     Close,
+    /// `F_SETFL`: runs at home; the descriptor stays DFSA if the flags do
+    /// not change (programs set back the flags they found), else it is
+    /// released.
+    SetFlags,
 }
 
 /// The DFSA descriptors (among `dfsa`) that call `nr` with `args` names,
@@ -235,12 +247,15 @@ pub fn uses(
         libc::SYS_newfstatat if on_itself(args[3]) => vec![(fd(0), Use::Native)],
         libc::SYS_statx if on_itself(args[2]) => vec![(fd(0), Use::Native)],
         libc::SYS_newfstatat | libc::SYS_statx => Vec::new(),
-        nr if ON_DFSA_FILE.contains(&nr) => vec![(fd(0), Use::Native)],
+        nr if ON_DFSA_DESCRIPTOR.contains(&nr) => vec![(fd(0), Use::Native)],
         libc::SYS_close => vec![(fd(0), Use::Close)],
         libc::SYS_fcntl => fcntl_use(args[1] as i32)
             .map(|u| vec![(fd(0), u)])
             .unwrap_or_default(),
-        libc::SYS_dup | libc::SYS_ioctl | libc::SYS_vmsplice => vec![(fd(0), Use::Release)],
+        // An ioctl of a regular file changes neither its offset nor a
+        // status flag that matters to its I/O (FIONBIO, FIOASYNC).
+        libc::SYS_ioctl => vec![(fd(0), Use::AtHome)],
+        libc::SYS_dup | libc::SYS_vmsplice => vec![(fd(0), Use::Release)],
         libc::SYS_dup2 | libc::SYS_dup3 | libc::SYS_sendfile | libc::SYS_tee => {
             vec![(fd(0), Use::Release), (fd(1), Use::Release)]
         }
@@ -273,6 +288,7 @@ fn fcntl_use(command: i32) -> Option<Use> {
         | libc::F_OFD_SETLK
         | libc::F_OFD_SETLKW => Some(Use::AtHome),
         libc::F_GETFD | libc::F_SETFD | libc::F_GETFL => None,
+        libc::F_SETFL => Some(Use::SetFlags),
         _ => Some(Use::Release),
     }
 }
@@ -300,6 +316,13 @@ pub struct Dfsa {
     /// released since (released ones are never used: every call on them
     /// is forwarded).
     copies: BTreeSet<i32>,
+    /// The descriptors whose calls the filter lets run in the kernel.
+    fast: BTreeSet<i32>,
+    /// Fast descriptors the process closed: the filter still lets calls
+    /// on their numbers run here (and fail with EBADF, as at home), so no
+    /// new file may take one of those numbers at home while the process
+    /// is here.
+    vacated: BTreeSet<i32>,
 }
 
 impl Dfsa {
@@ -318,43 +341,105 @@ impl Dfsa {
                 .map(|file| (file.fd, Entry { file, open: None }))
                 .collect(),
             copies: BTreeSet::new(),
+            fast: BTreeSet::new(),
+            vacated: BTreeSet::new(),
+        }
+    }
+
+    /// Reopens every file now, before the process runs, and returns the
+    /// descriptors its filter is to let run in the kernel (at most
+    /// [`seccomp::MAX_FAST_DESCRIPTORS`]; calls on the others reach the
+    /// keeper, which lets them run). A file that cannot be reopened is
+    /// forwarded from now on.
+    pub fn reopen_all(&mut self) -> Vec<i32> {
+        let (mfs, user) = (&self.mfs, &self.user);
+        self.files.retain(|fd, entry| {
+            if entry.open.is_some() {
+                return true;
+            }
+            match reopen(mfs, user, &entry.file) {
+                Ok(own) => {
+                    entry.open = Some(Open {
+                        own,
+                        synced: entry.file.offset,
+                    });
+                    true
+                }
+                Err(e) => {
+                    tracing::debug!("descriptor {fd} ({}) stays forwarded: {e}", entry.file.path);
+                    false
+                }
+            }
+        });
+        self.fast = self
+            .files
+            .keys()
+            .copied()
+            .take(seccomp::MAX_FAST_DESCRIPTORS)
+            .collect();
+        self.fast.iter().copied().collect()
+    }
+
+    /// Installs every reopened file in the process, which waits in
+    /// notification `id`, at its descriptor number.
+    pub fn install_all(&mut self, listener: BorrowedFd<'_>, id: u64) -> io::Result<()> {
+        for (fd, entry) in &self.files {
+            if let Some(open) = &entry.open {
+                seccomp::add_fd(listener, id, open.own.as_fd(), *fd, entry.file.cloexec)?;
+                self.copies.insert(*fd);
+            }
+        }
+        Ok(())
+    }
+
+    /// Why call `nr` (naming the DFSA descriptors as `uses` says) must run
+    /// with the process at home, if it must: it would leave a fast
+    /// descriptor naming something other than its reopened file here (a
+    /// description shared at home by `dup`, changed flags), or a new
+    /// descriptor could take the number of a fast one the process closed.
+    pub fn needs_home(&self, nr: i64, args: &[u64; 6], uses: &[(i32, Use)]) -> Option<String> {
+        let call = crate::syscalls::lookup(nr).name;
+        for (fd, u) in uses {
+            let releases = match u {
+                Use::Release => true,
+                Use::SetFlags => self.changes_flags(*fd, args[2]),
+                Use::Native | Use::AtHome | Use::Close => false,
+            };
+            if releases && self.fast.contains(fd) {
+                return Some(format!(
+                    "{call} on descriptor {fd}, whose I/O runs here in the kernel"
+                ));
+            }
+        }
+        match self.vacated.first() {
+            Some(fd) if may_create_descriptor(nr, args) => Some(format!(
+                "{call} may give a new file descriptor {fd}, whose I/O ran here in the kernel \
+                 before the process closed it"
+            )),
+            _ => None,
+        }
+    }
+
+    /// Whether `F_SETFL` with `flags` changes the status flags of the
+    /// process's copy at `fd` (unknown: yes).
+    pub fn changes_flags(&self, fd: i32, flags: u64) -> bool {
+        const SETTABLE: i32 =
+            libc::O_APPEND | libc::O_ASYNC | libc::O_DIRECT | libc::O_NOATIME | libc::O_NONBLOCK;
+        let Some(Entry {
+            open: Some(open), ..
+        }) = self.files.get(&fd)
+        else {
+            return true;
+        };
+        match nix::fcntl::fcntl(&open.own, nix::fcntl::FcntlArg::F_GETFL) {
+            Ok(now) => (now ^ flags as i32) & SETTABLE != 0,
+            Err(_) => true,
         }
     }
 
     /// The descriptors that are DFSA now.
     pub fn fds(&self) -> Vec<i32> {
         self.files.keys().copied().collect()
-    }
-
-    /// Makes sure descriptor `fd` of the process (waiting in notification
-    /// `id`) is its reopened file; `false` if it is not DFSA or cannot be
-    /// reopened (then it is forwarded from now on).
-    pub fn install(&mut self, fd: i32, listener: BorrowedFd<'_>, id: u64) -> bool {
-        let Some(entry) = self.files.get_mut(&fd) else {
-            return false;
-        };
-        if entry.open.is_some() {
-            return true;
-        }
-        let installed = reopen(&self.mfs, &self.user, &entry.file).and_then(|own| {
-            seccomp::add_fd(listener, id, own.as_fd(), fd, entry.file.cloexec)?;
-            Ok(own)
-        });
-        match installed {
-            Ok(own) => {
-                entry.open = Some(Open {
-                    own,
-                    synced: entry.file.offset,
-                });
-                self.copies.insert(fd);
-                true
-            }
-            Err(e) => {
-                tracing::debug!("descriptor {fd} ({}) stays forwarded: {e}", entry.file.path);
-                self.files.remove(&fd);
-                false
-            }
-        }
     }
 
     /// The offsets among `fds` that moved since home last heard of them;
@@ -396,6 +481,14 @@ impl Dfsa {
     /// The process closed its copy at `fd`.
     pub fn closed_copy(&mut self, fd: i32) {
         self.copies.remove(&fd);
+        if self.fast.remove(&fd) {
+            self.vacated.insert(fd);
+        }
+    }
+
+    /// Whether the filter lets calls on `fd` run in the kernel.
+    pub fn is_fast(&self, fd: i32) -> bool {
+        self.fast.contains(&fd)
     }
 
     /// The list for the node the process moves on to, with the offsets it
@@ -419,6 +512,81 @@ impl Dfsa {
             groups: self.user.groups.clone(),
             files,
         }
+    }
+}
+
+/// Calls that give the process new descriptors (by name, as in the table).
+const CREATE_DESCRIPTORS: &[&str] = &[
+    "open",
+    "creat",
+    "openat",
+    "openat2",
+    "open_by_handle_at",
+    "open_tree",
+    "open_tree_attr",
+    "fsopen",
+    "fsmount",
+    "fspick",
+    "dup",
+    "dup2",
+    "dup3",
+    "socket",
+    "socketpair",
+    "accept",
+    "accept4",
+    "pipe",
+    "pipe2",
+    "recvmsg",
+    "recvmmsg",
+    "eventfd",
+    "eventfd2",
+    "epoll_create",
+    "epoll_create1",
+    "signalfd",
+    "signalfd4",
+    "timerfd_create",
+    "inotify_init",
+    "inotify_init1",
+    "fanotify_init",
+    "memfd_create",
+    "memfd_secret",
+    "userfaultfd",
+    "perf_event_open",
+    "bpf",
+    "pidfd_open",
+    "pidfd_getfd",
+    "mq_open",
+    "io_uring_setup",
+    "io_uring_enter",
+    "landlock_create_ruleset",
+    "seccomp",
+    "clone",
+    "clone3",
+];
+
+/// Whether call `nr` with `args`, run at home, may give the process a new
+/// descriptor (in its result, in memory, or at a number it names). Unknown
+/// ioctls may: some return descriptors.
+pub fn may_create_descriptor(nr: i64, args: &[u64; 6]) -> bool {
+    /// Terminal and file ioctls that make no descriptor.
+    const PLAIN_IOCTLS: &[u64] = &[
+        libc::TCGETS,
+        libc::TCSETS,
+        libc::TCSETSW,
+        libc::TCSETSF,
+        libc::TIOCGWINSZ,
+        libc::TIOCSWINSZ,
+        libc::TIOCGPGRP,
+        libc::FIONREAD,
+        libc::FIONBIO,
+        libc::FIOASYNC,
+        libc::FIOCLEX,
+        libc::FIONCLEX,
+    ];
+    match nr {
+        libc::SYS_fcntl => matches!(args[1] as i32, libc::F_DUPFD | libc::F_DUPFD_CLOEXEC),
+        libc::SYS_ioctl => !PLAIN_IOCTLS.contains(&(args[1] & 0xffff_ffff)),
+        _ => CREATE_DESCRIPTORS.contains(&crate::syscalls::lookup(nr).name),
     }
 }
 
@@ -576,7 +744,9 @@ mod tests {
         let getfd = [3, libc::F_GETFD as u64, 0, 0, 0, 0];
         assert_eq!(call(libc::SYS_fcntl, getfd), vec![]);
         let setfl = [3, libc::F_SETFL as u64, 0, 0, 0, 0];
-        assert_eq!(call(libc::SYS_fcntl, setfl), vec![(3, Use::Release)]);
+        assert_eq!(call(libc::SYS_fcntl, setfl), vec![(3, Use::SetFlags)]);
+        let tcgets = [3, libc::TCGETS, 0, 0, 0, 0];
+        assert_eq!(call(libc::SYS_ioctl, tcgets), vec![(3, Use::AtHome)]);
         assert_eq!(
             call(libc::SYS_dup2, [4, 5, 0, 0, 0, 0]),
             vec![(5, Use::Release)],
@@ -593,6 +763,37 @@ mod tests {
         );
         let cloexec = [0, u32::MAX as u64, CLOSE_RANGE_CLOEXEC, 0, 0, 0];
         assert_eq!(call(libc::SYS_close_range, cloexec), vec![]);
+    }
+
+    #[test]
+    fn calls_that_may_make_a_descriptor_are_known() {
+        for name in CREATE_DESCRIPTORS {
+            assert!(
+                crate::syscalls::TABLE.iter().any(|s| s.name == *name),
+                "{name} is not in the table"
+            );
+        }
+        let no_args = [0; 6];
+        for nr in [
+            libc::SYS_openat,
+            libc::SYS_pipe2,
+            libc::SYS_recvmsg,
+            libc::SYS_dup2,
+        ] {
+            assert!(may_create_descriptor(nr, &no_args), "{nr}");
+        }
+        for nr in [libc::SYS_write, libc::SYS_close, libc::SYS_getppid] {
+            assert!(!may_create_descriptor(nr, &no_args), "{nr}");
+        }
+        let ioctl =
+            |request: u64| may_create_descriptor(libc::SYS_ioctl, &[1, request, 0, 0, 0, 0]);
+        assert!(!ioctl(libc::TCGETS));
+        // NS_GET_USERNS returns a descriptor.
+        assert!(ioctl(0xb701));
+        let fcntl =
+            |command: i32| may_create_descriptor(libc::SYS_fcntl, &[3, command as u64, 0, 0, 0, 0]);
+        assert!(fcntl(libc::F_DUPFD_CLOEXEC));
+        assert!(!fcntl(libc::F_SETFL));
     }
 
     #[test]

@@ -202,6 +202,8 @@ pub fn run(args: RemoteArgs, link: TcpStream, daemon: UnixStream) -> i32 {
         io_moved: HashMap::new(),
         usage_sent_at: std::time::Instant::now(),
     };
+    // The offsets of its DFSA files from now on count as I/O done here.
+    remote.track_io();
     remote.serve()
 }
 
@@ -214,7 +216,7 @@ fn arrive(
 ) -> Result<(i32, ProcessMemory, OwnedFd, Dfsa), KeeperError> {
     let mut phases = super::Phases::start();
     let (files, header) = receive_arrival(link)?;
-    let dfsa = Dfsa::new(args.mfs.clone(), files);
+    let mut dfsa = Dfsa::new(args.mfs.clone(), files);
     phases.mark("header");
     let child = sys::fork_stopped_child()?;
     // The keeper runs at the daemon's priority, to receive and serve the
@@ -224,7 +226,7 @@ fn arrive(
     }
     phases.mark("fork");
     tracing::debug!("arrival: {}", phases.summary());
-    let rebuilt = rebuild(args, link, child, &header);
+    let rebuilt = rebuild(args, link, child, &header, &mut dfsa);
     if rebuilt.is_err() {
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(child),
@@ -240,11 +242,12 @@ fn rebuild(
     link: &mut Link,
     child: i32,
     header: &ImageHeader,
+    dfsa: &mut Dfsa,
 ) -> Result<(ProcessMemory, OwnedFd), KeeperError> {
     let started = std::time::Instant::now();
     let mut injector = Injector::bootstrap(child, &restore::area_ranges(header))?;
     receive_image_into(link, &mut injector, header, Target::Fresh)?;
-    let listener = confine(&injector, args)?;
+    let listener = confine(&injector, args, dfsa)?;
     restore::set_final_state(injector, header)?;
     // Opened while it is still stopped: once it runs it may end at any
     // moment, and its end must reach home as its exit status (the serve
@@ -260,9 +263,13 @@ fn rebuild(
     Ok((memory, listener))
 }
 
-/// Confines the rebuilt process and installs the filter; returns the
-/// filter's listener.
-fn confine(injector: &Injector, args: &RemoteArgs) -> Result<OwnedFd, KeeperError> {
+/// Confines the rebuilt process, installs the filter and the process's
+/// DFSA files; returns the filter's listener.
+fn confine(
+    injector: &Injector,
+    args: &RemoteArgs,
+    dfsa: &mut Dfsa,
+) -> Result<OwnedFd, KeeperError> {
     let child = injector.pid();
     std::fs::create_dir_all(&args.empty_root)?;
     let mut root = args.empty_root.as_os_str().as_encoded_bytes().to_vec();
@@ -278,7 +285,15 @@ fn confine(injector: &Injector, args: &RemoteArgs) -> Result<OwnedFd, KeeperErro
     batch.call("setresuid", libc::SYS_setresuid, &[uid, uid, uid]);
     batch.call("prctl", libc::SYS_prctl, &[PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0]);
     batch.call("prctl", libc::SYS_prctl, &[PR_SET_DUMPABLE, 0, 0, 0, 0]);
-    let program = seccomp::notify_filter(&syscalls::local_numbers(), &syscalls::local_conditions());
+    let fast = dfsa.reopen_all();
+    let program = seccomp::notify_filter(
+        &syscalls::local_numbers(),
+        &syscalls::local_conditions(),
+        seccomp::OnDescriptors {
+            calls: syscalls::ON_DFSA_DESCRIPTOR,
+            fds: &fast,
+        },
+    );
     let instructions = batch.stage(&seccomp::program_bytes(&program));
     let fprog = batch.stage(&seccomp::fprog_bytes(program.len(), instructions));
     batch.call(
@@ -301,7 +316,8 @@ fn confine(injector: &Injector, args: &RemoteArgs) -> Result<OwnedFd, KeeperErro
         tracing::debug!("no synchronous seccomp wake-ups: {e}");
     }
     // The process's own copy of the listener must go; its close is now
-    // a filtered call, which we let run.
+    // a filtered call, which we let run. While it waits in it, its DFSA
+    // files are installed: the filter already lets their I/O run.
     let base = ptrace::get_regs(child)?;
     let saved_mask = ptrace::get_sigmask(child)?;
     ptrace::set_sigmask(child, u64::MAX)?;
@@ -313,7 +329,14 @@ fn confine(injector: &Injector, args: &RemoteArgs) -> Result<OwnedFd, KeeperErro
             notification.nr
         )));
     }
-    seccomp::respond_continue(listener.as_fd(), notification.id)?;
+    dfsa.install_all(listener.as_fd(), notification.id)?;
+    if dfsa.has_copy(fd as i32) {
+        // A file went in at the listener's number, which closed the
+        // listener there: the close must not close the file.
+        seccomp::respond(listener.as_fd(), notification.id, 0, 0)?;
+    } else {
+        seccomp::respond_continue(listener.as_fd(), notification.id)?;
+    }
     injector.finish()?;
     ptrace::set_regs(child, &base)?;
     ptrace::set_sigmask(child, saved_mask)?;
@@ -488,16 +511,16 @@ impl Remote {
         let uses = dfsa::uses(nr, &args, &self.dfsa.fds(), |address| {
             empty_path(memory, address)
         });
-        if let [(fd, Use::Native)] = uses[..] {
-            let new = !self.dfsa.has_copy(fd);
-            if self.dfsa.install(fd, self.listener.as_fd(), id) {
-                if new {
-                    // Its offset from now on counts as I/O done here.
-                    self.track_io();
-                }
-                ignore_gone(seccomp::respond_continue(self.listener.as_fd(), id))?;
-                return Ok(None);
-            }
+        if let Some(reason) = self.dfsa.needs_home(nr, &args, &uses) {
+            return self.go_home(&reason).map(Some);
+        }
+        // A DFSA call the filter did not let run: a stat of the descriptor
+        // itself, or a descriptor past the filter's limit.
+        if let [(fd, Use::Native)] = uses[..]
+            && self.dfsa.has_copy(fd)
+        {
+            ignore_gone(seccomp::respond_continue(self.listener.as_fd(), id))?;
+            return Ok(None);
         }
         // Home runs it: with the offsets the process has here, and on the
         // deputy's descriptors alone if the call may change or share them.
@@ -511,7 +534,12 @@ impl Remote {
             self.link.send(&LinkMessage::Offsets(offsets))?;
         }
         for (fd, u) in &uses {
-            if matches!(u, Use::Release | Use::Close) {
+            let releases = match u {
+                Use::Release | Use::Close => true,
+                Use::SetFlags => self.dfsa.changes_flags(*fd, args[2]),
+                Use::Native | Use::AtHome => false,
+            };
+            if releases {
                 self.dfsa.release(*fd);
             }
         }
@@ -573,19 +601,27 @@ impl Remote {
         Some(sample)
     }
 
-    fn complete(&mut self, result: &CallResult) -> Result<(), KeeperError> {
+    /// Answers the process's call with its result from home; returns why
+    /// the process must now go home, if it must.
+    fn complete(&mut self, result: &CallResult) -> Result<Option<String>, KeeperError> {
         let Some(InFlight {
             id,
             prepared,
             closes_copy,
         }) = self.pending.take()
         else {
-            return Ok(());
+            return Ok(None);
         };
         let listener = self.listener.as_fd();
         if !seccomp::is_valid(listener, id) {
-            return Ok(());
+            return Ok(None);
         }
+        // Linux closes a descriptor even when close fails (a write that
+        // failed at the file's owner is reported there): home's is gone,
+        // but the process's copy, whose I/O the filter lets run, is not.
+        let copy_left_open = closes_copy
+            .filter(|fd| result.ret != 0 && self.dfsa.is_fast(*fd))
+            .map(|fd| format!("its close of descriptor {fd} failed at home"));
         let answered = match (marshal::apply(&prepared, result, &self.memory), closes_copy) {
             (Err(errno), _) => seccomp::respond(listener, id, 0, errno),
             (Ok(()), Some(fd)) if result.ret == 0 => {
@@ -599,12 +635,17 @@ impl Remote {
             }
             (Ok(()), _) => seccomp::respond(listener, id, result.ret, 0),
         };
-        ignore_gone(answered)
+        ignore_gone(answered)?;
+        Ok(copy_left_open)
     }
 
     fn on_link(&mut self) -> Result<Option<i32>, KeeperError> {
         match super::receive(&mut self.link)? {
-            LinkMessage::CallResult(result) => self.complete(&result)?,
+            LinkMessage::CallResult(result) => {
+                if let Some(reason) = self.complete(&result)? {
+                    return self.go_home(&reason).map(Some);
+                }
+            }
             LinkMessage::Signal {
                 signal,
                 during_call,
@@ -692,7 +733,9 @@ impl Remote {
         loop {
             match super::receive(&mut self.link)? {
                 LinkMessage::CallResult(result) => {
-                    self.complete(&result)?;
+                    // The process is leaving: where it goes, its filter
+                    // is made anew.
+                    let _ = self.complete(&result)?;
                     // An abandon that crossed a result is acknowledged too.
                 }
                 LinkMessage::CallAbandoned => {

@@ -55,10 +55,27 @@ const JGE_K: u16 = (libc::BPF_JMP | libc::BPF_JGE | libc::BPF_K) as u16;
 const JSET_K: u16 = (libc::BPF_JMP | libc::BPF_JSET | libc::BPF_K) as u16;
 const RET_K: u16 = (libc::BPF_RET | libc::BPF_K) as u16;
 
+/// Calls that run locally when their first argument is one of `fds` (the
+/// process's DFSA files, reopened where it runs).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct OnDescriptors<'a> {
+    pub calls: &'a [i64],
+    pub fds: &'a [i32],
+}
+
+/// The most descriptors [`notify_filter`] lets run in the kernel: each
+/// costs two instructions per call in [`OnDescriptors::calls`], and a
+/// jump over them must fit in 8 bits.
+pub const MAX_FAST_DESCRIPTORS: usize = 64;
+
 /// The filter: other architectures and the x32 ABI kill the process;
-/// `local` calls and calls meeting a [`Condition`] run; every other call
-/// is handed to the keeper.
-pub fn notify_filter(local: &[i64], conditions: &[Condition]) -> Vec<sock_filter> {
+/// `local` calls, calls meeting a [`Condition`] and calls on descriptors
+/// of `on_descriptors` run; every other call is handed to the keeper.
+pub fn notify_filter(
+    local: &[i64],
+    conditions: &[Condition],
+    on_descriptors: OnDescriptors<'_>,
+) -> Vec<sock_filter> {
     let mut program = vec![
         stmt(LD_W_ABS, OFFSET_ARCH),
         jump(JEQ_K, AUDIT_ARCH_X86_64, 1, 0),
@@ -83,6 +100,21 @@ pub fn notify_filter(local: &[i64], conditions: &[Condition]) -> Vec<sock_filter
         program.push(stmt(RET_K, SECCOMP_RET_ALLOW));
         // Reload the number for the next comparison.
         program.push(stmt(LD_W_ABS, OFFSET_NR));
+    }
+    let fds = &on_descriptors.fds[..on_descriptors.fds.len().min(MAX_FAST_DESCRIPTORS)];
+    if !fds.is_empty() {
+        for nr in on_descriptors.calls {
+            // Not this call: skip the argument's load, its comparisons and
+            // the reload.
+            let skip = (1 + 2 * fds.len() + 1) as u8;
+            program.push(jump(JEQ_K, *nr as u32, 0, skip));
+            program.push(stmt(LD_W_ABS, offset_arg_low(0)));
+            for fd in fds {
+                program.push(jump(JEQ_K, *fd as u32, 0, 1));
+                program.push(stmt(RET_K, SECCOMP_RET_ALLOW));
+            }
+            program.push(stmt(LD_W_ABS, OFFSET_NR));
+        }
     }
     program.push(stmt(RET_K, SECCOMP_RET_USER_NOTIF));
     program
@@ -275,6 +307,10 @@ mod tests {
                 arg: 3,
                 bits: 0x20,
             }],
+            OnDescriptors {
+                calls: &[0, 1, 8],
+                fds: &(0..MAX_FAST_DESCRIPTORS as i32 + 10).collect::<Vec<_>>(),
+            },
         );
         assert!(program.len() < 4096);
         assert_eq!(program.last().unwrap().k, SECCOMP_RET_USER_NOTIF);

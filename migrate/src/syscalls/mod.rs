@@ -90,9 +90,11 @@ pub fn lookup(nr: i64) -> Syscall {
 /// Forwarded calls that run where the process is when the descriptor they
 /// name (their first argument) is one of its DFSA files, reopened there
 /// (`keeper::dfsa`): its data, offset and status are the same on every
-/// node. `newfstatat` and `statx` only with `AT_EMPTY_PATH` and an empty
-/// path, that is on the descriptor itself.
-pub const ON_DFSA_FILE: &[i64] = &[
+/// node. The filter lets them run in the kernel. `newfstatat` and `statx`
+/// run there too, only with `AT_EMPTY_PATH` and an empty path, that is on
+/// the descriptor itself ([`ON_DFSA_DESCRIPTOR_ITSELF`]): the filter cannot
+/// read the path, so the keeper lets them continue.
+pub const ON_DFSA_DESCRIPTOR: &[i64] = &[
     libc::SYS_read,
     libc::SYS_write,
     libc::SYS_fstat,
@@ -104,13 +106,14 @@ pub const ON_DFSA_FILE: &[i64] = &[
     libc::SYS_fsync,
     libc::SYS_fdatasync,
     libc::SYS_fadvise64,
-    libc::SYS_newfstatat,
     libc::SYS_preadv,
     libc::SYS_pwritev,
     libc::SYS_preadv2,
     libc::SYS_pwritev2,
-    libc::SYS_statx,
 ];
+
+/// Path calls that run on a DFSA file when they name the descriptor itself.
+pub const ON_DFSA_DESCRIPTOR_ITSELF: &[i64] = &[libc::SYS_newfstatat, libc::SYS_statx];
 
 /// The filter's conditional rules: special calls that run locally when
 /// their arguments say so (the same rules as [`marshal::route`]).
@@ -162,14 +165,16 @@ pub fn markdown() -> String {
          - **special**: forwarded, with handling of its own.\n\
          - **home**: the process is brought home and the call runs there natively.\n\n",
     );
-    let dfsa: Vec<String> = ON_DFSA_FILE
+    let dfsa: Vec<String> = ON_DFSA_DESCRIPTOR
         .iter()
+        .chain(ON_DFSA_DESCRIPTOR_ITSELF)
         .map(|nr| format!("`{}`", lookup(*nr).name))
         .collect();
     out += &format!(
         "On a file the process has reopened where it runs (DFSA, `docs/migration.md`), \
          these forwarded calls run there: {} (`newfstatat` and `statx` on the descriptor \
-         itself: `AT_EMPTY_PATH` and an empty path).\n\n",
+         itself: `AT_EMPTY_PATH` and an empty path). The filter lets all but those two run \
+         in the kernel, without the keeper.\n\n",
         dfsa.join(", ")
     );
     out += "| nr | call | class | arguments | why |\n|---:|---|---|---|---|\n";

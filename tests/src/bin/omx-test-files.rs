@@ -4,6 +4,7 @@
 //!
 //! - `open PATH MODE` (MODE: `r`, `rw`, `a` for write-only append): the fd
 //! - `read FD N`, `pread FD N OFFSET`: `data:` and the bytes read
+//! - `preads FD COUNT`: COUNT reads of the first byte; `ok`
 //! - `write FD TEXT`: the count written (`\n` in TEXT is a newline)
 //! - `seek FD OFFSET`, `tell FD`: the offset; `size FD`: the file's size
 //! - `lock FD START LEN`: a write lock (`F_SETLK`, from the start of the
@@ -79,6 +80,14 @@ fn run(files: &mut HashMap<i32, File>, words: &[&str]) -> std::io::Result<String
             let mut buffer = vec![0u8; number(len)];
             let n = file.read_at(&mut buffer, number(offset))?;
             Ok(format!("data:{}", String::from_utf8_lossy(&buffer[..n])))
+        }
+        "preads" => {
+            // Many small reads in a row, for counting what they cost.
+            let mut byte = [0u8; 1];
+            for _ in 0..number::<u64>(word(2)) {
+                file.read_at(&mut byte, 0)?;
+            }
+            Ok("ok".into())
         }
         "write" => {
             let text = word(2).replace("\\n", "\n");

@@ -193,9 +193,12 @@ fn files_are_read_written_and_locked_where_the_process_runs() {
     );
     // They run in the kernel, without the keeper: a call that went
     // through it would stop the process once each (a context switch).
-    let guest = lab.status(2).expect("node 2 answers")["guests"][0]["pid"]
-        .as_u64()
-        .expect("node 2 hosts the process");
+    let mut guest = None;
+    wait_for(Duration::from_secs(5), "node 2 to list its guest", || {
+        guest = lab.status(2).expect("node 2 answers")["guests"][0]["pid"].as_u64();
+        guest.is_some()
+    });
+    let guest = guest.expect("waited for");
     let switches = || voluntary_switches(guest);
     let before = switches();
     assert_eq!(program.ask(&format!("preads {a} 2000")), "ok");
@@ -269,11 +272,10 @@ fn files_are_read_written_and_locked_where_the_process_runs() {
         program.ask(&format!("read {e} 10")),
         expected(home_byte, 0, 10)
     );
-    assert_eq!(
-        lab.where_is(1, pid)["node"],
-        serde_json::Value::Null,
-        "the open did not bring the process home"
-    );
+    // (Home's daemon hears of the arrival just after the process runs.)
+    wait_for(Duration::from_secs(5), "the open to bring it home", || {
+        lab.where_is(1, pid)["node"].is_null()
+    });
     // Back to node 3. A copy of a descriptor would share its offset at
     // home while its copy here moves on its own: `dup` brings the process
     // home, where it carries on from the offset it had.
@@ -288,11 +290,9 @@ fn files_are_read_written_and_locked_where_the_process_runs() {
         "the read on node 3 ran at home"
     );
     let d = program.ask(&format!("dup {a}"));
-    assert_eq!(
-        lab.where_is(1, pid)["node"],
-        serde_json::Value::Null,
-        "the dup did not bring the process home"
-    );
+    wait_for(Duration::from_secs(5), "the dup to bring it home", || {
+        lab.where_is(1, pid)["node"].is_null()
+    });
     assert_eq!(deputy_offset(pid, a), 1223);
     // (Closing the copy would release the lock, as POSIX has it.)
     let _ = d;

@@ -350,12 +350,17 @@ impl Dfsa {
     /// descriptors its filter is to let run in the kernel (at most
     /// [`seccomp::MAX_FAST_DESCRIPTORS`]; calls on the others reach the
     /// keeper, which lets them run). A file that cannot be reopened is
-    /// forwarded from now on.
-    pub fn reopen_all(&mut self) -> Vec<i32> {
+    /// forwarded from now on, and so is one at or above `fd_limit`, the
+    /// process's soft `RLIMIT_NOFILE` (the kernel would not install it).
+    pub fn reopen_all(&mut self, fd_limit: Option<u64>) -> Vec<i32> {
         let (mfs, user) = (&self.mfs, &self.user);
         self.files.retain(|fd, entry| {
             if entry.open.is_some() {
                 return true;
+            }
+            if fd_limit.is_some_and(|limit| *fd as u64 >= limit) {
+                tracing::debug!("descriptor {fd} stays forwarded: at or above the process's limit");
+                return false;
             }
             match reopen(mfs, user, &entry.file) {
                 Ok(own) => {
@@ -568,24 +573,14 @@ const CREATE_DESCRIPTORS: &[&str] = &[
 /// descriptor (in its result, in memory, or at a number it names). Unknown
 /// ioctls may: some return descriptors.
 pub fn may_create_descriptor(nr: i64, args: &[u64; 6]) -> bool {
-    /// Terminal and file ioctls that make no descriptor.
-    const PLAIN_IOCTLS: &[u64] = &[
-        libc::TCGETS,
-        libc::TCSETS,
-        libc::TCSETSW,
-        libc::TCSETSF,
-        libc::TIOCGWINSZ,
-        libc::TIOCSWINSZ,
-        libc::TIOCGPGRP,
-        libc::FIONREAD,
-        libc::FIONBIO,
-        libc::FIOASYNC,
-        libc::FIOCLEX,
-        libc::FIONCLEX,
-    ];
+    /// `getsockopt` of a pidfd for the peer of a Unix socket.
+    const SO_PEERPIDFD: u64 = 77;
     match nr {
         libc::SYS_fcntl => matches!(args[1] as i32, libc::F_DUPFD | libc::F_DUPFD_CLOEXEC),
-        libc::SYS_ioctl => !PLAIN_IOCTLS.contains(&(args[1] & 0xffff_ffff)),
+        libc::SYS_getsockopt => args[1] == libc::SOL_SOCKET as u64 && args[2] == SO_PEERPIDFD,
+        // The ioctls the keeper forwards (terminal ones, `marshal::ioctl`)
+        // make none; any other brings the process home anyway.
+        libc::SYS_ioctl => false,
         _ => CREATE_DESCRIPTORS.contains(&crate::syscalls::lookup(nr).name),
     }
 }
@@ -785,11 +780,17 @@ mod tests {
         for nr in [libc::SYS_write, libc::SYS_close, libc::SYS_getppid] {
             assert!(!may_create_descriptor(nr, &no_args), "{nr}");
         }
-        let ioctl =
-            |request: u64| may_create_descriptor(libc::SYS_ioctl, &[1, request, 0, 0, 0, 0]);
-        assert!(!ioctl(libc::TCGETS));
-        // NS_GET_USERNS returns a descriptor.
-        assert!(ioctl(0xb701));
+        let peer_pidfd = [3, libc::SOL_SOCKET as u64, 77, 0, 0, 0];
+        assert!(may_create_descriptor(libc::SYS_getsockopt, &peer_pidfd));
+        let peer_creds = [
+            3,
+            libc::SOL_SOCKET as u64,
+            libc::SO_PEERCRED as u64,
+            0,
+            0,
+            0,
+        ];
+        assert!(!may_create_descriptor(libc::SYS_getsockopt, &peer_creds));
         let fcntl =
             |command: i32| may_create_descriptor(libc::SYS_fcntl, &[3, command as u64, 0, 0, 0, 0]);
         assert!(fcntl(libc::F_DUPFD_CLOEXEC));

@@ -97,6 +97,9 @@ struct Remote {
     waiter: Waiter,
     /// The call being served at home.
     pending: Option<InFlight>,
+    /// Why the process must go home as soon as the call at hand is
+    /// answered: its filter would no longer be right here.
+    home_due: Option<String>,
     /// The terminal stop signal a SIGSTOP stands for (see `deliver`).
     stopped_for: Option<i32>,
     spinner: Spinner,
@@ -129,7 +132,7 @@ pub fn run(args: RemoteArgs, link: TcpStream, daemon: UnixStream) -> i32 {
             return 1;
         }
     };
-    let (child, memory, listener, dfsa) = match arrive(&args, &mut link) {
+    let (child, memory, listener, dfsa, first_sample) = match arrive(&args, &mut link) {
         Ok(arrived) => arrived,
         Err(KeeperError::CalledOff) => {
             info!(
@@ -195,6 +198,7 @@ pub fn run(args: RemoteArgs, link: TcpStream, daemon: UnixStream) -> i32 {
         daemon,
         waiter,
         pending: None,
+        home_due: None,
         stopped_for: None,
         spinner,
         dfsa,
@@ -202,8 +206,8 @@ pub fn run(args: RemoteArgs, link: TcpStream, daemon: UnixStream) -> i32 {
         io_moved: HashMap::new(),
         usage_sent_at: std::time::Instant::now(),
     };
-    // The offsets of its DFSA files from now on count as I/O done here.
-    remote.track_io();
+    // The offsets its DFSA files had when it started to run here.
+    remote.io.update(&first_sample.files);
     remote.serve()
 }
 
@@ -213,7 +217,7 @@ pub fn run(args: RemoteArgs, link: TcpStream, daemon: UnixStream) -> i32 {
 fn arrive(
     args: &RemoteArgs,
     link: &mut Link,
-) -> Result<(i32, ProcessMemory, OwnedFd, Dfsa), KeeperError> {
+) -> Result<(i32, ProcessMemory, OwnedFd, Dfsa, usage::Usage), KeeperError> {
     let mut phases = super::Phases::start();
     let (files, header) = receive_arrival(link)?;
     let mut dfsa = Dfsa::new(args.mfs.clone(), files);
@@ -234,7 +238,7 @@ fn arrive(
         );
         let _ = ptrace::wait(child);
     }
-    rebuilt.map(|(memory, listener)| (child, memory, listener, dfsa))
+    rebuilt.map(|(memory, listener, sample)| (child, memory, listener, dfsa, sample))
 }
 
 fn rebuild(
@@ -243,24 +247,32 @@ fn rebuild(
     child: i32,
     header: &ImageHeader,
     dfsa: &mut Dfsa,
-) -> Result<(ProcessMemory, OwnedFd), KeeperError> {
+) -> Result<(ProcessMemory, OwnedFd, usage::Usage), KeeperError> {
     let started = std::time::Instant::now();
     let mut injector = Injector::bootstrap(child, &restore::area_ranges(header))?;
     receive_image_into(link, &mut injector, header, Target::Fresh)?;
-    let listener = confine(&injector, args, dfsa)?;
+    // The kernel installs no descriptor at or above the soft limit.
+    let fd_limit = header
+        .rlimits
+        .get(libc::RLIMIT_NOFILE as usize)
+        .map(|(soft, _)| *soft);
+    let listener = confine(&injector, args, dfsa, fd_limit)?;
     restore::set_final_state(injector, header)?;
     // Opened while it is still stopped: once it runs it may end at any
     // moment, and its end must reach home as its exit status (the serve
     // loop reaps it), not as a keeper that could not watch it (home would
     // see the link close and end the process by SIGKILL).
     let memory = ProcessMemory::open(child)?;
+    // Its files' offsets before it runs: whatever it reads or writes from
+    // now on counts as I/O done here.
+    let sample = usage::sample(child as u32, &args.mfs)?;
     ptrace::detach(child, 0)?;
     tracing::debug!(
         "local pid {child}: running after {:?} (confined in {:?})",
         started.elapsed(),
         started.elapsed()
     );
-    Ok((memory, listener))
+    Ok((memory, listener, sample))
 }
 
 /// Confines the rebuilt process, installs the filter and the process's
@@ -269,6 +281,7 @@ fn confine(
     injector: &Injector,
     args: &RemoteArgs,
     dfsa: &mut Dfsa,
+    fd_limit: Option<u64>,
 ) -> Result<OwnedFd, KeeperError> {
     let child = injector.pid();
     std::fs::create_dir_all(&args.empty_root)?;
@@ -285,7 +298,7 @@ fn confine(
     batch.call("setresuid", libc::SYS_setresuid, &[uid, uid, uid]);
     batch.call("prctl", libc::SYS_prctl, &[PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0]);
     batch.call("prctl", libc::SYS_prctl, &[PR_SET_DUMPABLE, 0, 0, 0, 0]);
-    let fast = dfsa.reopen_all();
+    let fast = dfsa.reopen_all(fd_limit);
     let program = seccomp::notify_filter(
         &syscalls::local_numbers(),
         &syscalls::local_conditions(),
@@ -386,7 +399,10 @@ impl Remote {
                 }
             };
             let outcome = match outcome {
-                Ok(None) => self.report_usage_when_due().map(|()| None),
+                Ok(None) => match self.home_due.take() {
+                    Some(reason) => self.go_home(&reason).map(Some),
+                    None => self.report_usage_when_due().map(|()| None),
+                },
                 other => other,
             };
             match outcome {
@@ -601,27 +617,31 @@ impl Remote {
         Some(sample)
     }
 
-    /// Answers the process's call with its result from home; returns why
-    /// the process must now go home, if it must.
-    fn complete(&mut self, result: &CallResult) -> Result<Option<String>, KeeperError> {
+    /// Answers the process's call with its result from home.
+    fn complete(&mut self, result: &CallResult) -> Result<(), KeeperError> {
         let Some(InFlight {
             id,
             prepared,
             closes_copy,
         }) = self.pending.take()
         else {
-            return Ok(None);
+            return Ok(());
         };
+        // Linux closes a descriptor at home even when close fails (a write
+        // that failed at the file's owner is reported there) or the caller
+        // was interrupted meanwhile; unless the process's own close of its
+        // copy runs, the filter goes on letting its I/O run on that copy.
+        let fast_close = closes_copy.filter(|fd| self.dfsa.is_fast(*fd));
+        let copy_left_open =
+            |why: &str| fast_close.map(|fd| format!("its close of descriptor {fd} {why} at home"));
         let listener = self.listener.as_fd();
         if !seccomp::is_valid(listener, id) {
-            return Ok(None);
+            self.home_due = copy_left_open("was interrupted after it ran");
+            return Ok(());
         }
-        // Linux closes a descriptor even when close fails (a write that
-        // failed at the file's owner is reported there): home's is gone,
-        // but the process's copy, whose I/O the filter lets run, is not.
-        let copy_left_open = closes_copy
-            .filter(|fd| result.ret != 0 && self.dfsa.is_fast(*fd))
-            .map(|fd| format!("its close of descriptor {fd} failed at home"));
+        if result.ret != 0 {
+            self.home_due = copy_left_open("failed");
+        }
         let answered = match (marshal::apply(&prepared, result, &self.memory), closes_copy) {
             (Err(errno), _) => seccomp::respond(listener, id, 0, errno),
             (Ok(()), Some(fd)) if result.ret == 0 => {
@@ -635,17 +655,19 @@ impl Remote {
             }
             (Ok(()), _) => seccomp::respond(listener, id, result.ret, 0),
         };
-        ignore_gone(answered)?;
-        Ok(copy_left_open)
+        if answered
+            .as_ref()
+            .is_err_and(|e| e.raw_os_error() == Some(libc::ENOENT))
+            && self.home_due.is_none()
+        {
+            self.home_due = copy_left_open("was interrupted after it ran");
+        }
+        ignore_gone(answered)
     }
 
     fn on_link(&mut self) -> Result<Option<i32>, KeeperError> {
         match super::receive(&mut self.link)? {
-            LinkMessage::CallResult(result) => {
-                if let Some(reason) = self.complete(&result)? {
-                    return self.go_home(&reason).map(Some);
-                }
-            }
+            LinkMessage::CallResult(result) => self.complete(&result)?,
             LinkMessage::Signal {
                 signal,
                 during_call,
@@ -733,9 +755,7 @@ impl Remote {
         loop {
             match super::receive(&mut self.link)? {
                 LinkMessage::CallResult(result) => {
-                    // The process is leaving: where it goes, its filter
-                    // is made anew.
-                    let _ = self.complete(&result)?;
+                    self.complete(&result)?;
                     // An abandon that crossed a result is acknowledged too.
                 }
                 LinkMessage::CallAbandoned => {

@@ -67,6 +67,7 @@ pub struct OnDescriptors<'a> {
 /// costs two instructions per call in [`OnDescriptors::calls`], and a
 /// jump over them must fit in 8 bits.
 pub const MAX_FAST_DESCRIPTORS: usize = 64;
+const _: () = assert!(2 * MAX_FAST_DESCRIPTORS + 2 <= u8::MAX as usize);
 
 /// The filter: other architectures and the x32 ABI kill the process;
 /// `local` calls, calls meeting a [`Condition`] and calls on descriptors

@@ -289,20 +289,33 @@ fn files_are_read_written_and_locked_where_the_process_runs() {
         1213,
         "the read on node 3 ran at home"
     );
+    // Setting the flags it has changes nothing: it stays, and its reads
+    // still run here.
+    assert_eq!(program.ask(&format!("setfl-same {a}")), "ok");
+    assert_eq!(lab.where_is(1, pid)["node"].as_u64(), Some(3));
+    assert_eq!(
+        program.ask(&format!("read {a} 10")),
+        expected(remote_byte, 1223, 10)
+    );
+    assert_eq!(
+        deputy_offset(pid, a),
+        1223,
+        "the read after F_SETFL ran at home"
+    );
     let d = program.ask(&format!("dup {a}"));
     wait_for(Duration::from_secs(5), "the dup to bring it home", || {
         lab.where_is(1, pid)["node"].is_null()
     });
-    assert_eq!(deputy_offset(pid, a), 1223);
+    assert_eq!(deputy_offset(pid, a), 1233);
     // (Closing the copy would release the lock, as POSIX has it.)
     let _ = d;
 
     // Home: the process carries on from its offsets.
-    assert_eq!(deputy_offset(pid, a), 1223);
-    assert_eq!(program.ask(&format!("tell {a}")), "1223");
+    assert_eq!(deputy_offset(pid, a), 1233);
+    assert_eq!(program.ask(&format!("tell {a}")), "1233");
     assert_eq!(
         program.ask(&format!("read {a} 7")),
-        expected(remote_byte, 1223, 7)
+        expected(remote_byte, 1233, 7)
     );
     assert_eq!(program.ask(&format!(r"write {c} home-2\n")), "7");
     assert!(

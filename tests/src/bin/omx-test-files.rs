@@ -9,6 +9,7 @@
 //! - `seek FD OFFSET`, `tell FD`: the offset; `size FD`: the file's size
 //! - `lock FD START LEN`: a write lock (`F_SETLK`, from the start of the
 //!   file); `lockcur FD LEN`: the same from the current offset
+//! - `setfl-same FD`: sets the status flags it has (`F_SETFL`); `ok`
 //! - `dup FD`: the new fd; `close FD`: `ok`; `quit`
 //!
 //! Failures answer `error ERRNO`. `omx-test-files probe PATH START LEN`
@@ -101,6 +102,13 @@ fn run(files: &mut HashMap<i32, File>, words: &[&str]) -> std::io::Result<String
             lock(file, libc::SEEK_SET, number(start), number(len))
         }
         "lockcur" => lock(file, libc::SEEK_CUR, 0, number(word(2))),
+        "setfl-same" => {
+            // Sets the status flags it has, as xz does at its end.
+            let flags = nix::fcntl::fcntl(&*file, nix::fcntl::FcntlArg::F_GETFL)?;
+            let flags = nix::fcntl::OFlag::from_bits_truncate(flags);
+            nix::fcntl::fcntl(&*file, nix::fcntl::FcntlArg::F_SETFL(flags))?;
+            Ok("ok".into())
+        }
         "dup" => {
             let copy = file.try_clone()?;
             let new = copy.as_raw_fd();

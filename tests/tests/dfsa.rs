@@ -207,6 +207,17 @@ fn files_are_read_written_and_locked_where_the_process_runs() {
         spent < 500,
         "2000 reads of a DFSA file stopped the process {spent} times: they went through its keeper"
     );
+    // A file it opens while here is reopened here too.
+    let f = program.open(Path::new(data_path), "r");
+    assert_eq!(
+        program.ask(&format!("read {f} 10")),
+        expected(remote_byte, 0, 10)
+    );
+    assert_eq!(
+        deputy_offset(pid, f),
+        0,
+        "the read of a file opened on node 2 ran at home"
+    );
     assert_eq!(program.ask(&format!("tell {a}")), "1100");
     assert_eq!(program.ask(&format!("size {a}")), "10000");
     assert_eq!(program.ask(&format!("write {a} XYZ")), "3");

@@ -211,6 +211,9 @@ pub struct CallSlot {
 pub struct CallResult {
     pub ret: i64,
     pub outputs: Vec<Vec<u8>>,
+    /// For an `open` that gave a file every node reaches through MFS: that
+    /// file, which the node where the process runs reopens (DFSA).
+    pub opened: Option<DfsaFile>,
 }
 
 /// What a move cost.

@@ -18,6 +18,9 @@
 //!   and seeks on those descriptors run in the kernel: a call that went
 //!   through the keeper cost a notification round trip (15-20 us here,
 //!   half a second per GiB read 32 KiB at a time).
+//! - A file the process opens while away is reopened as soon as home has
+//!   opened it ([`Dfsa::adopt`]); the filter cannot take it in, so its
+//!   calls go through the keeper, which lets them run.
 //! - [`uses`] says what a call does with such a descriptor: run in the
 //!   process, or at home after home's offset has been brought up to date,
 //!   and whether the descriptor is forwarded from then on.
@@ -158,7 +161,9 @@ pub fn files_of(pid: i32, home: NodeId, export: &Path, mfs: &Path) -> DfsaList {
 
 /// Descriptor `fd` of `pid` as a DFSA file, if it is a regular file MFS
 /// reaches.
-fn file_of(pid: i32, fd: i32, home: NodeId, export: &Path, mfs: &Path) -> Option<DfsaFile> {
+/// Descriptor `fd` of process `pid` as a DFSA file, if every node reaches
+/// it through MFS.
+pub fn file_of(pid: i32, fd: i32, home: NodeId, export: &Path, mfs: &Path) -> Option<DfsaFile> {
     let link = PathBuf::from(format!("/proc/{pid}/fd/{fd}"));
     let target = std::fs::read_link(&link).ok()?;
     let (path, on_mfs) = cluster_path(&target, mfs, export, home)?;
@@ -395,6 +400,34 @@ impl Dfsa {
             }
         }
         Ok(())
+    }
+
+    /// Reopens here a file the process opened at home while here, and
+    /// installs it at its descriptor while the process waits in
+    /// notification `id` for that open's result. Calls on it then run here
+    /// as the keeper lets them (the filter was made before); `false` if it
+    /// cannot be reopened: it stays forwarded.
+    pub fn adopt(&mut self, file: DfsaFile, listener: BorrowedFd<'_>, id: u64) -> bool {
+        let fd = file.fd;
+        let installed = reopen(&self.mfs, &self.user, &file).and_then(|own| {
+            seccomp::add_fd(listener, id, own.as_fd(), fd, file.cloexec)?;
+            Ok(own)
+        });
+        match installed {
+            Ok(own) => {
+                let open = Some(Open {
+                    own,
+                    synced: file.offset,
+                });
+                self.files.insert(fd, Entry { file, open });
+                self.copies.insert(fd);
+                true
+            }
+            Err(e) => {
+                tracing::debug!("descriptor {fd} ({}) stays forwarded: {e}", file.path);
+                false
+            }
+        }
     }
 
     /// Why call `nr` (naming the DFSA descriptors as `uses` says) must run

@@ -185,6 +185,10 @@ struct Home {
     /// A pidfd of the deputy, to set the offsets of its descriptors that
     /// the process moves where it runs (DFSA).
     pidfd: Option<OwnedFd>,
+    /// This node's export root and MFS mount, to name the files the
+    /// process opens while away (DFSA).
+    export: PathBuf,
+    mfs: PathBuf,
 }
 
 /// Runs a home keeper to the end; returns the process's exit code.
@@ -246,6 +250,8 @@ pub fn run(args: HomeArgs, daemon: UnixStream) -> i32 {
             };
             let affinity = share_a_cpu(pid);
             let mut home = Home {
+                export: args.export.clone(),
+                mfs: args.mfs.clone(),
                 affinity,
                 spinner: Spinner::new(args.spin),
                 answered_call: false,
@@ -659,7 +665,7 @@ impl Home {
                 match self.injector.outcome(Stop::Signal(signal))? {
                     Some(Outcome::Returned(ret)) => {
                         // The trap after the call: it is done.
-                        let result = marshal::collect(&staged, ret, &self.injector.memory)?;
+                        let result = self.result_of(&staged, ret)?;
                         self.send(&LinkMessage::CallResult(result))?;
                         self.start_idle()?;
                         self.answered_call = true;
@@ -677,7 +683,7 @@ impl Home {
                         // The call finished and raised a signal (SIGPIPE):
                         // result first, then the signal, as the kernel would.
                         let ret = completed.unwrap_or_default();
-                        let result = marshal::collect(&staged, ret, &self.injector.memory)?;
+                        let result = self.result_of(&staged, ret)?;
                         self.send(&LinkMessage::CallResult(result))?;
                         self.send(&LinkMessage::Signal {
                             signal,
@@ -722,6 +728,7 @@ impl Home {
                     self.send(&LinkMessage::CallResult(CallResult {
                         ret: -(libc::EINVAL as i64),
                         outputs: Vec::new(),
+                        opened: None,
                     }))?;
                     self.start_idle()?;
                 }
@@ -883,10 +890,31 @@ impl Home {
         Ok(())
     }
 
+    /// What a finished call gives the remote: what it wrote and returned,
+    /// and the file an `open` gave if every node reaches it through MFS
+    /// (the remote then reopens it: DFSA).
+    fn result_of(&self, staged: &Staged, ret: i64) -> Result<CallResult, KeeperError> {
+        let mut result = marshal::collect(staged, ret, &self.injector.memory)?;
+        let opens = matches!(
+            staged.nr,
+            libc::SYS_open | libc::SYS_openat | libc::SYS_openat2 | libc::SYS_creat
+        );
+        if opens && ret >= 0 {
+            result.opened = dfsa::file_of(
+                self.pid,
+                ret as i32,
+                self.identity.node,
+                &self.export,
+                &self.mfs,
+            );
+        }
+        Ok(result)
+    }
+
     /// Sends the result of a finished call; the remote acknowledges an
     /// abandon that crossed it, so an abandon is answered too.
     fn answer(&mut self, staged: &Staged, ret: i64) -> Result<(), KeeperError> {
-        let result = marshal::collect(staged, ret, &self.injector.memory)?;
+        let result = self.result_of(staged, ret)?;
         self.send(&LinkMessage::CallResult(result))?;
         self.send(&LinkMessage::CallAbandoned)?;
         Ok(())

@@ -642,6 +642,12 @@ impl Remote {
         if result.ret != 0 {
             self.home_due = copy_left_open("failed");
         }
+        // A file it opened that every node reaches: its I/O runs here too.
+        if let Some(file) = &result.opened
+            && i64::from(file.fd) == result.ret
+        {
+            self.dfsa.adopt(file.clone(), listener, id);
+        }
         let answered = match (marshal::apply(&prepared, result, &self.memory), closes_copy) {
             (Err(errno), _) => seccomp::respond(listener, id, 0, errno),
             (Ok(()), Some(fd)) if result.ret == 0 => {

@@ -457,7 +457,11 @@ pub fn collect(
             memory.read_vec(*address, len as usize)?
         });
     }
-    Ok(CallResult { ret, outputs })
+    Ok(CallResult {
+        ret,
+        outputs,
+        opened: None,
+    })
 }
 
 #[cfg(test)]
@@ -532,6 +536,7 @@ mod tests {
         let result = CallResult {
             ret: 0,
             outputs: vec![vec![7u8; 144]],
+            opened: None,
         };
         apply(&prepared, &result, &memory).unwrap();
         assert_eq!(stat_buffer, vec![7u8; 144]);
@@ -585,6 +590,7 @@ mod tests {
         let result = CallResult {
             ret: 5,
             outputs: vec![b"abcde".to_vec()],
+            opened: None,
         };
         apply(&prepared, &result, &memory).unwrap();
         assert_eq!(x, b"abc");

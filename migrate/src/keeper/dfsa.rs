@@ -438,12 +438,8 @@ impl Dfsa {
     pub fn needs_home(&self, nr: i64, args: &[u64; 6], uses: &[(i32, Use)]) -> Option<String> {
         let call = crate::syscalls::lookup(nr).name;
         for (fd, u) in uses {
-            let releases = match u {
-                Use::Release => true,
-                Use::SetFlags => self.changes_flags(*fd, args[2]),
-                Use::Native | Use::AtHome | Use::Close => false,
-            };
-            if releases && self.fast.contains(fd) {
+            // A close is followed: the number is vacated below.
+            if *u != Use::Close && self.released_by(*fd, *u, args) && self.fast.contains(fd) {
                 return Some(format!(
                     "{call} on descriptor {fd}, whose I/O runs here in the kernel"
                 ));
@@ -458,9 +454,19 @@ impl Dfsa {
         }
     }
 
+    /// Whether use `u` of DFSA descriptor `fd` (by a call with `args`)
+    /// leaves it forwarded from then on.
+    pub fn released_by(&self, fd: i32, u: Use, args: &[u64; 6]) -> bool {
+        match u {
+            Use::Release | Use::Close => true,
+            Use::SetFlags => self.changes_flags(fd, args[2]),
+            Use::Native | Use::AtHome => false,
+        }
+    }
+
     /// Whether `F_SETFL` with `flags` changes the status flags of the
     /// process's copy at `fd` (unknown: yes).
-    pub fn changes_flags(&self, fd: i32, flags: u64) -> bool {
+    fn changes_flags(&self, fd: i32, flags: u64) -> bool {
         const SETTABLE: i32 =
             libc::O_APPEND | libc::O_ASYNC | libc::O_DIRECT | libc::O_NOATIME | libc::O_NONBLOCK;
         let Some(Entry {

@@ -550,12 +550,7 @@ impl Remote {
             self.link.send(&LinkMessage::Offsets(offsets))?;
         }
         for (fd, u) in &uses {
-            let releases = match u {
-                Use::Release | Use::Close => true,
-                Use::SetFlags => self.dfsa.changes_flags(*fd, args[2]),
-                Use::Native | Use::AtHome => false,
-            };
-            if releases {
+            if self.dfsa.released_by(*fd, *u, &args) {
                 self.dfsa.release(*fd);
             }
         }

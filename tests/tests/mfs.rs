@@ -699,11 +699,16 @@ fn size_and_last_byte(lab: &Lab, node: u16, path: &str) -> String {
 /// export (`/mfs/<node>/<name>`) in that node, open to all (1777). Its
 /// path at the node.
 fn ext4_dir(lab: &Lab, node: u16, name: &str) -> String {
+    ext4_dir_of_size(lab, node, name, "64M")
+}
+
+/// [`ext4_dir`] of `size` (as mkfs.ext4 takes it).
+fn ext4_dir_of_size(lab: &Lab, node: u16, name: &str, size: &str) -> String {
     let image = lab.dir().join(format!("node-{node}/{name}.img"));
     let made = std::process::Command::new("mkfs.ext4")
         .args(["-q", "-F"])
         .arg(&image)
-        .arg("64M")
+        .arg(size)
         .output()
         .unwrap();
     assert!(made.status.success(), "mkfs.ext4: {}", stderr(&made));
@@ -718,6 +723,47 @@ fn ext4_dir(lab: &Lab, node: u16, name: &str) -> String {
         ),
     );
     dir
+}
+
+/// A program streaming a file to another node has it on its way to the
+/// owner's disk as it writes: the owner starts writing each 8 MiB stretch
+/// out as the write that fills it lands. Left to the kernel, all of it
+/// stays dirty for up to 30 s, and a final fsync writes it only after the
+/// network transfer instead of beside it. (The owner's writeback thread
+/// may not have reached the last stretch yet, or may have left one out
+/// while busy: two of the eight may still be dirty.)
+#[test]
+fn a_file_streamed_to_another_node_goes_to_its_disk_as_it_comes() {
+    const FILES: &str = env!("CARGO_BIN_EXE_omx-test-files");
+    let lab = lab("fstream", 79, 2);
+    // Large enough that ext4 does not write dirty pages out itself to
+    // know how much room is left (it does once they are a third of it).
+    let dir = ext4_dir_of_size(&lab, 2, "stream", "1G");
+    sh(
+        &lab,
+        1,
+        "dd if=/dev/zero of=/mfs/2/stream/f bs=1M count=64 status=none",
+    );
+    let stat = sh(&lab, 2, &format!("{FILES} cachestat {dir}/f"));
+    let pages = |what: &str| -> u64 {
+        let words: Vec<&str> = stat.split_whitespace().collect();
+        let at = words.iter().position(|w| *w == what).unwrap();
+        words[at + 1].parse().unwrap()
+    };
+    let stretch_pages = (8 << 20) / 4096;
+    assert!(
+        pages("cached") >= 6 * stretch_pages,
+        "the file's pages left the owner's cache ({stat}): the test shows nothing"
+    );
+    assert!(
+        pages("dirty") <= 2 * stretch_pages,
+        "{} of the file's 16384 pages are still dirty at the owner ({stat})",
+        pages("dirty")
+    );
+    assert_eq!(
+        sh(&lab, 2, &format!("stat -c %s {dir}/f")).trim(),
+        "67108864"
+    );
 }
 
 /// A file system of node 2's own, mounted at `frozen` under its export

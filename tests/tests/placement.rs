@@ -112,6 +112,37 @@ fn cpu_jobs_started_on_one_node_spread_in_proportion_to_speed() {
     assert!(log.contains("placement: move"), "node 1 logs its decisions");
 }
 
+/// Waits up to `timeout` for the spread of `pids` (of node 1) to satisfy
+/// `settled`; on a timeout, fails with the last spread seen and node 1's
+/// last placement decisions, so that a failure in CI says what the
+/// balancer was doing.
+fn wait_for_spread(
+    lab: &Lab,
+    pids: &[u32],
+    timeout: Duration,
+    what: &str,
+    settled: impl Fn(&[usize]) -> bool,
+) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let last = spread(lab, 1, pids);
+        if settled(&last) {
+            return;
+        }
+        if Instant::now() >= deadline {
+            let lines = placement_lines(&lab.log(1));
+            let tail: Vec<&str> = lines.lines().rev().take(80).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            panic!(
+                "timed out after {timeout:?} waiting for {what}; last spread {last:?}\n\
+                 node 1's last placement lines:\n{}",
+                tail.join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 fn placement_lines(log: &str) -> String {
     log.lines()
         .filter(|l| l.contains("placement"))
@@ -324,21 +355,24 @@ fn a_node_leaving_sends_its_guests_elsewhere_and_a_node_joining_takes_its_share(
         let on: Vec<usize> = nodes.iter().map(|n| counts[*n - 1]).collect();
         on.iter().max().unwrap() - on.iter().min().unwrap() <= 1
     };
-    wait_for(Duration::from_secs(90), "8 jobs spread 2 per node", || {
-        spread(&lab, 1, &pids) == vec![2, 2, 2, 2]
-    });
+    wait_for_spread(
+        &lab,
+        &pids,
+        Duration::from_secs(90),
+        "8 jobs spread 2 per node",
+        |counts| counts == [2, 2, 2, 2],
+    );
 
     // Node 4 leaves: its guests go home, and node 1 places them on the
     // nodes that remain.
     let output = lab.omx(4, &["setpe", "-off"]);
     assert!(output.status.success(), "setpe -off: {}", stderr(&output));
-    wait_for(
+    wait_for_spread(
+        &lab,
+        &pids,
         Duration::from_secs(90),
         "the jobs spread over nodes 1-3",
-        || {
-            let counts = spread(&lab, 1, &pids);
-            counts[3] == 0 && even(&counts, &[1, 2, 3])
-        },
+        |counts| counts[3] == 0 && even(counts, &[1, 2, 3]),
     );
     for job in jobs.iter_mut() {
         assert!(
@@ -349,10 +383,12 @@ fn a_node_leaving_sends_its_guests_elsewhere_and_a_node_joining_takes_its_share(
 
     // It comes back: the load spreads to it again.
     lab.start(4);
-    wait_for(
+    wait_for_spread(
+        &lab,
+        &pids,
         Duration::from_secs(90),
         "node 4 to take its share again",
-        || spread(&lab, 1, &pids) == vec![2, 2, 2, 2],
+        |counts| counts == [2, 2, 2, 2],
     );
     end(&mut jobs);
 }

@@ -95,6 +95,9 @@ impl Target {
 struct Figures {
     seq_write_mib_s: f64,
     seq_read_mib_s: f64,
+    /// Sequential read with the file in the owner's page cache and not in
+    /// the reader's: what the file system itself costs, without the disk.
+    cached_read_mib_s: f64,
     randread_iops: f64,
     randread_mib_s: f64,
     create_per_s: f64,
@@ -110,6 +113,7 @@ impl Figures {
         Figures {
             seq_write_mib_s: of(|f| f.seq_write_mib_s),
             seq_read_mib_s: of(|f| f.seq_read_mib_s),
+            cached_read_mib_s: of(|f| f.cached_read_mib_s),
             randread_iops: of(|f| f.randread_iops),
             randread_mib_s: of(|f| f.randread_mib_s),
             create_per_s: of(|f| f.create_per_s),
@@ -123,9 +127,10 @@ impl Figures {
 /// (compared with plain TCP).
 type Row = (&'static str, fn(&Figures) -> f64, bool);
 
-const ROWS: [Row; 6] = [
+const ROWS: [Row; 7] = [
     ("seq write MiB/s", |f| f.seq_write_mib_s, true),
     ("seq read MiB/s", |f| f.seq_read_mib_s, true),
+    ("cached read MiB/s", |f| f.cached_read_mib_s, true),
     ("4k randread IOPS", |f| f.randread_iops, false),
     ("create/s", |f| f.create_per_s, false),
     ("stat/s", |f| f.stat_per_s, false),
@@ -202,16 +207,17 @@ fn main() -> anyhow::Result<()> {
                 target.name(),
                 dir.display()
             );
-            let measured = measure(&lab, &helper, &dir, &args)
+            let measured = measure(&lab, &helper, *target, &dir, &args)
                 .with_context(|| format!("measuring {} in {}", target.name(), dir.display()))?;
             // Each round's figures too: the medians hide how much a slow
             // spell of the host moved them.
             eprintln!(
-                "mfs-io: round {round}/{}: {}: write {:.1} MiB/s, read {:.1} MiB/s, {:.0} random reads/s, {:.0} creates/s, {:.0} stats/s, {:.0} unlinks/s",
+                "mfs-io: round {round}/{}: {}: write {:.1} MiB/s, read {:.1} MiB/s (cached at the owner {:.1}), {:.0} random reads/s, {:.0} creates/s, {:.0} stats/s, {:.0} unlinks/s",
                 args.rounds,
                 target.name(),
                 measured.seq_write_mib_s,
                 measured.seq_read_mib_s,
+                measured.cached_read_mib_s,
                 measured.randread_iops,
                 measured.create_per_s,
                 measured.stat_per_s,
@@ -318,10 +324,16 @@ fn check_mfs(lab: &Lab) -> anyhow::Result<()> {
 }
 
 /// One target's figures, all measured inside node 1: the metadata
-/// rates (medians of `meta_rounds` passes), then fio's three jobs over
-/// one file. Metadata goes first: freeing the big file's blocks can slow
-/// the disk for a while after.
-fn measure(lab: &Lab, helper: &str, dir: &Path, args: &Args) -> anyhow::Result<Figures> {
+/// rates (medians of `meta_rounds` passes), then fio's jobs over one
+/// file. Metadata goes first: freeing the big file's blocks can slow the
+/// disk for a while after.
+fn measure(
+    lab: &Lab,
+    helper: &str,
+    target: Target,
+    dir: &Path,
+    args: &Args,
+) -> anyhow::Result<Figures> {
     let meta_dir = dir.join("mfs-io.meta");
     let meta_dir = meta_dir.to_str().context("a UTF-8 path")?;
     let (mut create, mut stat, mut unlink) = (Vec::new(), Vec::new(), Vec::new());
@@ -356,6 +368,19 @@ fn measure(lab: &Lab, helper: &str, dir: &Path, args: &Args) -> anyhow::Result<F
     )?;
     drop_caches()?;
     let read = fio(lab, file, &["--rw=read", "--bs=1M", &size])?;
+    // The cold read left the file in the owner's page cache. Reading it
+    // again from there takes the host disk, whose speed swings 3x from
+    // one minute to the next here, out of the comparison. fio drops the
+    // reader's cached pages of the file first (`invalidate`): for the
+    // remote targets that is node 1's copy (sshfs keeps one; MFS reads
+    // other nodes' files directly), and the owner's stays. For the local
+    // targets reader and owner are one, and their cache is kept: MFS
+    // passes fio's fadvise to its own inode, not to the disk's file below.
+    let invalidate = match target {
+        Target::Native | Target::MfsLocal => "--invalidate=0",
+        Target::MfsRemote | Target::Sshfs => "--invalidate=1",
+    };
+    let cached_read = fio(lab, file, &["--rw=read", "--bs=1M", &size, invalidate])?;
     drop_caches()?;
     let random = fio(
         lab,
@@ -369,6 +394,7 @@ fn measure(lab: &Lab, helper: &str, dir: &Path, args: &Args) -> anyhow::Result<F
     Ok(Figures {
         seq_write_mib_s: mib_s(&write, "write")?,
         seq_read_mib_s: mib_s(&read, "read")?,
+        cached_read_mib_s: mib_s(&cached_read, "read")?,
         randread_iops: random["read"]["iops"]
             .as_f64()
             .context("fio printed no iops")?,
@@ -755,9 +781,12 @@ fn print_table(args: &Args, get: &dyn Fn(Target) -> Option<Figures>, tcp: f64, c
     println!(
         "\nall from inside lab node 1. native = node 1's disk; mfs-local = /mfs/1; mfs-remote = /mfs/2\n\
          (node 2's disk); sshfs = node 2's disk over sshfs (sshd in node 2, aes128-gcm).\n\
-         fio, buffered: {} MiB written (with a final fsync) and read in 1 MiB blocks, then {} s of\n\
-         4 KiB random reads over it, each after dropping the kernel's caches. {} files of 1 KiB\n\
-         created, stat'ed (after dropping the kernel's caches) and unlinked, {} pass(es) a round.\n\
+         fio, buffered: {} MiB written (with a final fsync) and read in 1 MiB blocks, each after\n\
+         dropping the kernel's caches; read again with the file cached at the owner only (node 2's\n\
+         page cache for mfs-remote and sshfs, node 1's for native and mfs-local); then {} s of\n\
+         4 KiB random reads over it, after dropping the caches (through /mfs/1 they read ahead:\n\
+         fio's POSIX_FADV_RANDOM reaches the FUSE file, not the disk file; see docs/mfs.md).\n\
+         {} files of 1 KiB created, stat'ed (after dropping the kernel's caches) and unlinked, {} pass(es) a round.\n\
          every figure: the median of {} rounds, each measuring all targets in turn.\n\
          plain TCP: node 1 -> node 2, median of {TCP_ROUNDS} x {} MiB.\n\ntargets (issue 4):",
         args.file_mib, args.rand_seconds, args.files, args.meta_rounds, args.rounds, args.tcp_mib
@@ -803,6 +832,7 @@ fn figures_json(f: &Figures) -> Value {
     json!({
         "seq_write_mib_s": f.seq_write_mib_s,
         "seq_read_mib_s": f.seq_read_mib_s,
+        "cached_read_mib_s": f.cached_read_mib_s,
         "randread_iops": f.randread_iops,
         "randread_mib_s": f.randread_mib_s,
         "create_per_s": f.create_per_s,

@@ -27,6 +27,7 @@ use nix::sys::time::TimeSpec;
 
 use super::creds::{Credentials, run_as, run_as_looking};
 use super::mounts::{SlowMounts, beneath};
+use super::writeback::Writeback;
 use super::{lease, sys};
 use crate::NodeId;
 use crate::wire::fs::{
@@ -35,6 +36,10 @@ use crate::wire::fs::{
 
 /// Directory entries sent in one answer.
 pub const DIR_ENTRIES_PER_REPLY: usize = 4096;
+
+/// A write that completes a stretch of this many bytes, aligned, starts
+/// that stretch's writeback (see `OpenFile::write_back_behind`).
+pub const WRITEBACK_STRETCH: u64 = 8 << 20;
 
 /// An open file at the owner.
 struct OpenFile {
@@ -153,8 +158,47 @@ impl OpenFile {
     }
 
     /// Writes all of `data` at `offset`; short only if the file system
-    /// stops taking bytes after some.
-    fn write_full(&self, offset: u64, data: &[u8]) -> Result<u32, Errno> {
+    /// stops taking bytes after some. A write that fills a stretch of
+    /// [`WRITEBACK_STRETCH`] starts that stretch's writeback.
+    fn write_full(
+        self: &Arc<Self>,
+        offset: u64,
+        data: &[u8],
+        writeback: &Writeback,
+    ) -> Result<u32, Errno> {
+        let written = self.write_all_at(offset, data)?;
+        self.write_back_behind(offset, u64::from(written), writeback);
+        Ok(written)
+    }
+
+    /// A program streaming a file to another node ends with an `fsync` or
+    /// a close that waits for the disk: left to the kernel, all of the
+    /// file's dirty pages are written then, after the network transfer
+    /// instead of beside it. So each stretch a write completes is sent to
+    /// the disk at once, as a program on this node would see the kernel
+    /// do under memory pressure. Scattered small writes rarely complete a
+    /// stretch; those that do cost one early write of it. The request goes
+    /// to the writeback thread: a disk with a full queue makes the kernel
+    /// wait, which must not hold up this connection's next write.
+    fn write_back_behind(self: &Arc<Self>, offset: u64, written: u64, writeback: &Writeback) {
+        let end = offset + written;
+        if written == 0 || offset / WRITEBACK_STRETCH == end / WRITEBACK_STRETCH {
+            return;
+        }
+        let filled = end / WRITEBACK_STRETCH * WRITEBACK_STRETCH;
+        let start = filled.saturating_sub(WRITEBACK_STRETCH);
+        // Weak: a handle closed meanwhile is not kept open for this.
+        let file = Arc::downgrade(self);
+        writeback.offer(move || {
+            if let Some(open) = file.upgrade() {
+                // Only a hint: a file the call does not apply to still
+                // has its data written at fsync or by the kernel.
+                let _ = sys::start_writeback(open.file.as_fd(), start, filled - start);
+            }
+        });
+    }
+
+    fn write_all_at(&self, offset: u64, data: &[u8]) -> Result<u32, Errno> {
         let mut written = 0;
         while written < data.len() {
             match self
@@ -233,6 +277,9 @@ pub struct Exporter {
     slow_mounts: SlowMounts,
     /// `nomfs`: refuse other nodes.
     refuse_remote: AtomicBool,
+    /// Starts writing out what other nodes streamed (see
+    /// `OpenFile::write_back_behind`).
+    writeback: Writeback,
 }
 
 /// A path from the wire, checked: relative, no empty, `.` or `..`
@@ -319,6 +366,7 @@ impl Exporter {
             own_mount_path: Mutex::new(None),
             slow_mounts: SlowMounts::new(root_path),
             refuse_remote: AtomicBool::new(false),
+            writeback: Writeback::start(),
         })
     }
 
@@ -489,7 +537,7 @@ impl Exporter {
     ) -> FsResult {
         let result = run_as(credentials, || {
             let open = self.file(handle)?;
-            let written = open.write_full(offset, data)?;
+            let written = open.write_full(offset, data, &self.writeback)?;
             Ok(match open.write_lease_for(revoker, from) {
                 Some(epoch) => FsResult::WrittenLeased { written, epoch },
                 None => FsResult::Written(written),
@@ -704,7 +752,11 @@ impl Exporter {
                 offset,
                 data,
                 lease: _,
-            } => FsResult::Written(self.file(handle)?.write_full(offset, &data)?),
+            } => FsResult::Written(self.file(handle)?.write_full(
+                offset,
+                &data,
+                &self.writeback,
+            )?),
             FsOp::Flush { handle, lock_owner } => {
                 // close() releases the closing process's locks.
                 if let Ok(open) = self.file(handle) {

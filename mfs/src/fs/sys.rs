@@ -1,9 +1,11 @@
 //! The few kernel calls MFS makes that neither std nor nix offers in the
-//! form it needs: per-thread supplementary groups and extended attributes
-//! by path. Every `unsafe` block of the crate is here.
+//! form it needs: per-thread supplementary groups, extended attributes by
+//! path, and starting a range's writeback. Every `unsafe` block of the
+//! crate but the lease signal handler's is here.
 
 use std::ffi::CStr;
 use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd};
 
 /// Sets the calling thread's supplementary groups, and only its own: the
 /// C library's `setgroups` changes every thread of the process, which
@@ -34,6 +36,27 @@ pub fn thread_groups() -> io::Result<Vec<libc::gid_t>> {
     }
     groups.truncate(n as usize);
     Ok(groups)
+}
+
+/// Starts writing the dirty pages of `file` in `[offset, offset + len)` to
+/// its disk, without waiting for them (`sync_file_range` with
+/// `SYNC_FILE_RANGE_WRITE` only). Makes no promise of durability: that is
+/// still `fsync`'s job.
+pub fn start_writeback(file: BorrowedFd<'_>, offset: u64, len: u64) -> io::Result<()> {
+    // SAFETY: the call takes a descriptor, which the borrow keeps open,
+    // and integers; it touches no memory of ours.
+    let ret = unsafe {
+        libc::sync_file_range(
+            file.as_raw_fd(),
+            offset as libc::off64_t,
+            len as libc::off64_t,
+            libc::SYNC_FILE_RANGE_WRITE,
+        )
+    };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 fn size_result(ret: libc::ssize_t) -> io::Result<usize> {

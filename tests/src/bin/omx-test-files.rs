@@ -13,7 +13,9 @@
 //! - `dup FD`: the new fd; `close FD`: `ok`; `quit`
 //!
 //! Failures answer `error ERRNO`. `omx-test-files probe PATH START LEN`
-//! instead tries a write lock on the file and prints `free` or `busy`.
+//! instead tries a write lock on the file and prints `free` or `busy`;
+//! `omx-test-files cachestat PATH` prints how many of the file's pages
+//! are in the page cache, dirty, and under writeback (`cachestat(2)`).
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -27,6 +29,10 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("probe") {
         probe(&args[1], number(&args[2]), number(&args[3]));
+        return;
+    }
+    if args.first().map(String::as_str) == Some("cachestat") {
+        cachestat(&args[1]);
         return;
     }
     let mut files: HashMap<i32, File> = HashMap::new();
@@ -151,4 +157,51 @@ fn probe(path: &str, start: i64, len: i64) {
         }
         Err(e) => println!("error {e}"),
     }
+}
+
+/// `struct cachestat_range` of linux/mman.h.
+#[repr(C)]
+struct CachestatRange {
+    offset: u64,
+    len: u64,
+}
+
+/// `struct cachestat` of linux/mman.h.
+#[repr(C)]
+#[derive(Default)]
+struct Cachestat {
+    cache: u64,
+    dirty: u64,
+    writeback: u64,
+    evicted: u64,
+    recently_evicted: u64,
+}
+
+/// Prints `cached C dirty D writeback W` (pages) of the whole of `path`.
+fn cachestat(path: &str) {
+    const SYS_CACHESTAT: libc::c_long = 451;
+    let file = File::open(path).unwrap_or_else(|e| panic!("cannot open {path}: {e}"));
+    // A length of 0 means up to the end of the file.
+    let range = CachestatRange { offset: 0, len: 0 };
+    let mut stat = Cachestat::default();
+    // SAFETY: the kernel reads `range` and writes `stat`, both ours and of
+    // the layout it expects, and keeps neither.
+    let ret = unsafe {
+        libc::syscall(
+            SYS_CACHESTAT,
+            file.as_raw_fd(),
+            &range as *const CachestatRange,
+            &mut stat as *mut Cachestat,
+            0,
+        )
+    };
+    assert!(
+        ret == 0,
+        "cachestat {path}: {}",
+        std::io::Error::last_os_error()
+    );
+    println!(
+        "cached {} dirty {} writeback {}",
+        stat.cache, stat.dirty, stat.writeback
+    );
 }

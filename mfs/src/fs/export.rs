@@ -187,7 +187,10 @@ impl OpenFile {
         }
         let filled = end / WRITEBACK_STRETCH * WRITEBACK_STRETCH;
         let start = filled.saturating_sub(WRITEBACK_STRETCH);
-        // Weak: a handle closed meanwhile is not kept open for this.
+        // Weak: a handle closed before its turn is not kept open for
+        // this. One closed during the call stays open (and keeps its
+        // lease, which an opener then recalls as from any holder) until
+        // the call returns.
         let file = Arc::downgrade(self);
         writeback.offer(move || {
             if let Some(open) = file.upgrade() {

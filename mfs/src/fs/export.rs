@@ -24,10 +24,11 @@ use nix::errno::Errno;
 use nix::fcntl::{AtFlags, OFlag, OpenHow, ResolveFlag, openat2};
 use nix::sys::stat::{FileStat, Mode, SFlag};
 use nix::sys::time::TimeSpec;
+use tracing::debug;
 
 use super::creds::{Credentials, run_as, run_as_looking};
 use super::mounts::{SlowMounts, beneath};
-use super::writeback::Writeback;
+use super::writeback::{self, Writeback};
 use super::{lease, sys};
 use crate::NodeId;
 use crate::wire::fs::{
@@ -36,10 +37,6 @@ use crate::wire::fs::{
 
 /// Directory entries sent in one answer.
 pub const DIR_ENTRIES_PER_REPLY: usize = 4096;
-
-/// A write that completes a stretch of this many bytes, aligned, starts
-/// that stretch's writeback (see `OpenFile::write_back_behind`).
-pub const WRITEBACK_STRETCH: u64 = 8 << 20;
 
 /// An open file at the owner.
 struct OpenFile {
@@ -57,6 +54,9 @@ struct OpenFile {
     /// of letting go of the lease before the node confirmed.
     one_break: Mutex<()>,
     write_leases: Arc<WriteLeases>,
+    /// How far the writeback of what other nodes wrote was started (see
+    /// `write_back_behind`).
+    writeback_started_to: AtomicU64,
 }
 
 /// The files under a write lease of another node, by device and inode:
@@ -158,8 +158,8 @@ impl OpenFile {
     }
 
     /// Writes all of `data` at `offset`; short only if the file system
-    /// stops taking bytes after some. A write that fills a stretch of
-    /// [`WRITEBACK_STRETCH`] starts that stretch's writeback.
+    /// stops taking bytes after some. A write that reaches the end of a
+    /// stretch of [`writeback::STRETCH`] starts that stretch's writeback.
     fn write_full(
         self: &Arc<Self>,
         offset: u64,
@@ -174,31 +174,41 @@ impl OpenFile {
     /// A program streaming a file to another node ends with an `fsync` or
     /// a close that waits for the disk: left to the kernel, all of the
     /// file's dirty pages are written then, after the network transfer
-    /// instead of beside it. So each stretch a write completes is sent to
-    /// the disk at once, as a program on this node would see the kernel
-    /// do under memory pressure. Scattered small writes rarely complete a
-    /// stretch; those that do cost one early write of it. The request goes
-    /// to the writeback thread: a disk with a full queue makes the kernel
-    /// wait, which must not hold up this connection's next write.
+    /// instead of beside it. So each stretch a write reaches the end of is
+    /// sent to the disk at once, as a program on this node would see the
+    /// kernel do under memory pressure. Scattered small writes rarely
+    /// reach a stretch's end; those that do cost one early write of it.
+    /// (An append lands at the end whatever its offset says: its range is
+    /// only as good as the writer's idea of the size, which is a hint
+    /// too.) The request goes to the writeback thread: a disk with a full
+    /// queue makes the kernel wait, which must not hold up this
+    /// connection's next write.
     fn write_back_behind(self: &Arc<Self>, offset: u64, written: u64, writeback: &Writeback) {
-        let end = offset + written;
-        if written == 0 || offset / WRITEBACK_STRETCH == end / WRITEBACK_STRETCH {
+        let started_to = self.writeback_started_to.load(Ordering::Relaxed);
+        let Some((start, filled)) = writeback::range_to_start(offset, written, started_to) else {
             return;
-        }
-        let filled = end / WRITEBACK_STRETCH * WRITEBACK_STRETCH;
-        let start = filled.saturating_sub(WRITEBACK_STRETCH);
+        };
         // Weak: a handle closed before its turn is not kept open for
-        // this. One closed during the call stays open (and keeps its
-        // lease, which an opener then recalls as from any holder) until
-        // the call returns.
+        // this. One closed during the call stays open until the call
+        // returns: its lease and locks last that long (an opener recalls
+        // the lease as from any holder), and the close runs on the
+        // writeback thread.
         let file = Arc::downgrade(self);
-        writeback.offer(move || {
+        let offered = writeback.offer(move || {
             if let Some(open) = file.upgrade() {
                 // Only a hint: a file the call does not apply to still
                 // has its data written at fsync or by the kernel.
                 let _ = sys::start_writeback(open.file.as_fd(), start, filled - start);
             }
         });
+        if offered {
+            self.writeback_started_to
+                .fetch_max(filled, Ordering::Relaxed);
+        } else {
+            debug!(
+                "MFS: writeback thread busy; bytes {start}..{filled} of a file wait for the next"
+            );
+        }
     }
 
     fn write_all_at(&self, offset: u64, data: &[u8]) -> Result<u32, Errno> {
@@ -477,6 +487,7 @@ impl Exporter {
             lease: Mutex::new(LeaseState::default()),
             one_break: Mutex::new(()),
             write_leases: self.write_leases.clone(),
+            writeback_started_to: AtomicU64::new(0),
         };
         self.files
             .lock()

@@ -25,7 +25,7 @@ pub mod stats;
 #[allow(unsafe_code)]
 mod sys;
 pub mod write_behind;
-pub mod writeback;
+mod writeback;
 
 pub use client::FsClient;
 pub use creds::Squash;

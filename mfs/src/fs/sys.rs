@@ -1,7 +1,8 @@
 //! The few kernel calls MFS makes that neither std nor nix offers in the
 //! form it needs: per-thread supplementary groups, extended attributes by
 //! path, and starting a range's writeback. Every `unsafe` block of the
-//! crate but the lease signal handler's is here.
+//! crate but `lease.rs`'s (the lease signal handler and its set-up) is
+//! here.
 
 use std::ffi::CStr;
 use std::io;
@@ -43,15 +44,13 @@ pub fn thread_groups() -> io::Result<Vec<libc::gid_t>> {
 /// `SYNC_FILE_RANGE_WRITE` only). Makes no promise of durability: that is
 /// still `fsync`'s job.
 pub fn start_writeback(file: BorrowedFd<'_>, offset: u64, len: u64) -> io::Result<()> {
+    let out_of_range = |_| io::Error::from_raw_os_error(libc::EINVAL);
+    let offset = libc::off64_t::try_from(offset).map_err(out_of_range)?;
+    let len = libc::off64_t::try_from(len).map_err(out_of_range)?;
     // SAFETY: the call takes a descriptor, which the borrow keeps open,
     // and integers; it touches no memory of ours.
     let ret = unsafe {
-        libc::sync_file_range(
-            file.as_raw_fd(),
-            offset as libc::off64_t,
-            len as libc::off64_t,
-            libc::SYNC_FILE_RANGE_WRITE,
-        )
+        libc::sync_file_range(file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE)
     };
     if ret < 0 {
         return Err(io::Error::last_os_error());

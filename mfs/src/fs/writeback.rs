@@ -11,6 +11,27 @@ use tracing::warn;
 /// Ranges waiting for the thread; more are dropped, not waited for.
 const WAITING: usize = 4;
 
+/// A write that reaches the end of an aligned stretch of this many bytes
+/// starts the writeback of what is before it (see [`range_to_start`]).
+pub const STRETCH: u64 = 8 << 20;
+
+/// What to start writing out after a write of `written` bytes at
+/// `offset`, when writeback was last started up to `started_to`: from the
+/// start of the first stretch the write touched, or from `started_to` if
+/// that is earlier (a range the thread left out while busy is taken up
+/// by the next), to the last stretch end the write reached. `None` if it
+/// reached none. The kernel visits only dirty pages of the range, so a
+/// range larger than the stretch costs no more than what is dirty in it.
+pub fn range_to_start(offset: u64, written: u64, started_to: u64) -> Option<(u64, u64)> {
+    let end = offset.checked_add(written)?;
+    if written == 0 || offset / STRETCH == end / STRETCH {
+        return None;
+    }
+    let filled = end / STRETCH * STRETCH;
+    let start = (offset / STRETCH * STRETCH).min(started_to);
+    Some((start, filled))
+}
+
 type Job = Box<dyn FnOnce() + Send>;
 
 /// The writeback thread's queue; the thread ends when this is dropped.
@@ -39,7 +60,8 @@ impl Writeback {
     }
 
     /// Runs `start` on the thread, unless it is busy with [`WAITING`]
-    /// others; `false` if it was left out.
+    /// others; `false` if it was left out (the caller then leaves its
+    /// range for the next one).
     pub fn offer(&self, start: impl FnOnce() + Send + 'static) -> bool {
         let Some(jobs) = &self.jobs else {
             return false;
@@ -63,6 +85,27 @@ mod tests {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::time::{Duration, Instant};
+
+    const S: u64 = STRETCH;
+
+    #[test]
+    fn a_write_starts_writeback_up_to_the_last_stretch_end_it_reached() {
+        // Within a stretch, or starting on an end: nothing.
+        assert_eq!(range_to_start(0, S - 1, 0), None);
+        assert_eq!(range_to_start(S, 4096, S), None);
+        assert_eq!(range_to_start(S, 0, 0), None);
+        // Reaching an end: the stretch before it.
+        assert_eq!(range_to_start(S - 4096, 4096, S - S), Some((0, S)));
+        assert_eq!(range_to_start(2 * S - 1, 1, S), Some((S, 2 * S)));
+        // Across several ends: every stretch it touched, to the last end.
+        assert_eq!(range_to_start(S + 5, 3 * S, 10 * S), Some((S, 4 * S)));
+        // A range left out before: taken up by the next.
+        assert_eq!(range_to_start(3 * S - 10, 10, S), Some((S, 3 * S)));
+        // A writer back below what was started: from its own stretch.
+        assert_eq!(range_to_start(S - 1, 1, 5 * S), Some((0, S)));
+        // Past the end of the offsets: nothing, and no overflow.
+        assert_eq!(range_to_start(u64::MAX - 1, 4096, 0), None);
+    }
 
     #[test]
     fn jobs_run_on_the_thread_and_a_busy_thread_leaves_the_rest_out() {

@@ -1,4 +1,4 @@
-//! Files driven from stdin, for the DFSA tests: each line of stdin is a
+//! Files driven from stdin, for the DFSA and MFS tests: each line of stdin is a
 //! command on the program's own files, answered by one line on stdout,
 //! so a test can move the program between commands and check each step.
 //!
@@ -15,7 +15,9 @@
 //! Failures answer `error ERRNO`. `omx-test-files probe PATH START LEN`
 //! instead tries a write lock on the file and prints `free` or `busy`;
 //! `omx-test-files cachestat PATH` prints how many of the file's pages
-//! are in the page cache, dirty, and under writeback (`cachestat(2)`).
+//! are in the page cache, dirty, and under writeback (`cachestat(2)`:
+//! Linux 6.5 and later; the caller must be root or able to write the
+//! file, else EPERM).
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -179,6 +181,8 @@ struct Cachestat {
 
 /// Prints `cached C dirty D writeback W` (pages) of the whole of `path`.
 fn cachestat(path: &str) {
+    // The libc crate names this number for some targets but not for
+    // x86_64 with glibc, where it is 451.
     const SYS_CACHESTAT: libc::c_long = 451;
     let file = File::open(path).unwrap_or_else(|e| panic!("cannot open {path}: {e}"));
     // A length of 0 means up to the end of the file.

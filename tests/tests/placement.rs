@@ -241,13 +241,22 @@ fn locked_jobs_never_move_and_expel_empties_a_node() {
 #[test]
 fn a_node_short_of_memory_sends_a_process_away_before_it_runs_out() {
     let lab = balancing_lab("pmem", 56, 3, &["--cpus", "0.3", "--mem", "1G"]);
-    let mut victim = mosrun(&lab, 1, &[], &[HOLD, "300", "600"]);
+    // Locked while it fills its memory: that takes CPU, and on a slow
+    // machine a placement round between its "ready" and the clear below
+    // would rightly move a process that computed all its life.
+    let mut victim = mosrun(&lab, 1, &["-L"], &[HOLD, "300", "600"]);
     wait_ready(&mut victim);
-    // Filling its memory took CPU; from now on it only holds it. Its
-    // statistics start over, as a user clears them with the decay control.
-    let clear = format!("echo clear > /run/openMosix/pid/{}/decay", victim.id());
-    let cleared = lab.exec(1, &["sh", "-c", &clear]);
-    assert!(cleared.status.success(), "clear: {}", stderr(&cleared));
+    // From now on it only holds its memory. Its statistics start over, as
+    // a user clears them with the decay control, and the engine measures
+    // it afresh (about a second) before the lock comes off.
+    let control = |file: &str, value: &str| {
+        let write = format!("echo {value} > /run/openMosix/pid/{}/{file}", victim.id());
+        let written = lab.exec(1, &["sh", "-c", &write]);
+        assert!(written.status.success(), "{write}: {}", stderr(&written));
+    };
+    control("decay", "clear");
+    std::thread::sleep(Duration::from_secs(2));
+    control("lock", "0");
     // With equal nodes, a process that uses memory but no CPU has no
     // reason to move.
     std::thread::sleep(Duration::from_secs(6));

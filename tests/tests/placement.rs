@@ -247,15 +247,19 @@ fn a_node_short_of_memory_sends_a_process_away_before_it_runs_out() {
     let mut victim = mosrun(&lab, 1, &["-L"], &[HOLD, "300", "600"]);
     wait_ready(&mut victim);
     // From now on it only holds its memory. Its statistics start over, as
-    // a user clears them with the decay control, and the engine measures
-    // it afresh (about a second) before the lock comes off.
+    // a user clears them with the decay control, and the lock comes off
+    // once the engine has measured it afresh: wanting next to no CPU.
     let control = |file: &str, value: &str| {
         let write = format!("echo {value} > /run/openMosix/pid/{}/{file}", victim.id());
         let written = lab.exec(1, &["sh", "-c", &write]);
         assert!(written.status.success(), "{write}: {}", stderr(&written));
     };
     control("decay", "clear");
-    std::thread::sleep(Duration::from_secs(2));
+    wait_for(
+        Duration::from_secs(20),
+        "the engine to measure the holder afresh",
+        || cpu_demand(&lab, 1, victim.id()).is_some_and(|d| d < 0.1),
+    );
     control("lock", "0");
     // With equal nodes, a process that uses memory but no CPU has no
     // reason to move.

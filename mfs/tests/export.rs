@@ -185,7 +185,9 @@ fn looks_run_as_the_caller_leave_the_threads_umask_and_never_enter_the_own_mount
             path: b"private".to_vec(),
             mask: libc::R_OK,
         };
-        exporter.look(who, op, node_2()).expect("a look runs here")
+        exporter
+            .look(who, op, node_2(), None)
+            .expect("a look runs here")
     };
     // On a thread of its own file system context (a test thread shares
     // the process's umask), set a umask the look must leave alone.
@@ -218,7 +220,7 @@ fn looks_run_as_the_caller_leave_the_threads_umask_and_never_enter_the_own_mount
         mode: 0o755,
     };
     assert_eq!(
-        exporter.look(&root(), mkdir.clone(), node_2()),
+        exporter.look(&root(), mkdir.clone(), node_2(), None),
         Err(Box::new(mkdir))
     );
 
@@ -229,7 +231,7 @@ fn looks_run_as_the_caller_leave_the_threads_umask_and_never_enter_the_own_mount
             path: path.to_vec(),
         };
         exporter
-            .look(&root(), op, node_2())
+            .look(&root(), op, node_2(), None)
             .expect("a look runs here")
     };
     assert_eq!(errno(lookup(b"mnt")), libc::EACCES);
@@ -279,7 +281,7 @@ fn a_look_at_a_file_another_node_writes_behind_is_given_back_to_wait_elsewhere()
         handle: None,
     };
     assert_eq!(
-        exporter.look(&root(), stat.clone(), node_2()),
+        exporter.look(&root(), stat.clone(), node_2(), None),
         Err(Box::new(stat.clone()))
     );
     // A stat through an open file may be of any file system, NFS too.
@@ -288,12 +290,12 @@ fn a_look_at_a_file_another_node_writes_behind_is_given_back_to_wait_elsewhere()
         handle: Some(handle),
     };
     assert_eq!(
-        exporter.look(&root(), through_open.clone(), writer),
+        exporter.look(&root(), through_open.clone(), writer, None),
         Err(Box::new(through_open))
     );
     // The writer's own node settled its writes before asking.
     assert!(matches!(
-        exporter.look(&root(), stat, writer),
+        exporter.look(&root(), stat, writer, None),
         Ok(FsResult::Attr(_))
     ));
     exporter.release(handle);
@@ -339,7 +341,7 @@ fn a_look_into_a_fuse_mount_made_after_the_start_that_may_hang_is_given_back_to_
         let (answered, answer) = std::sync::mpsc::channel();
         std::thread::scope(|scope| {
             scope.spawn(|| {
-                let _ = answered.send(exporter.look(&root(), stat(b"hung/file"), node_2()));
+                let _ = answered.send(exporter.look(&root(), stat(b"hung/file"), node_2(), None));
             });
             let looked = answer.recv_timeout(std::time::Duration::from_secs(5));
             // Ends a look stuck in the mount (ENOTCONN), whatever happened.
@@ -348,14 +350,14 @@ fn a_look_into_a_fuse_mount_made_after_the_start_that_may_hang_is_given_back_to_
             assert_eq!(looked, Err(Box::new(inside)));
         });
         assert!(matches!(
-            exporter.look(&root(), stat(b"beside"), node_2()),
+            exporter.look(&root(), stat(b"beside"), node_2(), None),
             Ok(FsResult::Attr(_))
         ));
         umount2(&hung, MntFlags::MNT_DETACH).unwrap();
         // The mount table is read again once it changed: a plain
         // directory again, looked at here.
         assert_eq!(
-            exporter.look(&root(), stat(b"hung/file"), node_2()),
+            exporter.look(&root(), stat(b"hung/file"), node_2(), None),
             Ok(FsResult::Errno(libc::ENOENT))
         );
         std::fs::remove_dir_all(&base).unwrap();

@@ -1014,3 +1014,102 @@ except OSError as e:
     assert!(on_disk <= 3 << 20, "{on_disk} bytes in a 3 MiB file system");
     sh(&lab, 2, &format!("umount {}", small.display()));
 }
+
+/// How many operations node 1 has sent to other nodes' daemons.
+fn remote_operations(lab: &Lab) -> f64 {
+    sample(
+        &lab.http_get(1, "/metrics"),
+        "omx_mfs_operations_total{owner=\"remote\"}",
+    )
+}
+
+/// Answers each line with what `fstat` says of /mfs/2/pub/kept through a
+/// descriptor it keeps open: size, permission bits, links.
+const FSTAT_KEPT: &str = r#"
+import os, sys
+fd = os.open("/mfs/2/pub/kept", os.O_RDONLY)
+for line in sys.stdin:
+    st = os.fstat(fd)
+    print(st.st_size, oct(st.st_mode & 0o7777), st.st_nlink, flush=True)
+"#;
+
+#[test]
+fn attributes_kept_by_another_node_never_outlive_a_change() {
+    // Root of every node acts as root at the owner: any node may change
+    // the file.
+    let lab = Lab::up("fkeep", 81, 3, &["--mfs-root-squash", "false"]);
+    wait_for(Duration::from_secs(15), "all nodes up", || {
+        lab.all_see_all("up")
+    });
+    shared_dir(&lab);
+    sh(
+        &lab,
+        2,
+        "printf abc > /mfs/2/pub/kept && chmod 644 /mfs/2/pub/kept",
+    );
+
+    // The owner lets node 1's kernel keep the attributes: a stat is one
+    // lookup, not a lookup and a getattr, and an fstat asks nothing.
+    let before = remote_operations(&lab);
+    sh(
+        &lab,
+        1,
+        "for i in $(seq 50); do stat -c %s /mfs/2/pub/kept >/dev/null; done",
+    );
+    let asked = remote_operations(&lab) - before;
+    assert!(
+        asked <= 60.0,
+        "50 stats of another node's file asked its owner {asked} times (100 without kept attributes)"
+    );
+    // But each still asked once: a stat by path always looks the name up
+    // at the owner, whatever the kernel keeps.
+    assert!(
+        asked >= 50.0,
+        "50 stats of another node's file asked its owner only {asked} times"
+    );
+    let mut fstat = Asker::start(&lab, 1, FSTAT_KEPT);
+    assert_eq!(fstat.ask(""), "3 0o644 1");
+    let before = remote_operations(&lab);
+    for _ in 0..20 {
+        assert_eq!(fstat.ask(""), "3 0o644 1");
+    }
+    let asked = remote_operations(&lab) - before;
+    assert!(
+        asked < 5.0,
+        "20 fstats of a file whose attributes node 1 keeps asked its owner {asked} times"
+    );
+
+    // Every change through MFS, from any node, is seen by the next fstat
+    // after it returns: the owner takes the attributes back first.
+    let steps = [
+        (3, "printf defg >> /mfs/2/pub/kept", "7 0o644 1"),
+        (3, "chmod 600 /mfs/2/pub/kept", "7 0o600 1"),
+        // Node 2's own process: its writes go by passthrough, not through
+        // its daemon; its open for writing takes them back.
+        (2, "printf hi >> /mfs/2/pub/kept", "9 0o600 1"),
+        (3, "truncate -s 1 /mfs/2/pub/kept", "1 0o600 1"),
+        (3, "ln /mfs/2/pub/kept /mfs/2/pub/kept2", "1 0o600 2"),
+        (2, "rm /mfs/2/pub/kept2", "1 0o600 1"),
+        (1, "chmod 640 /mfs/2/pub/kept", "1 0o640 1"),
+    ];
+    for (node, change, expected) in steps {
+        // Kept again since the last change.
+        fstat.ask("");
+        sh(&lab, node, change);
+        assert_eq!(
+            fstat.ask(""),
+            expected,
+            "node 1 kept stale attributes after `{change}` on node {node} returned"
+        );
+    }
+
+    // Changed on node 2's disk, not through MFS: the owner reads that
+    // from inotify and takes the attributes back as soon as it does.
+    fstat.ask("");
+    std::fs::write(disk(&lab, 2).join("pub/kept"), b"direct!").unwrap();
+    wait_for(
+        Duration::from_secs(2),
+        "node 1 to see a change made on node 2's disk",
+        || fstat.ask("") == "7 0o640 1",
+    );
+}

@@ -27,6 +27,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tracing::{debug, warn};
 
+use super::kept_attrs::KeptAttrs;
 use super::write_behind::{Behind, PendingWrite};
 use crate::NodeId;
 use crate::cluster_map::ClusterMap;
@@ -294,6 +295,7 @@ pub struct FsClient {
     next_generation: AtomicU64,
     kept: KeptFiles,
     behind: BehindFiles,
+    attrs: Arc<KeptAttrs>,
 }
 
 /// How long a call may wait.
@@ -324,7 +326,13 @@ impl FsClient {
             next_generation: AtomicU64::new(1),
             kept: Arc::new(Mutex::new(HashMap::new())),
             behind: Arc::new(Mutex::new(HashMap::new())),
+            attrs: Arc::new(KeptAttrs::default()),
         }
+    }
+
+    /// What the kernel keeps of other nodes' attributes.
+    pub fn attrs(&self) -> &Arc<KeptAttrs> {
+        &self.attrs
     }
 
     /// Runs `op` at `node` as `caller`. `generation`, for an operation on
@@ -781,9 +789,11 @@ impl FsClient {
         // with the runtime. A link left "being made" would hold every
         // caller to the timeout, for ever.
         let serving = ClosesPeer {
+            node,
             peer: peer.clone(),
             kept: self.kept.clone(),
             behind: self.behind.clone(),
+            attrs: self.attrs.clone(),
         };
         self.runtime.spawn(async move {
             let served = serve_peer(node, address, port, timeout, &identity, &serving);
@@ -800,17 +810,21 @@ impl FsClient {
 /// caller still waiting (ENOTCONN at once), and forgets what was read
 /// through its handles, which are gone with it.
 struct ClosesPeer {
+    node: NodeId,
     peer: Arc<Peer>,
     kept: KeptFiles,
     /// Not touched when closing: a write behind its program on the
     /// connection fails (ENOTCONN) when its answer is waited for, and is
     /// reported then.
     behind: BehindFiles,
+    /// Every attribute kept of the node is dropped: no take-back comes.
+    attrs: Arc<KeptAttrs>,
 }
 
 impl Drop for ClosesPeer {
     fn drop(&mut self) {
         self.peer.close();
+        self.attrs.connection_lost(self.node);
         // Locks poisoned by a panic still hold consistent maps: each
         // change to them is a single insert or remove.
         let mut waiting = self.peer.waiting.lock().unwrap_or_else(|e| e.into_inner());
@@ -860,16 +874,7 @@ impl Revokes {
             file.at_end = false;
             file.prefetches.clear();
         }
-        let request = FsRequest {
-            id: CONFIRMATION_ID,
-            caller: Caller {
-                uid: 0,
-                gid: 0,
-                groups: Vec::new(),
-                pid: 0,
-            },
-            op: FsOp::Revoked { handle, epoch },
-        };
+        let request = confirmation(FsOp::Revoked { handle, epoch });
         // Sending may wait for the socket, and for callers sending before
         // it: not on the task that reads the answers they wait for.
         let sender = self.sender.clone();
@@ -895,6 +900,36 @@ impl Revokes {
     }
 }
 
+impl Revokes {
+    /// Sends the confirmation `op` (the owner waits for it).
+    fn confirm(&self, op: FsOp) {
+        let request = confirmation(op);
+        // Sending may wait for the socket: not on the task that reads
+        // the answers.
+        let sender = self.sender.clone();
+        let deadline = Instant::now() + self.timeout;
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = sender.send(&request, None, deadline) {
+                debug!("confirming a take-back failed: {e}");
+            }
+        });
+    }
+}
+
+/// A confirmation to the owner, whose answer nobody waits for.
+fn confirmation(op: FsOp) -> FsRequest {
+    FsRequest {
+        id: CONFIRMATION_ID,
+        caller: Caller {
+            uid: 0,
+            gid: 0,
+            groups: Vec::new(),
+            pid: 0,
+        },
+        op,
+    }
+}
+
 /// The id of confirmations, whose answers nobody waits for (the client
 /// numbers its requests from 1).
 const CONFIRMATION_ID: u64 = 0;
@@ -910,7 +945,13 @@ async fn serve_peer(
     identity: &Identity,
     files: &ClosesPeer,
 ) -> Result<(), String> {
-    let ClosesPeer { peer, kept, behind } = files;
+    let ClosesPeer {
+        peer,
+        kept,
+        behind,
+        attrs,
+        ..
+    } = files;
     let stream = tokio::time::timeout(timeout, TcpStream::connect((address, port)))
         .await
         .map_err(|_| format!("no answer from {address}:{port} within {timeout:?}"))?
@@ -956,6 +997,17 @@ async fn serve_peer(
                 }
             }
             Ok(Some(Ok(FsAnswer::Revoke { handle, epoch }))) => revokes.revoke(handle, epoch),
+            Ok(Some(Ok(FsAnswer::AttrsChanged {
+                dev,
+                ino,
+                number,
+                confirm,
+            }))) => {
+                attrs.changed(node, (dev, ino), number);
+                if confirm {
+                    revokes.confirm(FsOp::AttrsDropped { dev, ino, number });
+                }
+            }
             Ok(None) => return Err("the owner closed the connection".to_string()),
             Err(e) => return Err(e.to_string()),
         }

@@ -26,6 +26,7 @@ use nix::sys::stat::{FileStat, Mode, SFlag};
 use nix::sys::time::TimeSpec;
 use tracing::debug;
 
+use super::attr_grants::{AttrGrants, AttrHolder, FileId, Grant, grantable};
 use super::creds::{Credentials, run_as, run_as_looking};
 use super::mounts::{SlowMounts, beneath};
 use super::writeback::{self, Writeback};
@@ -57,6 +58,9 @@ struct OpenFile {
     /// How far the writeback of what other nodes wrote was started (see
     /// `write_back_behind`).
     writeback_started_to: AtomicU64,
+    /// Set when open for writing: counted there, so that no node is let
+    /// keep the file's attributes while it is open.
+    writing: Option<Arc<AttrGrants>>,
 }
 
 /// The files under a write lease of another node, by device and inode:
@@ -270,6 +274,9 @@ impl lease::LeaseHolder for OpenFile {
 impl Drop for OpenFile {
     fn drop(&mut self) {
         self.forget_write_lease();
+        if let Some(grants) = &self.writing {
+            grants.closed_for_writing(self.id);
+        }
     }
 }
 
@@ -293,6 +300,8 @@ pub struct Exporter {
     /// Starts writing out what other nodes streamed (see
     /// `OpenFile::write_back_behind`).
     writeback: Writeback,
+    /// Which nodes keep which files' attributes.
+    grants: Arc<AttrGrants>,
 }
 
 /// A path from the wire, checked: relative, no empty, `.` or `..`
@@ -380,6 +389,7 @@ impl Exporter {
             slow_mounts: SlowMounts::new(root_path),
             refuse_remote: AtomicBool::new(false),
             writeback: Writeback::start(),
+            grants: AttrGrants::start(),
         })
     }
 
@@ -478,6 +488,12 @@ impl Exporter {
     fn add_file(&self, file: File, flags: i32, attr: &Attr) -> u64 {
         let handle = self.next_handle.fetch_add(1, Ordering::Relaxed);
         let access = OFlag::from_bits_truncate(flags & libc::O_ACCMODE);
+        // Its writes may not come here (passthrough): no node keeps its
+        // attributes while it is open.
+        let writing = (access != OFlag::O_RDONLY).then(|| {
+            self.grants.opened_for_writing((attr.dev, attr.ino));
+            self.grants.clone()
+        });
         let open = OpenFile {
             handle,
             file,
@@ -488,6 +504,7 @@ impl Exporter {
             one_break: Mutex::new(()),
             write_leases: self.write_leases.clone(),
             writeback_started_to: AtomicU64::new(0),
+            writing,
         };
         self.files
             .lock()
@@ -501,8 +518,23 @@ impl Exporter {
         self.files.lock().expect("files lock").remove(&handle);
     }
 
-    /// Runs `op` as `credentials`.
+    /// Runs `op` as `credentials`, for this node's own mount.
     pub fn execute(&self, credentials: &Credentials, op: FsOp) -> FsResult {
+        self.execute_for(credentials, op, None)
+    }
+
+    /// Runs `op` as `credentials`, asked by connection `asker` (none: this
+    /// node's own mount). Nodes that keep the attributes of a file it
+    /// changes drop them first.
+    pub fn execute_for(
+        &self,
+        credentials: &Credentials,
+        op: FsOp,
+        asker: Option<&Arc<dyn AttrHolder>>,
+    ) -> FsResult {
+        let changes = self.changes_of(&op);
+        let _changing =
+            (!changes.is_empty()).then(|| self.grants.change(&changes, asker.map(|a| a.id())));
         let result = run_as(credentials, || self.run(op));
         match result {
             Ok(result) => result,
@@ -600,6 +632,81 @@ impl Exporter {
         }
     }
 
+    /// The node's attribute grants.
+    pub fn grants(&self) -> &Arc<AttrGrants> {
+        &self.grants
+    }
+
+    /// The regular files whose attributes `op` would change, as its paths
+    /// name them now (found as this daemon, not as the caller: a file the
+    /// caller cannot reach is not changed, and its grants stay).
+    fn changes_of(&self, op: &FsOp) -> Vec<FileId> {
+        let found = |path: &[u8]| {
+            self.stat_path(path)
+                .ok()
+                .filter(grantable)
+                .map(|attr| (attr.dev, attr.ino))
+        };
+        let writes =
+            |flags: i32| flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
+        match op {
+            FsOp::SetAttr {
+                handle: Some(handle),
+                ..
+            } => self.file(*handle).map(|open| open.id).into_iter().collect(),
+            FsOp::SetAttr { path, .. }
+            | FsOp::Unlink { path }
+            | FsOp::SetXattr { path, .. }
+            | FsOp::RemoveXattr { path, .. }
+            | FsOp::Link { from: path, .. } => found(path).into_iter().collect(),
+            FsOp::Rename { from, to, .. } => found(from).into_iter().chain(found(to)).collect(),
+            FsOp::Open { path, flags } | FsOp::Create { path, flags, .. } if writes(*flags) => {
+                found(path).into_iter().collect()
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// `attr`, read after take-back number `read_after` at `path`, with a
+    /// grant to `holder` if one may be given.
+    fn grant(
+        &self,
+        path: &[u8],
+        attr: Attr,
+        holder: &Arc<dyn AttrHolder>,
+        read_after: u64,
+    ) -> FsResult {
+        let file = (attr.dev, attr.ino);
+        match self.grants.try_grant(file, holder, read_after) {
+            Grant::Granted(number) => FsResult::Granted { attr, number },
+            Grant::Refused => FsResult::Attr(attr),
+            Grant::NeedsWatch => {
+                // Watched from now on; what it was before the watch is
+                // read again after it.
+                let Ok(fd) = self.object(path) else {
+                    return FsResult::Attr(attr);
+                };
+                let same = |st: &FileStat| (st.st_dev, st.st_ino) == file;
+                if !nix::sys::stat::fstat(fd.as_fd()).is_ok_and(|st| same(&st)) {
+                    return FsResult::Attr(attr);
+                }
+                if let Err(e) = self.grants.watch(file, &fd) {
+                    debug!("no attribute grant: cannot watch a file: {e}");
+                    return FsResult::Attr(attr);
+                }
+                let read_after = self.grants.now();
+                let Ok(st) = nix::sys::stat::fstat(fd.as_fd()) else {
+                    return FsResult::Attr(attr);
+                };
+                let attr = attr_of(&st);
+                match self.grants.try_grant(file, holder, read_after) {
+                    Grant::Granted(number) => FsResult::Granted { attr, number },
+                    _ => FsResult::Attr(attr),
+                }
+            }
+        }
+    }
+
     /// Whether `op` only looks (a lookup, a stat, a read of a link, of
     /// extended attributes or of permissions): it makes and changes
     /// nothing, and takes no longer than the file system takes to find
@@ -622,11 +729,14 @@ impl Exporter {
     /// settle its writes to the file (that node's confirmation may need
     /// the very thread this runs on), or on a network or FUSE file system
     /// mounted beneath the root (a hung server would hold the thread).
+    /// A lookup or stat by path of a regular file for `holder` (a
+    /// connection) comes with a grant when one may be given.
     pub fn look(
         &self,
         credentials: &Credentials,
         op: FsOp,
         asker: NodeId,
+        holder: Option<&Arc<dyn AttrHolder>>,
     ) -> Result<FsResult, Box<FsOp>> {
         let path = match &op {
             // An open file of any file system, NFS too: nothing says it
@@ -654,8 +764,21 @@ impl Exporter {
         if self.write_lease_to_settle(&op, Some(asker)).is_some() {
             return Err(Box::new(op));
         }
-        Ok(run_as_looking(credentials, || self.run(op))
-            .unwrap_or_else(|errno| FsResult::Errno(errno as i32)))
+        let may_grant = match (&op, holder) {
+            (FsOp::Lookup { path } | FsOp::GetAttr { path, .. }, Some(holder)) => {
+                Some((path.clone(), holder))
+            }
+            _ => None,
+        };
+        let read_after = self.grants.now();
+        let result = run_as_looking(credentials, || self.run(op))
+            .unwrap_or_else(|errno| FsResult::Errno(errno as i32));
+        Ok(match (result, may_grant) {
+            (FsResult::Attr(attr), Some((path, holder))) if grantable(&attr) => {
+                self.grant(&path, attr, holder, read_after)
+            }
+            (result, _) => result,
+        })
     }
 
     fn run(&self, op: FsOp) -> Result<FsResult, Errno> {
@@ -758,7 +881,7 @@ impl Exporter {
                 size,
                 ahead: _,
             } => FsResult::Data(self.file(handle)?.read_full(offset, size)?),
-            FsOp::Revoked { .. } => return Err(Errno::EINVAL),
+            FsOp::Revoked { .. } | FsOp::AttrsDropped { .. } => return Err(Errno::EINVAL),
             // A write lease needs a node to revoke it from: see
             // `write_leased`.
             FsOp::Write {

@@ -6,9 +6,12 @@
 //! process: this node's own files through [`Exporter`] in this process
 //! (and opened files are handed to the kernel for passthrough, so their
 //! reads and writes never come here), other nodes' files over an MFS
-//! connection. Attributes are never cached, and other nodes' files are
-//! opened for direct I/O, so every stat, read and write sees the owner's
-//! file as it is now, whoever changed it and however. The kernel may keep
+//! connection. Other nodes' files are opened for direct I/O, and every
+//! path a program names is looked up at the owner, so every stat, read and
+//! write sees the owner's file as it is now. The kernel keeps a regular
+//! file's attributes only when its owner granted them
+//! ([`super::attr_grants`]): the owner takes them back before any change
+//! through MFS, and as soon as it sees one made on its disk. It may keep
 //! the entries of directories (see [`DIRECTORY_ENTRY_TTL`]): every
 //! operation names its file by its whole path from the exported root, and
 //! the owner walks that path again, as the caller, each time.
@@ -19,7 +22,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use fuser::{
     AccessFlags, BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
@@ -40,7 +43,7 @@ use crate::wire::fs::{
     Attr, Caller, FsOp, FsResult, LockSpec, MAX_FS_IO, SetAttrs, SetTime, Timespec,
 };
 
-/// Nothing is cached by the kernel (see the module documentation).
+/// Not kept by the kernel (see the module documentation).
 const NO_CACHE: Duration = Duration::ZERO;
 
 /// How long the kernel may keep a directory's entry (its name and inode)
@@ -468,7 +471,7 @@ impl Mfs {
     /// `node` gave.
     fn reply_entry(
         &self,
-        result: Result<FsResult, Errno>,
+        (result, asked): (Result<FsResult, Errno>, Instant),
         node: NodeId,
         parent: u64,
         name: &[u8],
@@ -477,6 +480,16 @@ impl Mfs {
     ) {
         match result {
             Ok(FsResult::Attr(attr)) => self.entry(node, parent, name, &attr, made, reply),
+            // The owner lets the kernel keep the attributes (of a regular
+            // file: its entry is still asked for every time).
+            Ok(FsResult::Granted { attr, number }) => {
+                let (ino, generation) = self.remember(node, parent, name, &attr, made);
+                self.client
+                    .attrs()
+                    .answer(node, (attr.dev, attr.ino), number, asked, ino, |keep| {
+                        reply.entry_with_ttls(&keep, &NO_CACHE, &file_attr(ino, &attr), generation)
+                    })
+            }
             Ok(other) => reply.error(unexpected(&other)),
             Err(e) => reply.error(e),
         }
@@ -500,8 +513,16 @@ impl Mfs {
                     op,
                     FsOp::MkDir { .. } | FsOp::MkNod { .. } | FsOp::Symlink { .. }
                 );
+                let asked = Instant::now();
                 let result = self.run(req, node, op);
-                self.reply_entry(result, node, parent.0, name.as_bytes(), made, reply)
+                self.reply_entry(
+                    (result, asked),
+                    node,
+                    parent.0,
+                    name.as_bytes(),
+                    made,
+                    reply,
+                )
             }
             Err(e) => reply.error(e),
         }
@@ -636,6 +657,12 @@ impl Mfs {
         }
     }
 
+    /// What the kernel keeps of other nodes' attributes (the mount gives
+    /// it the means to drop them).
+    pub fn kept_attrs(&self) -> Arc<super::kept_attrs::KeptAttrs> {
+        self.client.attrs().clone()
+    }
+
     fn root_listing(&self) -> Listing {
         let mut entries = vec![
             (b".".to_vec(), ROOT, FileType::Directory),
@@ -696,8 +723,9 @@ impl Filesystem for Mfs {
             let Some(node) = self.node_in_map(name) else {
                 return reply.error(Errno::ENOENT);
             };
+            let asked = Instant::now();
             let result = self.run(req, node, FsOp::Lookup { path: Vec::new() });
-            return self.reply_entry(result, node, ROOT, name.as_bytes(), false, reply);
+            return self.reply_entry((result, asked), node, ROOT, name.as_bytes(), false, reply);
         }
         self.child_entry(req, parent, name, |path| FsOp::Lookup { path }, reply)
     }
@@ -733,6 +761,8 @@ impl Filesystem for Mfs {
             self.ask(req, node, op, generation, Wait::Bounded)
                 .map(|(r, _)| r)
         };
+        let asked = Instant::now();
+        let mut granted_by = None;
         let result = match fh {
             Some(fh) => through_open(fh),
             None => {
@@ -742,10 +772,15 @@ impl Filesystem for Mfs {
                         // Its path now names another file (a kept
                         // directory entry, or a file replaced at the
                         // owner): the kernel walks the path again.
-                        Ok(FsResult::Attr(attr)) if !self.still_there(ino.0, node, &attr) => {
+                        Ok(FsResult::Attr(attr) | FsResult::Granted { attr, .. })
+                            if !self.still_there(ino.0, node, &attr) =>
+                        {
                             Err(Errno::ESTALE)
                         }
-                        other => other,
+                        other => {
+                            granted_by = Some(node);
+                            other
+                        }
                     }
                 });
                 match (by_path, self.any_open_of(ino.0)) {
@@ -756,10 +791,18 @@ impl Filesystem for Mfs {
                 }
             }
         };
-        match result {
-            Ok(FsResult::Attr(attr)) => reply.attr(&NO_CACHE, &file_attr(ino.0, &attr)),
-            Ok(other) => reply.error(unexpected(&other)),
-            Err(e) => reply.error(e),
+        match (result, granted_by) {
+            (Ok(FsResult::Attr(attr)), _) => reply.attr(&NO_CACHE, &file_attr(ino.0, &attr)),
+            (Ok(FsResult::Granted { attr, number }), Some(node)) => self.client.attrs().answer(
+                node,
+                (attr.dev, attr.ino),
+                number,
+                asked,
+                ino.0,
+                |keep| reply.attr(&keep, &file_attr(ino.0, &attr)),
+            ),
+            (Ok(other), _) => reply.error(unexpected(&other)),
+            (Err(e), _) => reply.error(e),
         }
     }
 

@@ -3,7 +3,8 @@
 //! every node at every moment.
 //!
 //! - [`export`]: the owner's side, operations on this node's files run as
-//!   the caller ([`creds`]).
+//!   the caller ([`creds`]); it lets other nodes keep attributes under
+//!   [`attr_grants`].
 //! - [`server`]: serves other nodes' MFS connections with it.
 //! - [`client`]: asks other nodes, keeping what it read ahead of a file
 //!   while the owner's read [`lease`] lasts, and letting large writes go
@@ -12,10 +13,12 @@
 //! - [`fuse`]: the tree the kernel sees, dispatching each operation to the
 //!   owner; [`mount`] puts it at `/mfs`.
 
+pub mod attr_grants;
 pub mod client;
 pub mod creds;
 pub mod export;
 pub mod fuse;
+pub mod kept_attrs;
 #[allow(unsafe_code)]
 pub mod lease;
 pub mod mount;

@@ -93,14 +93,16 @@ pub fn mount(mfs: Mfs, mountpoint: &Path, threads: usize) -> io::Result<Mounted>
     config.acl = SessionACL::All;
     config.n_threads = Some(threads.max(1));
     config.clone_fd = true;
-    let session = Session::new(mfs, mountpoint, &config)
-        .map_err(|e| {
-            io::Error::new(
-                e.kind(),
-                format!("cannot mount MFS at {}: {e}", mountpoint.display()),
-            )
-        })?
-        .spawn()?;
+    let kept_attrs = mfs.kept_attrs();
+    let session = Session::new(mfs, mountpoint, &config).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("cannot mount MFS at {}: {e}", mountpoint.display()),
+        )
+    })?;
+    // Other nodes' attributes are kept only once they can be dropped.
+    kept_attrs.set_notifier(session.notifier());
+    let session = session.spawn()?;
     let dev = std::fs::metadata(mountpoint)?.dev();
     info!("MFS mounted at {}", mountpoint.display());
     Ok(Mounted {

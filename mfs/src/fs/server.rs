@@ -4,6 +4,7 @@
 //! releases every lock its callers held.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -11,6 +12,7 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
+use super::attr_grants::{AttrHolder, FileId};
 use super::creds::{Credentials, Squash};
 use super::export::{Exporter, Revoker};
 use crate::NodeId;
@@ -24,11 +26,58 @@ const ANSWER_QUEUE: usize = 256;
 /// log: it did not answer in time).
 const REVOKE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Takes back the read leases of one connection's handles.
+/// Numbers connections, for the attribute grants they hold.
+static NEXT_CONNECTION: AtomicU64 = AtomicU64::new(1);
+
+/// Takes back the read leases of one connection's handles, and the
+/// attributes it keeps.
 struct ConnectionRevoker {
+    id: u64,
     from: NodeId,
     answers: mpsc::Sender<FsAnswer>,
     confirmations: Mutex<HashMap<(u64, u64), std::sync::mpsc::SyncSender<()>>>,
+    /// Attribute take-backs waiting for their confirmation, by file and
+    /// number.
+    attr_confirmations: Mutex<HashMap<(FileId, u64), std::sync::mpsc::SyncSender<()>>>,
+}
+
+impl AttrHolder for ConnectionRevoker {
+    fn id(&self) -> u64 {
+        self.id
+    }
+
+    fn attrs_changed(&self, file: FileId, number: u64, wait: bool) {
+        let message = FsAnswer::AttrsChanged {
+            dev: file.0,
+            ino: file.1,
+            number,
+            confirm: wait,
+        };
+        if !wait {
+            // Ordered before the answer of the change that caused it, or
+            // (a change on disk) sent as soon as it may be.
+            let _ = self.answers.blocking_send(message);
+            return;
+        }
+        let (confirmed, confirmation) = std::sync::mpsc::sync_channel(1);
+        let key = (file, number);
+        self.attr_confirmations
+            .lock()
+            .expect("confirmations lock")
+            .insert(key, confirmed);
+        if self.answers.blocking_send(message).is_ok()
+            && confirmation.recv_timeout(REVOKE_TIMEOUT).is_err()
+        {
+            warn!(
+                "node {} did not confirm within {REVOKE_TIMEOUT:?} that it dropped the attributes                  it kept of a file that is changing: it may show them a moment longer",
+                self.from
+            );
+        }
+        self.attr_confirmations
+            .lock()
+            .expect("confirmations lock")
+            .remove(&key);
+    }
 }
 
 impl Revoker for ConnectionRevoker {
@@ -99,10 +148,13 @@ pub async fn serve(
     let handles: Arc<Mutex<HashSet<u64>>> = Arc::new(Mutex::new(HashSet::new()));
     let mut in_order: HashMap<u64, Arc<InOrder>> = HashMap::new();
     let revoker = Arc::new(ConnectionRevoker {
+        id: NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed),
         from,
         answers: answers.clone(),
         confirmations: Mutex::new(HashMap::new()),
+        attr_confirmations: Mutex::new(HashMap::new()),
     });
+    let holder: Arc<dyn AttrHolder> = revoker.clone();
     loop {
         let received = reader
             .recv_with_payload(|request: FsRequest, payload| request.with_payload(payload))
@@ -124,12 +176,24 @@ pub async fn serve(
         };
         // A writer of this node waits for this confirmation: never behind
         // a blocking thread.
-        if let FsOp::Revoked { handle, epoch } = request.op {
-            let waiting = revoker
-                .confirmations
-                .lock()
-                .expect("confirmations lock")
-                .remove(&(handle, epoch));
+        let waiting = match request.op {
+            FsOp::Revoked { handle, epoch } => Some(
+                revoker
+                    .confirmations
+                    .lock()
+                    .expect("confirmations lock")
+                    .remove(&(handle, epoch)),
+            ),
+            FsOp::AttrsDropped { dev, ino, number } => Some(
+                revoker
+                    .attr_confirmations
+                    .lock()
+                    .expect("confirmations lock")
+                    .remove(&((dev, ino), number)),
+            ),
+            _ => None,
+        };
+        if let Some(waiting) = waiting {
             if let Some(confirmed) = waiting {
                 let _ = confirmed.try_send(());
             }
@@ -160,6 +224,7 @@ pub async fn serve(
             let answers = answers.clone();
             let handles = handles.clone();
             let revoker: Arc<dyn Revoker> = revoker.clone();
+            let holder = holder.clone();
             tokio::task::spawn_blocking(move || {
                 loop {
                     let request = {
@@ -173,7 +238,9 @@ pub async fn serve(
                         }
                     };
                     let id = request.id;
-                    let result = answer(&exporter, from, request, squash, &handles, &revoker);
+                    let result = answer(
+                        &exporter, from, request, squash, &handles, &revoker, &holder,
+                    );
                     let _ = answers.blocking_send(FsAnswer::Reply(FsReply { id, result }));
                 }
             });
@@ -186,7 +253,7 @@ pub async fn serve(
         // connection waits only as long as the file system takes to find
         // a file.
         let request = if Exporter::only_looks(&request.op) {
-            match look(&exporter, from, request, squash, &handles) {
+            match look(&exporter, from, request, squash, &handles, &holder) {
                 Ok(reply) => {
                     let _ = answers.send(FsAnswer::Reply(reply)).await;
                     continue;
@@ -200,12 +267,19 @@ pub async fn serve(
         let answers = answers.clone();
         let handles = handles.clone();
         let revoker: Arc<dyn Revoker> = revoker.clone();
+        let holder = holder.clone();
         tokio::task::spawn_blocking(move || {
             let id = request.id;
-            let result = answer(&exporter, from, request, squash, &handles, &revoker);
+            let result = answer(
+                &exporter, from, request, squash, &handles, &revoker, &holder,
+            );
             let _ = answers.blocking_send(FsAnswer::Reply(FsReply { id, result }));
         });
     }
+    // The grants hold the connection's sender: the writer ends only once
+    // they let go of it.
+    exporter.grants().forget_holder(holder.id());
+    drop(holder);
     drop(revoker);
     drop(answers);
     let _ = writing.await;
@@ -223,6 +297,7 @@ fn look(
     request: FsRequest,
     squash: Squash,
     handles: &Mutex<HashSet<u64>>,
+    holder: &Arc<dyn AttrHolder>,
 ) -> Result<FsReply, Box<FsRequest>> {
     if let Some(result) = refusal(exporter, from, &request, handles) {
         let id = request.id;
@@ -230,7 +305,7 @@ fn look(
     }
     let credentials = Credentials::of(&request.caller, true, squash);
     let FsRequest { id, caller, op } = request;
-    match exporter.look(&credentials, op, from) {
+    match exporter.look(&credentials, op, from, Some(holder)) {
         Ok(result) => Ok(FsReply { id, result }),
         Err(op) => Err(Box::new(FsRequest {
             id,
@@ -282,6 +357,7 @@ fn answer(
     squash: Squash,
     handles: &Mutex<HashSet<u64>>,
     revoker: &Arc<dyn Revoker>,
+    holder: &Arc<dyn AttrHolder>,
 ) -> FsResult {
     if let Some(refused) = refusal(exporter, from, &request, handles) {
         return refused;
@@ -304,7 +380,7 @@ fn answer(
         } => exporter.write_leased(&credentials, handle, offset, &data, from, revoker),
         op => {
             exporter.settle_write_leases(&op, Some(from));
-            exporter.execute(&credentials, op)
+            exporter.execute_for(&credentials, op, Some(holder))
         }
     };
     if let FsResult::Opened { handle, .. } = &result {

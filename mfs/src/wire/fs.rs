@@ -6,8 +6,11 @@
 //! an [`FsReply`] carrying the same `id`, in any order (requests run
 //! concurrently at the owner), inside an [`FsAnswer`]; the owner may also
 //! take back a read lease ([`FsAnswer::Revoke`], see `fs::lease`), which
-//! the client confirms with [`FsOp::Revoked`]. Paths are relative to the owner's exported
-//! root, one component per name, never `..`; the owner checks that.
+//! the client confirms with [`FsOp::Revoked`], and take back attributes it
+//! let the client keep ([`FsResult::Granted`], [`FsAnswer::AttrsChanged`],
+//! confirmed with [`FsOp::AttrsDropped`]; see `fs::attr_grants`). Paths
+//! are relative to the owner's exported root, one component per name,
+//! never `..`; the owner checks that.
 
 use rkyv::{Archive, Deserialize, Serialize};
 
@@ -140,6 +143,13 @@ pub enum FsOp {
     Revoked {
         handle: u64,
         epoch: u64,
+    },
+    /// The client dropped the attributes of file `ino` of device `dev`
+    /// it kept under grants numbered below `number`.
+    AttrsDropped {
+        dev: u64,
+        ino: u64,
+        number: u64,
     },
     /// With `lease`, the writer asks for a write lease of the file: under
     /// one it may answer its program before the owner has the data (see
@@ -274,6 +284,15 @@ pub enum FsAnswer {
         handle: u64,
         epoch: u64,
     },
+    /// The attributes of file `ino` of device `dev` changed (take-back
+    /// `number`): grants numbered below it are void. With `confirm`, the
+    /// change waits for [`FsOp::AttrsDropped`].
+    AttrsChanged {
+        dev: u64,
+        ino: u64,
+        number: u64,
+        confirm: bool,
+    },
 }
 
 /// What an operation gave: an errno, or its value.
@@ -282,6 +301,13 @@ pub enum FsResult {
     Errno(i32),
     Done,
     Attr(Attr),
+    /// Attributes the client may keep until told they changed
+    /// ([`FsAnswer::AttrsChanged`] numbered above `number`), for at most
+    /// `fs::attr_grants::GRANT_TIME` from when it asked.
+    Granted {
+        attr: Attr,
+        number: u64,
+    },
     Opened {
         handle: u64,
         attr: Attr,

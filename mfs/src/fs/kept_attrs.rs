@@ -1,0 +1,136 @@
+//! The client's side of attribute grants (see [`super::attr_grants`]):
+//! which other nodes' files the kernel keeps the attributes of, and for
+//! how long, and dropping them when their owner says they changed or
+//! the connection to it ends.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use fuser::{INodeNo, Notifier};
+
+use super::attr_grants::{FileId, GRANT_TIME};
+use super::fuse::inode_number;
+use crate::NodeId;
+
+/// How much sooner than its owner the kernel stops trusting a grant: the
+/// two count from different moments on different clocks.
+const MARGIN: Duration = Duration::from_secs(1);
+
+/// Take-backs heard are remembered this long: a grant asked for before
+/// one of them and answered after it must not count, and after this long
+/// such a grant would have run out anyway.
+const REMEMBER: Duration = GRANT_TIME;
+
+#[derive(Default)]
+struct State {
+    /// The highest take-back number heard of each file, and when.
+    changed: HashMap<(NodeId, FileId), (u64, Instant)>,
+    /// The kernel inodes whose attributes the kernel keeps, by owner, and
+    /// until when.
+    kept: HashMap<NodeId, HashMap<u64, Instant>>,
+    /// Take-backs recorded since `changed` was last pruned.
+    since_prune: usize,
+}
+
+/// What this node's kernel keeps of other nodes' attributes.
+#[derive(Default)]
+pub struct KeptAttrs {
+    state: Mutex<State>,
+    notifier: OnceLock<Notifier>,
+}
+
+impl KeptAttrs {
+    /// Gives the means of telling the kernel (once mounted). Until then
+    /// nothing is kept.
+    pub fn set_notifier(&self, notifier: Notifier) {
+        let _ = self.notifier.set(notifier);
+    }
+
+    /// Answers the kernel through `reply`, which takes how long the
+    /// kernel may keep the attributes of `file` of `node` (its inode
+    /// `ino`), granted under `number` to a request sent at `asked`. The
+    /// answer is given under the lock that take-backs take, so that none
+    /// falls between the check and the kernel having the attributes.
+    pub fn answer<R>(
+        &self,
+        node: NodeId,
+        file: FileId,
+        number: u64,
+        asked: Instant,
+        ino: u64,
+        reply: impl FnOnce(Duration) -> R,
+    ) -> R {
+        let mut state = self.state.lock().expect("kept attributes lock");
+        let taken_back = state
+            .changed
+            .get(&(node, file))
+            .is_some_and(|(heard, _)| *heard > number);
+        let now = Instant::now();
+        let keep = if taken_back || self.notifier.get().is_none() {
+            Duration::ZERO
+        } else {
+            (asked + GRANT_TIME)
+                .saturating_duration_since(now)
+                .saturating_sub(MARGIN)
+        };
+        if !keep.is_zero() {
+            state.kept.entry(node).or_default().insert(ino, now + keep);
+        }
+        reply(keep)
+    }
+
+    /// `node` says the attributes of its `file` changed (take-back
+    /// `number`): the kernel drops them if it keeps them.
+    pub fn changed(&self, node: NodeId, file: FileId, number: u64) {
+        let mut state = self.state.lock().expect("kept attributes lock");
+        let now = Instant::now();
+        let heard = state.changed.entry((node, file)).or_insert((number, now));
+        *heard = (heard.0.max(number), now);
+        state.since_prune += 1;
+        if state.since_prune >= 1024 {
+            state.since_prune = 0;
+            state
+                .changed
+                .retain(|_, (_, when)| now.duration_since(*when) < REMEMBER);
+            for kept in state.kept.values_mut() {
+                kept.retain(|_, until| *until > now);
+            }
+        }
+        let ino = inode_number(node, file.0, file.1);
+        let kept = state
+            .kept
+            .get_mut(&node)
+            .and_then(|kept| kept.remove(&ino))
+            .is_some_and(|until| until > now);
+        if kept {
+            self.drop_in_kernel(ino);
+        }
+    }
+
+    /// The connection to `node` ended: no take-back can come, so the
+    /// kernel drops everything it keeps of that node.
+    pub fn connection_lost(&self, node: NodeId) {
+        let mut state = self.state.lock().expect("kept attributes lock");
+        let now = Instant::now();
+        if let Some(kept) = state.kept.remove(&node) {
+            for (ino, until) in kept {
+                if until > now {
+                    self.drop_in_kernel(ino);
+                }
+            }
+        }
+    }
+
+    fn drop_in_kernel(&self, ino: u64) {
+        if let Some(notifier) = self.notifier.get()
+            // A negative offset: the attributes only (no data is cached).
+            && let Err(e) = notifier.inval_inode(INodeNo(ino), -1, 0)
+            && e.raw_os_error() != Some(libc::ENOENT)
+        {
+            tracing::warn!(
+                "the kernel refused to drop the attributes it keeps of inode {ino}: {e}"
+            );
+        }
+    }
+}

@@ -41,12 +41,24 @@ use tracing::{debug, warn};
 use crate::wire::fs::Attr;
 
 /// How long a grant lasts at most. The holder trusts it for less: it
-/// counts from before it asked.
-pub const GRANT_TIME: Duration = Duration::from_secs(30);
+/// counts from before it asked. It also bounds how long a change waits
+/// for a holder that does not confirm (a stalled or cut-off node), since
+/// after it the holder's kernel keeps nothing.
+pub const GRANT_TIME: Duration = Duration::from_secs(5);
 
-/// How many files may be granted at once. Each takes an inotify watch
-/// (the kernel allows about 8000 to 1 million per user, by memory).
+/// How many files may be granted at once at most. Each takes an inotify
+/// watch (and keeps its inode in memory); the user's watches are shared
+/// with every other program of root, so a quarter of them at most.
 const MAX_WATCHED: usize = 65536;
+
+/// The files that may be watched: [`MAX_WATCHED`], or a quarter of what
+/// the kernel allows root.
+fn watch_budget() -> usize {
+    std::fs::read_to_string("/proc/sys/fs/inotify/max_user_watches")
+        .ok()
+        .and_then(|s| s.trim().parse::<usize>().ok())
+        .map_or(MAX_WATCHED, |allowed| (allowed / 4).min(MAX_WATCHED))
+}
 
 /// How often expired grants are forgotten and their watches removed.
 const SWEEP_EVERY: Duration = Duration::from_secs(5);
@@ -63,15 +75,32 @@ fn watch_flags() -> AddWatchFlags {
 /// A file, as the owner's file system names it: device and inode.
 pub type FileId = (u64, u64);
 
+/// How a holder is told that a file's attributes changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tell {
+    /// It asked for the change: told before its answer, on the same
+    /// ordered connection, and not waited for.
+    Asker,
+    /// Told, and waited for until it confirms it dropped them, or until
+    /// its grant runs out (the instant given), whichever comes first.
+    AndWait(Instant),
+    /// Told as soon as may be, never waited for (a change already made,
+    /// on the owner's disk). Never blocks: a holder whose queue is full
+    /// keeps its grant until it runs out.
+    Soon,
+}
+
 /// A connection that may hold grants.
 pub trait AttrHolder: Send + Sync {
     /// Which connection (unique in this daemon's life).
     fn id(&self) -> u64;
     /// Tells the holder that `file`'s attributes changed (take-back
-    /// `number`); with `wait`, returns once it confirmed it dropped them,
-    /// or after a timeout (then the change goes on, and is logged).
-    fn attrs_changed(&self, file: FileId, number: u64, wait: bool);
+    /// `number`).
+    fn attrs_changed(&self, file: FileId, number: u64, tell: Tell);
 }
+
+/// A holder of a grant, and when the grant runs out.
+type Held = (Arc<dyn AttrHolder>, Instant);
 
 #[derive(Default)]
 struct Granted {
@@ -79,7 +108,7 @@ struct Granted {
     /// The take-back number of the last change seen, or of the watch's
     /// start: a grant counts from a number read before its attributes.
     changed_at: u64,
-    holders: HashMap<u64, (Arc<dyn AttrHolder>, Instant)>,
+    holders: HashMap<u64, Held>,
     /// Operations changing the file now: no grants meanwhile.
     changing: u32,
     /// Open for writing through MFS: no grants.
@@ -102,13 +131,13 @@ struct State {
 impl State {
     /// Takes back every grant of `file`: gives the holders to tell and
     /// the take-back's number.
-    fn take_back(&mut self, file: FileId) -> (Vec<Arc<dyn AttrHolder>>, u64) {
+    fn take_back(&mut self, file: FileId) -> (Vec<Held>, u64) {
         self.counter += 1;
         let number = self.counter;
         let holders = match self.files.get_mut(&file) {
             Some(granted) => {
                 granted.changed_at = number;
-                granted.holders.drain().map(|(_, (h, _))| h).collect()
+                granted.holders.drain().map(|(_, held)| held).collect()
             }
             None => Vec::new(),
         };
@@ -133,6 +162,8 @@ pub struct AttrGrants {
     state: Mutex<State>,
     /// None when inotify could not be had: then nothing is granted.
     inotify: Option<Inotify>,
+    /// How many files may be watched at once.
+    budget: usize,
 }
 
 impl AttrGrants {
@@ -149,12 +180,14 @@ impl AttrGrants {
                 return Arc::new(AttrGrants {
                     state: Mutex::new(State::default()),
                     inotify: None,
+                    budget: 0,
                 });
             }
         };
         let grants = Arc::new(AttrGrants {
             state: Mutex::new(State::default()),
             inotify: Some(inotify),
+            budget: watch_budget(),
         });
         let weak = Arc::downgrade(&grants);
         let spawned = std::thread::Builder::new()
@@ -165,6 +198,7 @@ impl AttrGrants {
             return Arc::new(AttrGrants {
                 state: Mutex::new(State::default()),
                 inotify: None,
+                budget: 0,
             });
         }
         grants
@@ -185,7 +219,7 @@ impl AttrGrants {
         let mut state = self.state.lock().expect("grants lock");
         let watched = state.watches.len();
         let Some(granted) = state.files.get_mut(&file) else {
-            return if watched < MAX_WATCHED {
+            return if watched < self.budget {
                 Grant::NeedsWatch
             } else {
                 Grant::Refused
@@ -195,7 +229,7 @@ impl AttrGrants {
             return Grant::Refused;
         }
         if granted.watch.is_none() {
-            return if watched < MAX_WATCHED {
+            return if watched < self.budget {
                 Grant::NeedsWatch
             } else {
                 Grant::Refused
@@ -210,10 +244,12 @@ impl AttrGrants {
     /// Watches `file`, open as `fd` (any kind of descriptor of it).
     pub fn watch(&self, file: FileId, fd: &OwnedFd) -> Result<(), nix::Error> {
         let path = format!("/proc/self/fd/{}", fd.as_raw_fd());
-        // Outside the lock: the kernel may take a while to find the file.
         let inotify = self.inotify.as_ref().ok_or(nix::Error::ENOSYS)?;
-        let wd = inotify.add_watch(path.as_str(), watch_flags())?;
+        // Under the lock: inotify gives an inode already watched the same
+        // watch, which another thread could be removing meanwhile (the
+        // file is found through the descriptor, not a path walk: quick).
         let mut state = self.state.lock().expect("grants lock");
+        let wd = inotify.add_watch(path.as_str(), watch_flags())?;
         state.counter += 1;
         let number = state.counter;
         state.watches.insert(wd, file);
@@ -242,8 +278,13 @@ impl AttrGrants {
                 self.unwatch(&mut state, file);
             }
         }
-        for (holder, file, number) in told {
-            holder.attrs_changed(file, number, Some(holder.id()) != asker);
+        for ((holder, until), file, number) in told {
+            let tell = if Some(holder.id()) == asker {
+                Tell::Asker
+            } else {
+                Tell::AndWait(until)
+            };
+            holder.attrs_changed(file, number, tell);
         }
         ChangeGuard {
             grants: self.clone(),
@@ -261,8 +302,8 @@ impl AttrGrants {
             state.files.entry(file).or_default().write_opens += 1;
             state.take_back(file)
         };
-        for holder in holders {
-            holder.attrs_changed(file, number, true);
+        for (holder, until) in holders {
+            holder.attrs_changed(file, number, Tell::AndWait(until));
         }
     }
 
@@ -337,8 +378,8 @@ impl AttrGrants {
                 file,
             )
         };
-        for (holder, number) in told {
-            holder.attrs_changed(file, number, false);
+        for ((holder, _), number) in told {
+            holder.attrs_changed(file, number, Tell::Soon);
         }
     }
 
@@ -355,8 +396,8 @@ impl AttrGrants {
                 })
                 .collect()
         };
-        for (holder, file, number) in told {
-            holder.attrs_changed(file, number, false);
+        for ((holder, _), file, number) in told {
+            holder.attrs_changed(file, number, Tell::Soon);
         }
     }
 
@@ -462,15 +503,15 @@ mod tests {
     /// A holder that records what it was told.
     struct Recorder {
         id: u64,
-        told: Mutex<Vec<(FileId, u64, bool)>>,
+        told: Mutex<Vec<(FileId, u64, Tell)>>,
     }
 
     impl AttrHolder for Recorder {
         fn id(&self) -> u64 {
             self.id
         }
-        fn attrs_changed(&self, file: FileId, number: u64, wait: bool) {
-            self.told.lock().unwrap().push((file, number, wait));
+        fn attrs_changed(&self, file: FileId, number: u64, tell: Tell) {
+            self.told.lock().unwrap().push((file, number, tell));
         }
     }
 
@@ -584,13 +625,24 @@ mod tests {
         let two_heard = two_told.told.lock().unwrap().clone();
         assert_eq!(one_heard.len(), 1);
         assert_eq!(two_heard.len(), 1);
-        let (file, number, wait) = one_heard[0];
-        assert_eq!((file, wait), (id, true), "another holder is waited for");
+        let (file, number, tell) = one_heard[0];
+        assert_eq!(file, id);
+        let Tell::AndWait(until) = tell else {
+            panic!("another holder must be waited for, was told {tell:?}");
+        };
+        assert!(
+            until > Instant::now() && until <= Instant::now() + GRANT_TIME,
+            "waited for until its grant runs out, at most"
+        );
         assert!(
             number > read_after,
             "a take-back voids the grants before it"
         );
-        assert!(!two_heard[0].2, "the asker is told, not waited for");
+        assert_eq!(
+            two_heard[0].2,
+            Tell::Asker,
+            "the asker is told, not waited for"
+        );
         // While the change runs, nothing is granted, read when it may.
         assert_eq!(grants.try_grant(id, &one, grants.now()), Grant::Refused);
         drop(changing);
@@ -603,7 +655,10 @@ mod tests {
         // A file just made may have been granted before its opener counts
         // its open: the open takes that back, and waits for it.
         grants.opened_for_writing(id);
-        assert!(told.told.lock().unwrap()[0].2, "the opener waits");
+        assert!(
+            matches!(told.told.lock().unwrap()[0].2, Tell::AndWait(_)),
+            "the opener waits"
+        );
         assert_eq!(grants.try_grant(id, &one, grants.now()), Grant::Refused);
         grants.closed_for_writing(id);
         // Closed and forgotten (no holder, no watch): watched afresh.
@@ -622,8 +677,8 @@ mod tests {
             );
             std::thread::sleep(Duration::from_millis(5));
         }
-        let (file, _, wait) = told.told.lock().unwrap()[0];
-        assert_eq!((file, wait), (id, false));
+        let (file, _, tell) = told.told.lock().unwrap()[0];
+        assert_eq!((file, tell), (id, Tell::Soon));
     }
 
     #[test]

@@ -824,7 +824,7 @@ struct ClosesPeer {
 impl Drop for ClosesPeer {
     fn drop(&mut self) {
         self.peer.close();
-        self.attrs.connection_lost(self.node);
+        self.attrs.connection_lost(self.node, self.peer.generation);
         // Locks poisoned by a panic still hold consistent maps: each
         // change to them is a single insert or remove.
         let mut waiting = self.peer.waiting.lock().unwrap_or_else(|e| e.into_inner());
@@ -977,6 +977,7 @@ async fn serve_peer(
     if !peer.open(sender.clone()) {
         return Err("the client closed it while it was being made".to_string());
     }
+    attrs.connected(node, peer.generation);
     let revokes = Revokes {
         generation: peer.generation,
         kept: kept.clone(),

@@ -490,7 +490,7 @@ impl Exporter {
         let access = OFlag::from_bits_truncate(flags & libc::O_ACCMODE);
         // Its writes may not come here (passthrough): no node keeps its
         // attributes while it is open.
-        let writing = (access != OFlag::O_RDONLY).then(|| {
+        let writing = (access != OFlag::O_RDONLY || flags & libc::O_TRUNC != 0).then(|| {
             self.grants.opened_for_writing((attr.dev, attr.ino));
             self.grants.clone()
         });
@@ -650,10 +650,18 @@ impl Exporter {
         let writes =
             |flags: i32| flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
         match op {
+            // Some changes go through the handle, others by its path
+            // (see `set_attr`): both files, if the path names another now.
             FsOp::SetAttr {
                 handle: Some(handle),
+                path,
                 ..
-            } => self.file(*handle).map(|open| open.id).into_iter().collect(),
+            } => {
+                let mut files: Vec<FileId> =
+                    self.file(*handle).map(|open| open.id).into_iter().collect();
+                files.extend(found(path).filter(|file| !files.contains(file)));
+                files
+            }
             FsOp::SetAttr { path, .. }
             | FsOp::Unlink { path }
             | FsOp::SetXattr { path, .. }

@@ -168,7 +168,7 @@ pub struct Mfs {
     map: watch::Receiver<Arc<ClusterMap>>,
     whereabouts: Arc<dyn Whereabouts>,
     squash: Squash,
-    inodes: Mutex<HashMap<u64, Inode>>,
+    inodes: Arc<Mutex<HashMap<u64, Inode>>>,
     /// Open files by handle, with their inode.
     opens: Mutex<HashMap<u64, (u64, Open)>>,
     listings: Mutex<HashMap<u64, Listing>>,
@@ -177,6 +177,14 @@ pub struct Mfs {
     passthrough: AtomicBool,
     stats: Arc<FsStats>,
     caller_groups: CallerGroups,
+}
+
+/// An owner's answer, with what keeping the attributes it may grant
+/// needs: when it was asked for, and on which connection it came.
+struct Answered {
+    result: Result<FsResult, Errno>,
+    asked: Instant,
+    connection: u64,
 }
 
 /// A FUSE inode number for file `ino` of device `dev` at `node`: the same
@@ -324,7 +332,7 @@ impl Mfs {
             map,
             whereabouts,
             squash,
-            inodes: Mutex::new(HashMap::new()),
+            inodes: Arc::new(Mutex::new(HashMap::new())),
             opens: Mutex::new(HashMap::new()),
             listings: Mutex::new(HashMap::new()),
             backing: Mutex::new(HashMap::new()),
@@ -396,6 +404,20 @@ impl Mfs {
 
     fn run(&self, req: &Request, node: NodeId, op: FsOp) -> Result<FsResult, Errno> {
         self.ask(req, node, op, None, Wait::Bounded).map(|(r, _)| r)
+    }
+
+    /// Runs `op` at `node`, keeping what a grant in its answer needs.
+    fn answered(&self, req: &Request, node: NodeId, op: FsOp) -> Answered {
+        let asked = Instant::now();
+        let (result, connection) = match self.ask(req, node, op, None, Wait::Bounded) {
+            Ok((result, connection)) => (Ok(result), connection),
+            Err(e) => (Err(e), 0),
+        };
+        Answered {
+            result,
+            asked,
+            connection,
+        }
     }
 
     /// The node and path of inode `ino`.
@@ -471,7 +493,11 @@ impl Mfs {
     /// `node` gave.
     fn reply_entry(
         &self,
-        (result, asked): (Result<FsResult, Errno>, Instant),
+        Answered {
+            result,
+            asked,
+            connection,
+        }: Answered,
         node: NodeId,
         parent: u64,
         name: &[u8],
@@ -484,11 +510,15 @@ impl Mfs {
             // file: its entry is still asked for every time).
             Ok(FsResult::Granted { attr, number }) => {
                 let (ino, generation) = self.remember(node, parent, name, &attr, made);
-                self.client
-                    .attrs()
-                    .answer(node, (attr.dev, attr.ino), number, asked, ino, |keep| {
+                self.client.attrs().answer(
+                    node,
+                    ((attr.dev, attr.ino), number, connection),
+                    asked,
+                    ino,
+                    |keep| {
                         reply.entry_with_ttls(&keep, &NO_CACHE, &file_attr(ino, &attr), generation)
-                    })
+                    },
+                )
             }
             Ok(other) => reply.error(unexpected(&other)),
             Err(e) => reply.error(e),
@@ -513,16 +543,8 @@ impl Mfs {
                     op,
                     FsOp::MkDir { .. } | FsOp::MkNod { .. } | FsOp::Symlink { .. }
                 );
-                let asked = Instant::now();
-                let result = self.run(req, node, op);
-                self.reply_entry(
-                    (result, asked),
-                    node,
-                    parent.0,
-                    name.as_bytes(),
-                    made,
-                    reply,
-                )
+                let answered = self.answered(req, node, op);
+                self.reply_entry(answered, node, parent.0, name.as_bytes(), made, reply)
             }
             Err(e) => reply.error(e),
         }
@@ -663,6 +685,19 @@ impl Mfs {
         self.client.attrs().clone()
     }
 
+    /// Whether the kernel holds an inode, or is about to (looked up and
+    /// not forgotten), for dropping what it keeps.
+    pub fn kernel_knows(&self) -> super::kept_attrs::KernelKnows {
+        let inodes = self.inodes.clone();
+        Box::new(move |ino| {
+            inodes
+                .lock()
+                .expect("inodes lock")
+                .get(&ino)
+                .is_some_and(|inode| inode.lookups > 0)
+        })
+    }
+
     fn root_listing(&self) -> Listing {
         let mut entries = vec![
             (b".".to_vec(), ROOT, FileType::Directory),
@@ -723,9 +758,8 @@ impl Filesystem for Mfs {
             let Some(node) = self.node_in_map(name) else {
                 return reply.error(Errno::ENOENT);
             };
-            let asked = Instant::now();
-            let result = self.run(req, node, FsOp::Lookup { path: Vec::new() });
-            return self.reply_entry((result, asked), node, ROOT, name.as_bytes(), false, reply);
+            let answered = self.answered(req, node, FsOp::Lookup { path: Vec::new() });
+            return self.reply_entry(answered, node, ROOT, name.as_bytes(), false, reply);
         }
         self.child_entry(req, parent, name, |path| FsOp::Lookup { path }, reply)
     }
@@ -767,7 +801,9 @@ impl Filesystem for Mfs {
             Some(fh) => through_open(fh),
             None => {
                 let by_path = self.locate(ino).and_then(|(node, path, _)| {
-                    let result = self.run(req, node, FsOp::GetAttr { path, handle: None });
+                    let Answered {
+                        result, connection, ..
+                    } = self.answered(req, node, FsOp::GetAttr { path, handle: None });
                     match result {
                         // Its path now names another file (a kept
                         // directory entry, or a file replaced at the
@@ -778,7 +814,7 @@ impl Filesystem for Mfs {
                             Err(Errno::ESTALE)
                         }
                         other => {
-                            granted_by = Some(node);
+                            granted_by = Some((node, connection));
                             other
                         }
                     }
@@ -793,14 +829,15 @@ impl Filesystem for Mfs {
         };
         match (result, granted_by) {
             (Ok(FsResult::Attr(attr)), _) => reply.attr(&NO_CACHE, &file_attr(ino.0, &attr)),
-            (Ok(FsResult::Granted { attr, number }), Some(node)) => self.client.attrs().answer(
-                node,
-                (attr.dev, attr.ino),
-                number,
-                asked,
-                ino.0,
-                |keep| reply.attr(&keep, &file_attr(ino.0, &attr)),
-            ),
+            (Ok(FsResult::Granted { attr, number }), Some((node, connection))) => {
+                self.client.attrs().answer(
+                    node,
+                    ((attr.dev, attr.ino), number, connection),
+                    asked,
+                    ino.0,
+                    |keep| reply.attr(&keep, &file_attr(ino.0, &attr)),
+                )
+            }
             (Ok(other), _) => reply.error(unexpected(&other)),
             (Err(e), _) => reply.error(e),
         }

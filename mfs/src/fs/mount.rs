@@ -94,6 +94,7 @@ pub fn mount(mfs: Mfs, mountpoint: &Path, threads: usize) -> io::Result<Mounted>
     config.n_threads = Some(threads.max(1));
     config.clone_fd = true;
     let kept_attrs = mfs.kept_attrs();
+    let kernel_knows = mfs.kernel_knows();
     let session = Session::new(mfs, mountpoint, &config).map_err(|e| {
         io::Error::new(
             e.kind(),
@@ -101,7 +102,7 @@ pub fn mount(mfs: Mfs, mountpoint: &Path, threads: usize) -> io::Result<Mounted>
         )
     })?;
     // Other nodes' attributes are kept only once they can be dropped.
-    kept_attrs.set_notifier(session.notifier());
+    kept_attrs.set_notifier(session.notifier(), kernel_knows);
     let session = session.spawn()?;
     let dev = std::fs::metadata(mountpoint)?.dev();
     info!("MFS mounted at {}", mountpoint.display());

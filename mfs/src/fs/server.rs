@@ -12,7 +12,7 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
-use super::attr_grants::{AttrHolder, FileId};
+use super::attr_grants::{AttrHolder, FileId, Tell};
 use super::creds::{Credentials, Squash};
 use super::export::{Exporter, Revoker};
 use crate::NodeId;
@@ -46,30 +46,53 @@ impl AttrHolder for ConnectionRevoker {
         self.id
     }
 
-    fn attrs_changed(&self, file: FileId, number: u64, wait: bool) {
+    fn attrs_changed(&self, file: FileId, number: u64, tell: Tell) {
         let message = FsAnswer::AttrsChanged {
             dev: file.0,
             ino: file.1,
             number,
-            confirm: wait,
+            confirm: matches!(tell, Tell::AndWait(_)),
         };
-        if !wait {
-            // Ordered before the answer of the change that caused it, or
-            // (a change on disk) sent as soon as it may be.
-            let _ = self.answers.blocking_send(message);
-            return;
-        }
+        let until = match tell {
+            // Before the answer of the change it asked for: this runs on
+            // the thread that sends that answer next.
+            Tell::Asker => {
+                let _ = self.answers.blocking_send(message);
+                return;
+            }
+            Tell::Soon => {
+                if self.answers.try_send(message).is_err() {
+                    debug!(
+                        "node {} is not reading its MFS connection: it keeps the attributes of a \
+                         file changed on this node's disk until its grant runs out",
+                        self.from
+                    );
+                }
+                return;
+            }
+            Tell::AndWait(until) => until,
+        };
         let (confirmed, confirmation) = std::sync::mpsc::sync_channel(1);
         let key = (file, number);
         self.attr_confirmations
             .lock()
             .expect("confirmations lock")
             .insert(key, confirmed);
-        if self.answers.blocking_send(message).is_ok()
-            && confirmation.recv_timeout(REVOKE_TIMEOUT).is_err()
-        {
+        // Past the grant's end the holder's kernel keeps nothing: the
+        // change may go on then, confirmed or not.
+        if !send_until(&self.answers, message, until) {
+            // Closed, or not read until the grant ran out.
+            self.attr_confirmations
+                .lock()
+                .expect("confirmations lock")
+                .remove(&key);
+            return;
+        }
+        let wait = until.saturating_duration_since(std::time::Instant::now());
+        if confirmation.recv_timeout(wait).is_err() {
             warn!(
-                "node {} did not confirm within {REVOKE_TIMEOUT:?} that it dropped the attributes                  it kept of a file that is changing: it may show them a moment longer",
+                "node {} did not confirm within {wait:?} that it dropped the attributes it kept \
+                 of a file that is changing; its grant has run out",
                 self.from
             );
         }
@@ -77,6 +100,29 @@ impl AttrHolder for ConnectionRevoker {
             .lock()
             .expect("confirmations lock")
             .remove(&key);
+    }
+}
+
+/// Queues `answer`, waiting for room until `until` at most; whether it
+/// was queued.
+fn send_until(
+    answers: &mpsc::Sender<FsAnswer>,
+    answer: FsAnswer,
+    until: std::time::Instant,
+) -> bool {
+    let mut answer = answer;
+    loop {
+        match answers.try_send(answer) {
+            Ok(()) => return true,
+            Err(mpsc::error::TrySendError::Closed(_)) => return false,
+            Err(mpsc::error::TrySendError::Full(again)) => {
+                if std::time::Instant::now() >= until {
+                    return false;
+                }
+                answer = again;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
     }
 }
 

@@ -144,13 +144,6 @@ pub enum FsOp {
         handle: u64,
         epoch: u64,
     },
-    /// The client dropped the attributes of file `ino` of device `dev`
-    /// it kept under grants numbered below `number`.
-    AttrsDropped {
-        dev: u64,
-        ino: u64,
-        number: u64,
-    },
     /// With `lease`, the writer asks for a write lease of the file: under
     /// one it may answer its program before the owner has the data (see
     /// [`FsResult::WrittenLeased`]).
@@ -224,6 +217,13 @@ pub enum FsOp {
         handle: u64,
         lock: LockSpec,
         sleep: bool,
+    },
+    /// The client dropped the attributes of file `ino` of device `dev`
+    /// it kept under grants numbered below `number`.
+    AttrsDropped {
+        dev: u64,
+        ino: u64,
+        number: u64,
     },
 }
 
@@ -301,13 +301,6 @@ pub enum FsResult {
     Errno(i32),
     Done,
     Attr(Attr),
-    /// Attributes the client may keep until told they changed
-    /// ([`FsAnswer::AttrsChanged`] numbered above `number`), for at most
-    /// `fs::attr_grants::GRANT_TIME` from when it asked.
-    Granted {
-        attr: Attr,
-        number: u64,
-    },
     Opened {
         handle: u64,
         attr: Attr,
@@ -337,6 +330,13 @@ pub enum FsResult {
     Offset(u64),
     /// A conflicting lock, or `None` when the range is free.
     Lock(Option<LockSpec>),
+    /// Attributes the client may keep until told they changed
+    /// ([`FsAnswer::AttrsChanged`] numbered above `number`), for at most
+    /// `fs::attr_grants::GRANT_TIME` from when it asked.
+    Granted {
+        attr: Attr,
+        number: u64,
+    },
 }
 
 /// A payload came after a message that does not take one (see

@@ -22,5 +22,7 @@ pub use frame::{FrameDecoder, FrameError, MAX_FRAME_LEN};
 pub use messages::*;
 
 /// The protocol version spoken in the handshake. Peers with another version
-/// are refused with a message naming both versions.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// are refused with a message naming both versions. 2: MFS attribute
+/// grants (`FsResult::Granted`, `FsAnswer::AttrsChanged`,
+/// `FsOp::AttrsDropped`).
+pub const PROTOCOL_VERSION: u16 = 2;

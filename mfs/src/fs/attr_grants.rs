@@ -13,8 +13,8 @@
 //!   operation through MFS that changes the file's attributes (a
 //!   `setattr`, an open for writing or truncating, an unlink, rename or
 //!   link of it, a change of its extended attributes); the holder that
-//!   asked for the change itself is told first, on the same ordered
-//!   connection, and not waited for;
+//!   asked for the change itself is told in the change's answer
+//!   (`FsReply::changed`), which it reads before the result;
 //! - gives none while the file is open for writing through MFS (its
 //!   writes may not come through this daemon: passthrough);
 //! - watches the file with inotify, for changes made directly on its
@@ -78,9 +78,6 @@ pub type FileId = (u64, u64);
 /// How a holder is told that a file's attributes changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Tell {
-    /// It asked for the change: told before its answer, on the same
-    /// ordered connection, and not waited for.
-    Asker,
     /// Told, and waited for until it confirms it dropped them, or until
     /// its grant runs out (the instant given), whichever comes first.
     AndWait(Instant),
@@ -262,7 +259,8 @@ impl AttrGrants {
     /// Takes back `file`'s grants before an operation changes it, and
     /// gives none until the returned guard is dropped. `asker`, the
     /// connection asking for the change, is told but not waited for: its
-    /// answer follows on the same connection.
+    /// answer follows on the same connection, and carries the take-backs
+    /// the guard lists ([`ChangeGuard::asker_told`]).
     pub fn change(self: &Arc<Self>, files: &[FileId], asker: Option<u64>) -> ChangeGuard {
         let mut told = Vec::new();
         {
@@ -278,17 +276,18 @@ impl AttrGrants {
                 self.unwatch(&mut state, file);
             }
         }
+        let mut asker_told = Vec::new();
         for ((holder, until), file, number) in told {
-            let tell = if Some(holder.id()) == asker {
-                Tell::Asker
+            if Some(holder.id()) == asker {
+                asker_told.push((file, number));
             } else {
-                Tell::AndWait(until)
-            };
-            holder.attrs_changed(file, number, tell);
+                holder.attrs_changed(file, number, Tell::AndWait(until));
+            }
         }
         ChangeGuard {
             grants: self.clone(),
             files: files.to_vec(),
+            asker_told,
         }
     }
 
@@ -428,6 +427,14 @@ impl AttrGrants {
 pub struct ChangeGuard {
     grants: Arc<AttrGrants>,
     files: Vec<FileId>,
+    asker_told: Vec<(FileId, u64)>,
+}
+
+impl ChangeGuard {
+    /// The take-backs of grants the asker held, which its answer carries.
+    pub fn asker_told(&self) -> &[(FileId, u64)] {
+        &self.asker_told
+    }
 }
 
 impl Drop for ChangeGuard {
@@ -603,7 +610,8 @@ mod tests {
     }
 
     #[test]
-    fn a_change_tells_every_holder_waits_for_all_but_the_asker_and_stops_grants_while_it_runs() {
+    fn a_change_waits_for_every_holder_but_the_asker_whose_answer_tells_it_and_stops_grants_while_it_runs()
+     {
         let dir = scratch();
         let grants = AttrGrants::start();
         let (id, fd) = file(&dir, "f");
@@ -624,7 +632,11 @@ mod tests {
         let one_heard = one_told.told.lock().unwrap().clone();
         let two_heard = two_told.told.lock().unwrap().clone();
         assert_eq!(one_heard.len(), 1);
-        assert_eq!(two_heard.len(), 1);
+        assert!(
+            two_heard.is_empty(),
+            "the asker is told with its answer, not apart"
+        );
+        assert_eq!(changing.asker_told(), &[(id, one_heard[0].1)]);
         let (file, number, tell) = one_heard[0];
         assert_eq!(file, id);
         let Tell::AndWait(until) = tell else {
@@ -637,11 +649,6 @@ mod tests {
         assert!(
             number > read_after,
             "a take-back voids the grants before it"
-        );
-        assert_eq!(
-            two_heard[0].2,
-            Tell::Asker,
-            "the asker is told, not waited for"
         );
         // While the change runs, nothing is granted, read when it may.
         assert_eq!(grants.try_grant(id, &one, grants.now()), Grant::Refused);

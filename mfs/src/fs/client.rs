@@ -992,6 +992,11 @@ async fn serve_peer(
         match answer {
             Ok(Some(Err(e))) => return Err(format!("the owner sent a malformed answer: {e}")),
             Ok(Some(Ok(FsAnswer::Reply(reply)))) => {
+                // What the asker's kernel kept of the files its request
+                // changed goes before the caller has the answer.
+                for change in &reply.changed {
+                    attrs.changed(node, (change.dev, change.ino), change.number);
+                }
                 let waiter = peer.waiting.lock().expect("waiters lock").remove(&reply.id);
                 if let Some(waiter) = waiter {
                     let _ = waiter.try_send(reply.result);

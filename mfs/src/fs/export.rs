@@ -33,7 +33,7 @@ use super::writeback::{self, Writeback};
 use super::{lease, sys};
 use crate::NodeId;
 use crate::wire::fs::{
-    Attr, DirEntry, FsOp, FsResult, LockSpec, MAX_FS_IO, SetAttrs, SetTime, StatFs,
+    Attr, AttrsChange, DirEntry, FsOp, FsResult, LockSpec, MAX_FS_IO, SetAttrs, SetTime, StatFs,
 };
 
 /// Directory entries sent in one answer.
@@ -520,26 +520,37 @@ impl Exporter {
 
     /// Runs `op` as `credentials`, for this node's own mount.
     pub fn execute(&self, credentials: &Credentials, op: FsOp) -> FsResult {
-        self.execute_for(credentials, op, None)
+        self.execute_for(credentials, op, None).0
     }
 
     /// Runs `op` as `credentials`, asked by connection `asker` (none: this
-    /// node's own mount). Nodes that keep the attributes of a file it
-    /// changes drop them first.
+    /// node's own mount). Other nodes that keep the attributes of a file it
+    /// changes drop them first; the take-backs of what `asker` kept come
+    /// back with the result, for its answer to carry.
     pub fn execute_for(
         &self,
         credentials: &Credentials,
         op: FsOp,
         asker: Option<&Arc<dyn AttrHolder>>,
-    ) -> FsResult {
+    ) -> (FsResult, Vec<AttrsChange>) {
         let changes = self.changes_of(&op);
-        let _changing =
+        let changing =
             (!changes.is_empty()).then(|| self.grants.change(&changes, asker.map(|a| a.id())));
-        let result = run_as(credentials, || self.run(op));
-        match result {
+        let result = match run_as(credentials, || self.run(op)) {
             Ok(result) => result,
             Err(errno) => FsResult::Errno(errno as i32),
-        }
+        };
+        let told = changing
+            .as_ref()
+            .map(|changing| {
+                changing
+                    .asker_told()
+                    .iter()
+                    .map(|&((dev, ino), number)| AttrsChange { dev, ino, number })
+                    .collect()
+            })
+            .unwrap_or_default();
+        (result, told)
     }
 
     /// A read of another node that would keep `ahead` more bytes: under a

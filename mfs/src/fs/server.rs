@@ -54,12 +54,6 @@ impl AttrHolder for ConnectionRevoker {
             confirm: matches!(tell, Tell::AndWait(_)),
         };
         let until = match tell {
-            // Before the answer of the change it asked for: this runs on
-            // the thread that sends that answer next.
-            Tell::Asker => {
-                let _ = self.answers.blocking_send(message);
-                return;
-            }
             Tell::Soon => {
                 if self.answers.try_send(message).is_err() {
                     debug!(
@@ -246,6 +240,7 @@ pub async fn serve(
             let reply = FsReply {
                 id: request.id,
                 result: FsResult::Done,
+                changed: Vec::new(),
             };
             let _ = answers.send(FsAnswer::Reply(reply)).await;
             continue;
@@ -283,11 +278,10 @@ pub async fn serve(
                             }
                         }
                     };
-                    let id = request.id;
-                    let result = answer(
+                    let reply = answer(
                         &exporter, from, request, squash, &handles, &revoker, &holder,
                     );
-                    let _ = answers.blocking_send(FsAnswer::Reply(FsReply { id, result }));
+                    let _ = answers.blocking_send(FsAnswer::Reply(reply));
                 }
             });
             continue;
@@ -315,11 +309,10 @@ pub async fn serve(
         let revoker: Arc<dyn Revoker> = revoker.clone();
         let holder = holder.clone();
         tokio::task::spawn_blocking(move || {
-            let id = request.id;
-            let result = answer(
+            let reply = answer(
                 &exporter, from, request, squash, &handles, &revoker, &holder,
             );
-            let _ = answers.blocking_send(FsAnswer::Reply(FsReply { id, result }));
+            let _ = answers.blocking_send(FsAnswer::Reply(reply));
         });
     }
     // The grants hold the connection's sender: the writer ends only once
@@ -347,12 +340,20 @@ fn look(
 ) -> Result<FsReply, Box<FsRequest>> {
     if let Some(result) = refusal(exporter, from, &request, handles) {
         let id = request.id;
-        return Ok(FsReply { id, result });
+        return Ok(FsReply {
+            id,
+            result,
+            changed: Vec::new(),
+        });
     }
     let credentials = Credentials::of(&request.caller, true, squash);
     let FsRequest { id, caller, op } = request;
     match exporter.look(&credentials, op, from, Some(holder)) {
-        Ok(result) => Ok(FsReply { id, result }),
+        Ok(result) => Ok(FsReply {
+            id,
+            result,
+            changed: Vec::new(),
+        }),
         Err(op) => Err(Box::new(FsRequest {
             id,
             caller,
@@ -404,26 +405,37 @@ fn answer(
     handles: &Mutex<HashSet<u64>>,
     revoker: &Arc<dyn Revoker>,
     holder: &Arc<dyn AttrHolder>,
-) -> FsResult {
-    if let Some(refused) = refusal(exporter, from, &request, handles) {
-        return refused;
+) -> FsReply {
+    let id = request.id;
+    if let Some(result) = refusal(exporter, from, &request, handles) {
+        return FsReply {
+            id,
+            result,
+            changed: Vec::new(),
+        };
     }
     let handle = handle_of(&request.op);
     let releases = matches!(request.op, FsOp::Release { .. });
     let credentials = Credentials::of(&request.caller, true, squash);
-    let result = match request.op {
+    let (result, changed) = match request.op {
         FsOp::Read {
             handle,
             offset,
             size,
             ahead,
-        } if ahead > 0 => exporter.read_ahead(&credentials, handle, offset, size, ahead, revoker),
+        } if ahead > 0 => (
+            exporter.read_ahead(&credentials, handle, offset, size, ahead, revoker),
+            Vec::new(),
+        ),
         FsOp::Write {
             handle,
             offset,
             data,
             lease: true,
-        } => exporter.write_leased(&credentials, handle, offset, &data, from, revoker),
+        } => (
+            exporter.write_leased(&credentials, handle, offset, &data, from, revoker),
+            Vec::new(),
+        ),
         op => {
             exporter.settle_write_leases(&op, Some(from));
             exporter.execute_for(&credentials, op, Some(holder))
@@ -435,5 +447,9 @@ fn answer(
     if releases && let Some(handle) = handle {
         handles.lock().expect("handles lock").remove(&handle);
     }
-    result
+    FsReply {
+        id,
+        result,
+        changed,
+    }
 }

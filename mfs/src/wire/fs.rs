@@ -272,6 +272,20 @@ pub struct StatFs {
 pub struct FsReply {
     pub id: u64,
     pub result: FsResult,
+    /// Files whose attributes the asking node kept and the request
+    /// changes: dropped before the result is taken (as
+    /// [`FsAnswer::AttrsChanged`], riding on the answer instead of a
+    /// message of its own).
+    pub changed: Vec<AttrsChange>,
+}
+
+/// A take-back of the attributes of file `ino` of device `dev`, numbered
+/// `number`.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttrsChange {
+    pub dev: u64,
+    pub ino: u64,
+    pub number: u64,
 }
 
 /// What the owner sends on an MFS connection.
@@ -467,7 +481,13 @@ mod tests {
     /// place, under or without a lease; other answers carry none.
     #[test]
     fn a_reads_data_travels_as_the_payload_of_its_answer() {
-        let reply = |result| FsAnswer::Reply(FsReply { id: 9, result });
+        let reply = |result| {
+            FsAnswer::Reply(FsReply {
+                id: 9,
+                result,
+                changed: Vec::new(),
+            })
+        };
         for result in [
             FsResult::Data(b"bytes".to_vec()),
             FsResult::Leased {

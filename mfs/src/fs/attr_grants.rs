@@ -417,8 +417,9 @@ impl AttrGrants {
         }
     }
 
-    /// How many files have grants or watches (for tests and metrics).
-    pub fn files(&self) -> usize {
+    /// How many files have grants or watches.
+    #[cfg(test)]
+    fn files(&self) -> usize {
         self.state.lock().expect("grants lock").files.len()
     }
 }

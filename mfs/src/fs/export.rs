@@ -304,6 +304,12 @@ pub struct Exporter {
     grants: Arc<AttrGrants>,
 }
 
+/// Whether an open with `flags` may change the file: open for writing, or
+/// truncating. No node keeps the attributes of a file open so.
+fn opens_for_writing(flags: i32) -> bool {
+    flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0
+}
+
 /// A path from the wire, checked: relative, no empty, `.` or `..`
 /// component, no NUL.
 fn checked(path: &[u8]) -> Result<&[u8], Errno> {
@@ -490,7 +496,7 @@ impl Exporter {
         let access = OFlag::from_bits_truncate(flags & libc::O_ACCMODE);
         // Its writes may not come here (passthrough): no node keeps its
         // attributes while it is open.
-        let writing = (access != OFlag::O_RDONLY || flags & libc::O_TRUNC != 0).then(|| {
+        let writing = opens_for_writing(flags).then(|| {
             self.grants.opened_for_writing((attr.dev, attr.ino));
             self.grants.clone()
         });
@@ -540,16 +546,10 @@ impl Exporter {
             Ok(result) => result,
             Err(errno) => FsResult::Errno(errno as i32),
         };
-        let told = changing
-            .as_ref()
-            .map(|changing| {
-                changing
-                    .asker_told()
-                    .iter()
-                    .map(|&((dev, ino), number)| AttrsChange { dev, ino, number })
-                    .collect()
-            })
-            .unwrap_or_default();
+        let told = changing.iter().flat_map(|changing| changing.asker_told());
+        let told = told
+            .map(|&((dev, ino), number)| AttrsChange { dev, ino, number })
+            .collect();
         (result, told)
     }
 
@@ -658,8 +658,6 @@ impl Exporter {
                 .filter(grantable)
                 .map(|attr| (attr.dev, attr.ino))
         };
-        let writes =
-            |flags: i32| flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
         match op {
             // Some changes go through the handle, others by its path
             // (see `set_attr`): both files, if the path names another now.
@@ -679,7 +677,9 @@ impl Exporter {
             | FsOp::RemoveXattr { path, .. }
             | FsOp::Link { from: path, .. } => found(path).into_iter().collect(),
             FsOp::Rename { from, to, .. } => found(from).into_iter().chain(found(to)).collect(),
-            FsOp::Open { path, flags } | FsOp::Create { path, flags, .. } if writes(*flags) => {
+            FsOp::Open { path, flags } | FsOp::Create { path, flags, .. }
+                if opens_for_writing(*flags) =>
+            {
                 found(path).into_iter().collect()
             }
             _ => Vec::new(),
@@ -783,17 +783,17 @@ impl Exporter {
         if self.write_lease_to_settle(&op, Some(asker)).is_some() {
             return Err(Box::new(op));
         }
+        // Read before the attributes: a change after it voids the grant.
         let may_grant = match (&op, holder) {
             (FsOp::Lookup { path } | FsOp::GetAttr { path, .. }, Some(holder)) => {
-                Some((path.clone(), holder))
+                Some((path.clone(), holder, self.grants.now()))
             }
             _ => None,
         };
-        let read_after = self.grants.now();
         let result = run_as_looking(credentials, || self.run(op))
             .unwrap_or_else(|errno| FsResult::Errno(errno as i32));
         Ok(match (result, may_grant) {
-            (FsResult::Attr(attr), Some((path, holder))) if grantable(&attr) => {
+            (FsResult::Attr(attr), Some((path, holder, read_after))) if grantable(&attr) => {
                 self.grant(&path, attr, holder, read_after)
             }
             (result, _) => result,

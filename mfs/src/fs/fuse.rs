@@ -795,14 +795,15 @@ impl Filesystem for Mfs {
             self.ask(req, node, op, generation, Wait::Bounded)
                 .map(|(r, _)| r)
         };
-        let asked = Instant::now();
         let mut granted_by = None;
         let result = match fh {
             Some(fh) => through_open(fh),
             None => {
                 let by_path = self.locate(ino).and_then(|(node, path, _)| {
                     let Answered {
-                        result, connection, ..
+                        result,
+                        asked,
+                        connection,
                     } = self.answered(req, node, FsOp::GetAttr { path, handle: None });
                     match result {
                         // Its path now names another file (a kept
@@ -814,7 +815,7 @@ impl Filesystem for Mfs {
                             Err(Errno::ESTALE)
                         }
                         other => {
-                            granted_by = Some((node, connection));
+                            granted_by = Some((node, connection, asked));
                             other
                         }
                     }
@@ -829,7 +830,7 @@ impl Filesystem for Mfs {
         };
         match (result, granted_by) {
             (Ok(FsResult::Attr(attr)), _) => reply.attr(&NO_CACHE, &file_attr(ino.0, &attr)),
-            (Ok(FsResult::Granted { attr, number }), Some((node, connection))) => {
+            (Ok(FsResult::Granted { attr, number }), Some((node, connection, asked))) => {
                 self.client.attrs().answer(
                     node,
                     ((attr.dev, attr.ino), number, connection),

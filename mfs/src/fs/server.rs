@@ -66,35 +66,38 @@ impl AttrHolder for ConnectionRevoker {
             }
             Tell::AndWait(until) => until,
         };
-        let (confirmed, confirmation) = std::sync::mpsc::sync_channel(1);
-        let key = (file, number);
-        self.attr_confirmations
-            .lock()
-            .expect("confirmations lock")
-            .insert(key, confirmed);
         // Past the grant's end the holder's kernel keeps nothing: the
-        // change may go on then, confirmed or not.
-        if !send_until(&self.answers, message, until) {
-            // Closed, or not read until the grant ran out.
-            self.attr_confirmations
-                .lock()
-                .expect("confirmations lock")
-                .remove(&key);
-            return;
-        }
-        let wait = until.saturating_duration_since(std::time::Instant::now());
-        if confirmation.recv_timeout(wait).is_err() {
+        // change may go on then, confirmed or not (or the connection
+        // closed, or not read until then).
+        let send = || send_until(&self.answers, message, until);
+        let wait = || until.saturating_duration_since(std::time::Instant::now());
+        if confirmed_in_time(&self.attr_confirmations, (file, number), send, wait) == Some(false) {
             warn!(
-                "node {} did not confirm within {wait:?} that it dropped the attributes it kept \
-                 of a file that is changing; its grant has run out",
+                "node {} did not confirm in time that it dropped the attributes it kept of a \
+                 file that is changing; its grant has run out",
                 self.from
             );
         }
-        self.attr_confirmations
-            .lock()
-            .expect("confirmations lock")
-            .remove(&key);
     }
+}
+
+/// Sends a take-back with `send` and waits up to `wait` for its
+/// confirmation under `key` in `waiting`: whether it came, or `None` when
+/// it could not be sent.
+fn confirmed_in_time<K: std::hash::Hash + Eq + Copy>(
+    waiting: &Mutex<HashMap<K, std::sync::mpsc::SyncSender<()>>>,
+    key: K,
+    send: impl FnOnce() -> bool,
+    wait: impl FnOnce() -> Duration,
+) -> Option<bool> {
+    let (confirmed, confirmation) = std::sync::mpsc::sync_channel(1);
+    waiting
+        .lock()
+        .expect("confirmations lock")
+        .insert(key, confirmed);
+    let came = send().then(|| confirmation.recv_timeout(wait()).is_ok());
+    waiting.lock().expect("confirmations lock").remove(&key);
+    came
 }
 
 /// Queues `answer`, waiting for room until `until` at most; whether it
@@ -122,19 +125,16 @@ fn send_until(
 
 impl Revoker for ConnectionRevoker {
     fn revoke(&self, handle: u64, epoch: u64) {
-        let (confirmed, confirmation) = std::sync::mpsc::sync_channel(1);
-        let key = (handle, epoch);
-        self.confirmations
-            .lock()
-            .expect("confirmations lock")
-            .insert(key, confirmed);
         // A connection that ended has nothing left to revoke.
-        if self
-            .answers
-            .blocking_send(FsAnswer::Revoke { handle, epoch })
-            .is_ok()
-            && confirmation.recv_timeout(REVOKE_TIMEOUT).is_err()
-        {
+        let send = || {
+            self.answers
+                .blocking_send(FsAnswer::Revoke { handle, epoch })
+                .is_ok()
+        };
+        let confirmed = confirmed_in_time(&self.confirmations, (handle, epoch), send, || {
+            REVOKE_TIMEOUT
+        });
+        if confirmed == Some(false) {
             warn!(
                 "node {} did not confirm within {REVOKE_TIMEOUT:?} that it dropped what it read \
                  ahead of a file, or landed what it wrote behind its program, before another \
@@ -142,10 +142,6 @@ impl Revoker for ConnectionRevoker {
                 self.from
             );
         }
-        self.confirmations
-            .lock()
-            .expect("confirmations lock")
-            .remove(&key);
     }
 }
 

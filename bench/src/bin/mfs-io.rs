@@ -47,7 +47,8 @@ struct Args {
     /// Metadata passes per target in each round.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
     meta_rounds: u64,
-    /// Rounds: each measures every target in turn, starting one target
+    /// Rounds: each runs every job on every target in turn (all the
+    /// metadata passes, then all the writes, ...), starting one target
     /// further on each time, so that a slow spell of the disk or the VM,
     /// or the work of the target before, falls on all of them alike; each
     /// figure is the median over the rounds.
@@ -201,28 +202,37 @@ fn main() -> anyhow::Result<()> {
         // first in a round after the others, up to 2599), so no target
         // keeps the same place.
         let first = (round as usize - 1) % chosen.len();
-        for i in (first..chosen.len()).chain(0..first) {
-            let (target, figures) = (&chosen[i], &mut rounds[i]);
-            let dir = match target {
-                Target::Native => disk(1),
-                Target::MfsLocal => PathBuf::from("/mfs/1/bench"),
-                Target::MfsRemote => PathBuf::from("/mfs/2/bench"),
-                Target::Sshfs => work.0.join("mnt"),
-            };
-            eprintln!(
-                "mfs-io: round {round}/{}: measuring {} ({})",
-                args.rounds,
-                target.name(),
-                dir.display()
-            );
-            let measured = measure(&lab, &helper, *target, &dir, &args)
-                .with_context(|| format!("measuring {} in {}", target.name(), dir.display()))?;
+        let order: Vec<usize> = (first..chosen.len()).chain(0..first).collect();
+        let places: Vec<Place> = order
+            .iter()
+            .map(|&i| {
+                let target = chosen[i];
+                let dir = match target {
+                    Target::Native => disk(1),
+                    Target::MfsLocal => PathBuf::from("/mfs/1/bench"),
+                    Target::MfsRemote => PathBuf::from("/mfs/2/bench"),
+                    Target::Sshfs => work.0.join("mnt"),
+                };
+                Place { target, dir }
+            })
+            .collect();
+        eprintln!(
+            "mfs-io: round {round}/{}: {}",
+            args.rounds,
+            places
+                .iter()
+                .map(|p| format!("{} ({})", p.target.name(), p.dir.display()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let measured = measure_round(&lab, &helper, &places, &args)?;
+        for (&i, (place, measured)) in order.iter().zip(places.iter().zip(measured)) {
             // Each round's figures too: the medians hide how much a slow
             // spell of the host moved them.
             eprintln!(
                 "mfs-io: round {round}/{}: {}: write {:.1} MiB/s, read {:.1} MiB/s (cached at the owner {:.1}), {:.0} random reads/s, {:.0} creates/s, {:.0} stats/s, {:.0} unlinks/s",
                 args.rounds,
-                target.name(),
+                place.target.name(),
                 measured.seq_write_mib_s,
                 measured.seq_read_mib_s,
                 measured.cached_read_mib_s,
@@ -231,7 +241,7 @@ fn main() -> anyhow::Result<()> {
                 measured.stat_per_s,
                 measured.unlink_per_s
             );
-            figures.push(measured);
+            rounds[i].push(measured);
         }
     }
     let measured: Vec<(Target, Figures)> = chosen
@@ -331,18 +341,137 @@ fn check_mfs(lab: &Lab) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One target's figures, all measured inside node 1: the metadata
-/// rates (medians of `meta_rounds` passes), then fio's jobs over one
-/// file. Metadata goes first: freeing the big file's blocks can slow the
-/// disk for a while after.
-fn measure(
+/// A target and the directory it is measured in.
+struct Place {
+    target: Target,
+    dir: PathBuf,
+}
+
+impl Place {
+    /// The target's big file: its own name, as two targets share each
+    /// disk (native and mfs-local node 1's, mfs-remote and sshfs node 2's).
+    fn file(&self) -> anyhow::Result<String> {
+        let file = self.dir.join(format!("mfs-io.{}.fio", self.target.name()));
+        Ok(file.to_str().context("a UTF-8 path")?.to_string())
+    }
+}
+
+/// One round's figures of each of `places`, in their order, all measured
+/// inside node 1. Each kind of job runs on every target before the next
+/// kind (all metadata passes, all writes, all reads, ...): the targets a
+/// ratio compares are measured seconds apart, not a whole target's jobs
+/// apart, and the host disk, whose speed drifts over tens of seconds
+/// here, moves them alike. Metadata goes first: freeing a big file's
+/// blocks can slow the disk for a while after.
+fn measure_round(
     lab: &Lab,
     helper: &str,
-    target: Target,
-    dir: &Path,
+    places: &[Place],
     args: &Args,
-) -> anyhow::Result<Figures> {
-    let meta_dir = dir.join("mfs-io.meta");
+) -> anyhow::Result<Vec<Figures>> {
+    let size = format!("--size={}M", args.file_mib);
+    let runtime = format!("--runtime={}", args.rand_seconds);
+    let within = |place: &Place| {
+        format!(
+            "measuring {} in {}",
+            place.target.name(),
+            place.dir.display()
+        )
+    };
+
+    let mut metas = Vec::new();
+    for place in places {
+        metas.push(meta_rates(lab, helper, place, args).with_context(|| within(place))?);
+    }
+    let mut writes = Vec::new();
+    for place in places {
+        let file = place.file()?;
+        remove_in_node_1(lab, &file)?;
+        drop_caches()?;
+        let write = fio(
+            lab,
+            &file,
+            &["--rw=write", "--bs=1M", &size, "--end_fsync=1"],
+        )
+        .with_context(|| within(place))?;
+        writes.push(write);
+    }
+    let mut reads = Vec::new();
+    for place in places {
+        let file = place.file()?;
+        drop_caches()?;
+        let read =
+            fio(lab, &file, &["--rw=read", "--bs=1M", &size]).with_context(|| within(place))?;
+        // The cold read left the file in the owner's page cache. Reading
+        // it again from there takes the host disk, whose speed swings 3x
+        // from one minute to the next here, out of the comparison. fio
+        // drops the reader's cached pages of the file first
+        // (`invalidate`): for the remote targets that is node 1's copy
+        // (sshfs keeps one; MFS reads other nodes' files directly), and
+        // the owner's stays. For the local targets reader and owner are
+        // one, and their cache is kept: MFS passes fio's fadvise to its
+        // own inode, not to the disk's file below. From memory the local
+        // targets take tens of milliseconds for the file, which fio times
+        // to the millisecond: they read it 8 times.
+        let (invalidate, loops) = match place.target {
+            Target::Native | Target::MfsLocal => ("--invalidate=0", "--loops=8"),
+            Target::MfsRemote | Target::Sshfs => ("--invalidate=1", "--loops=1"),
+        };
+        let cached_read = fio(
+            lab,
+            &file,
+            &["--rw=read", "--bs=1M", &size, invalidate, loops],
+        )
+        .with_context(|| within(place))?;
+        reads.push((read, cached_read));
+    }
+    let mut randoms = Vec::new();
+    for place in places {
+        drop_caches()?;
+        let random = fio(
+            lab,
+            &place.file()?,
+            &["--rw=randread", "--bs=4k", &size, "--time_based", &runtime],
+        )
+        .with_context(|| within(place))?;
+        randoms.push(random);
+    }
+    for place in places {
+        remove_in_node_1(lab, &place.file()?)?;
+    }
+    drop_caches()?;
+
+    let mib_s = |job: &Value, dir: &str| bw(job, dir).map(|b| b / f64::from(1 << 20));
+    let mut figures = Vec::new();
+    for (((meta, write), (read, cached_read)), random) in
+        metas.into_iter().zip(writes).zip(reads).zip(randoms)
+    {
+        let (create_per_s, stat_per_s, unlink_per_s) = meta;
+        figures.push(Figures {
+            seq_write_mib_s: mib_s(&write, "write")?,
+            seq_read_mib_s: mib_s(&read, "read")?,
+            cached_read_mib_s: mib_s(&cached_read, "read")?,
+            randread_iops: random["read"]["iops"]
+                .as_f64()
+                .context("fio printed no iops")?,
+            randread_mib_s: mib_s(&random, "read")?,
+            create_per_s,
+            stat_per_s,
+            unlink_per_s,
+        });
+    }
+    Ok(figures)
+}
+
+/// `place`'s create, stat and unlink rates: medians of `meta_rounds`
+/// passes.
+fn meta_rates(
+    lab: &Lab,
+    helper: &str,
+    place: &Place,
+    args: &Args,
+) -> anyhow::Result<(f64, f64, f64)> {
+    let meta_dir = place.dir.join("mfs-io.meta");
     let meta_dir = meta_dir.to_str().context("a UTF-8 path")?;
     let (mut create, mut stat, mut unlink) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..args.meta_rounds {
@@ -362,61 +491,7 @@ fn measure(
         stat.push(rate("stat_per_s")?);
         unlink.push(rate("unlink_per_s")?);
     }
-
-    let file = dir.join("mfs-io.fio");
-    let file = file.to_str().context("a UTF-8 path")?;
-    let size = format!("--size={}M", args.file_mib);
-    let runtime = format!("--runtime={}", args.rand_seconds);
-    remove_in_node_1(lab, file)?;
-    drop_caches()?;
-    let write = fio(
-        lab,
-        file,
-        &["--rw=write", "--bs=1M", &size, "--end_fsync=1"],
-    )?;
-    drop_caches()?;
-    let read = fio(lab, file, &["--rw=read", "--bs=1M", &size])?;
-    // The cold read left the file in the owner's page cache. Reading it
-    // again from there takes the host disk, whose speed swings 3x from
-    // one minute to the next here, out of the comparison. fio drops the
-    // reader's cached pages of the file first (`invalidate`): for the
-    // remote targets that is node 1's copy (sshfs keeps one; MFS reads
-    // other nodes' files directly), and the owner's stays. For the local
-    // targets reader and owner are one, and their cache is kept: MFS
-    // passes fio's fadvise to its own inode, not to the disk's file below.
-    // From memory the local targets take tens of milliseconds for the
-    // file, which fio times to the millisecond: they read it 8 times.
-    let (invalidate, loops) = match target {
-        Target::Native | Target::MfsLocal => ("--invalidate=0", "--loops=8"),
-        Target::MfsRemote | Target::Sshfs => ("--invalidate=1", "--loops=1"),
-    };
-    let cached_read = fio(
-        lab,
-        file,
-        &["--rw=read", "--bs=1M", &size, invalidate, loops],
-    )?;
-    drop_caches()?;
-    let random = fio(
-        lab,
-        file,
-        &["--rw=randread", "--bs=4k", &size, "--time_based", &runtime],
-    )?;
-    remove_in_node_1(lab, file)?;
-    drop_caches()?;
-
-    let mib_s = |job: &Value, dir: &str| bw(job, dir).map(|b| b / f64::from(1 << 20));
-    Ok(Figures {
-        seq_write_mib_s: mib_s(&write, "write")?,
-        seq_read_mib_s: mib_s(&read, "read")?,
-        cached_read_mib_s: mib_s(&cached_read, "read")?,
-        randread_iops: random["read"]["iops"]
-            .as_f64()
-            .context("fio printed no iops")?,
-        randread_mib_s: mib_s(&random, "read")?,
-        create_per_s: median(&mut create),
-        stat_per_s: median(&mut stat),
-        unlink_per_s: median(&mut unlink),
-    })
+    Ok((median(&mut create), median(&mut stat), median(&mut unlink)))
 }
 
 fn bw(job: &Value, direction: &str) -> anyhow::Result<f64> {
@@ -801,8 +876,9 @@ fn print_table(args: &Args, get: &dyn Fn(Target) -> Option<Figures>, tcp: f64, c
          then {} s of 4 KiB random reads over it, after dropping the caches (through /mfs/1 they read ahead:\n\
          fio's POSIX_FADV_RANDOM reaches the FUSE file, not the disk file; see docs/mfs.md).\n\
          {} files of 1 KiB created, stat'ed (after dropping the kernel's caches) and unlinked, {} pass(es) a round.\n\
-         every figure: the median of {} rounds, each measuring all targets in turn (from a\n\
-         different one each round).\n\
+         every figure: the median of {} rounds; each round runs every job on all targets in turn\n\
+         (metadata passes, then writes, then reads, then random reads; from a different target\n\
+         each round), so the figures a ratio compares are taken seconds apart.\n\
          plain TCP: node 1 -> node 2, median of {TCP_ROUNDS} x {} MiB.\n\ntargets (issue 4):",
         args.file_mib, args.rand_seconds, args.files, args.meta_rounds, args.rounds, args.tcp_mib
     );

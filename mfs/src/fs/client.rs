@@ -38,7 +38,28 @@ use crate::wire::fs::{Caller, FsAnswer, FsOp, FsRequest, FsResult, MAX_FS_FRAME,
 /// How long a caller waits for an owner that does not answer.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 
-type Waiter = sync_mpsc::SyncSender<FsResult>;
+/// Whoever waits for an answer: a caller's thread, blocked until it
+/// comes, or what the connection's task does with it as it comes (answer
+/// the kernel: the caller's thread went back to the kernel's next request,
+/// and no thread is woken on the answer's way).
+enum Waiter {
+    Thread(sync_mpsc::SyncSender<FsResult>),
+    Then(Then),
+}
+
+/// What is done with an answer when it comes, or with the error if it
+/// does not come by `deadline` (EIO) or the connection fails (ENOTCONN).
+/// It runs on the connection's task, so it must not wait on anything.
+struct Then {
+    deadline: Instant,
+    /// Takes the answer and the connection's generation.
+    run: Box<dyn FnOnce(Result<FsResult, Errno>, u64) + Send>,
+}
+
+/// How often a connection's late answers are looked for: a caller
+/// answered through [`Then`] learns of an owner that did not answer at
+/// most this long after its timeout.
+const LATE_EVERY: Duration = Duration::from_millis(250);
 
 /// How far past a sequential read the client asks to read ahead. A
 /// program reading 8 KiB at a time then asks the owner once per 512 KiB,
@@ -413,6 +434,36 @@ impl FsClient {
         }
     }
 
+    /// Runs `op` at `node` as `caller` and hands the result, with the
+    /// connection's generation, to `then`, without waiting: `then` runs
+    /// on the connection's task when the answer comes (or with EIO when
+    /// it does not come in time, ENOTCONN when the connection fails), or
+    /// on this thread if the request cannot be sent. For operations that
+    /// are neither writes nor flushes (whose errors are kept across
+    /// calls), and `then` must not wait on anything.
+    pub fn call_then(
+        &self,
+        node: NodeId,
+        caller: &Caller,
+        op: FsOp,
+        then: impl FnOnce(Result<FsResult, Errno>, u64) + Send + 'static,
+    ) {
+        debug_assert!(!matches!(
+            op,
+            FsOp::Write { .. } | FsOp::Flush { .. } | FsOp::Fsync { .. }
+        ));
+        self.settle_writes_to(node);
+        let waiter = Waiter::Then(Then {
+            deadline: Instant::now() + self.timeout,
+            run: Box::new(then),
+        });
+        if let Err((e, Some(Waiter::Then(then)))) =
+            self.send_request(node, caller, op, None, None, waiter)
+        {
+            (then.run)(Err(e), 0);
+        }
+    }
+
     /// Sends `op` to `node` as `caller` without waiting: the answer will
     /// come on the returned receiver. Returns it and the connection's
     /// generation.
@@ -437,6 +488,23 @@ impl FsClient {
         generation: Option<u64>,
     ) -> Result<(sync_mpsc::Receiver<FsResult>, u64), Errno> {
         let (tx, rx) = sync_mpsc::sync_channel(1);
+        self.send_request(node, caller, op, payload, generation, Waiter::Thread(tx))
+            .map(|generation| (rx, generation))
+            .map_err(|(e, _)| e)
+    }
+
+    /// Sends `op` (and `payload`) to `node` as `caller`, its answer to go
+    /// to `waiter`; returns the connection's generation. On failure gives
+    /// the waiter back unless the answer's way already has it.
+    fn send_request(
+        &self,
+        node: NodeId,
+        caller: &Caller,
+        op: FsOp,
+        payload: Option<&[u8]>,
+        generation: Option<u64>,
+        waiter: Waiter,
+    ) -> Result<u64, (Errno, Option<Waiter>)> {
         let request = FsRequest {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             caller: caller.clone(),
@@ -445,36 +513,40 @@ impl FsClient {
         let deadline = Instant::now() + self.timeout;
         // A connection that failed since we last looked is replaced once.
         for _ in 0..2 {
-            let peer = self.peer(node)?;
+            let peer = match self.peer(node) {
+                Ok(peer) => peer,
+                Err(e) => return Err((e, Some(waiter))),
+            };
             if generation.is_some_and(|g| g != peer.generation) {
-                return Err(Errno::EIO);
+                return Err((Errno::EIO, Some(waiter)));
             }
             let sender = match peer.sender_by(deadline) {
                 Ok(sender) => sender,
                 Err(true) => continue,
                 Err(false) => {
                     debug!("no connection to node {node} within {:?}", self.timeout);
-                    return Err(Errno::EIO);
+                    return Err((Errno::EIO, Some(waiter)));
                 }
             };
             // Waiting before sending: the answer may come at once.
             peer.waiting
                 .lock()
                 .expect("waiters lock")
-                .insert(request.id, tx);
+                .insert(request.id, waiter);
             return match sender.send(&request, payload, deadline) {
-                Ok(()) => Ok((rx, peer.generation)),
+                Ok(()) => Ok(peer.generation),
                 Err(e) => {
                     debug!("sending to node {node} failed: {e}");
-                    peer.waiting
+                    let waiter = peer
+                        .waiting
                         .lock()
                         .expect("waiters lock")
                         .remove(&request.id);
-                    Err(Errno::ENOTCONN)
+                    Err((Errno::ENOTCONN, waiter))
                 }
             };
         }
-        Err(Errno::ENOTCONN)
+        Err((Errno::ENOTCONN, Some(waiter)))
     }
 
     /// The answer to a request sent to `node`, within the bounds of `wait`.
@@ -796,13 +868,53 @@ impl FsClient {
             attrs: self.attrs.clone(),
         };
         self.runtime.spawn(async move {
+            let late = tokio::spawn(fail_late_answers(
+                node,
+                serving.peer.waiting.clone(),
+                serving.peer.generation,
+            ));
             let served = serve_peer(node, address, port, timeout, &identity, &serving);
             if let Err(e) = served.await {
                 warn!("MFS connection to node {node} failed: {e}");
             }
+            late.abort();
             drop(serving);
         });
         Ok(peer)
+    }
+}
+
+/// Gives EIO, every [`LATE_EVERY`], to each [`Then`] whose answer did
+/// not come by its deadline, as a waiting thread gets it when its wait
+/// runs out. Runs as long as the connection.
+async fn fail_late_answers(
+    node: NodeId,
+    waiting: Arc<Mutex<HashMap<u64, Waiter>>>,
+    generation: u64,
+) {
+    let mut every = tokio::time::interval(LATE_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let now = Instant::now();
+        let late: Vec<Then> = {
+            let mut waiting = waiting.lock().unwrap_or_else(|e| e.into_inner());
+            let ids: Vec<u64> = waiting
+                .iter()
+                .filter(|(_, waiter)| matches!(waiter, Waiter::Then(then) if then.deadline <= now))
+                .map(|(id, _)| *id)
+                .collect();
+            ids.into_iter()
+                .filter_map(|id| match waiting.remove(&id) {
+                    Some(Waiter::Then(then)) => Some(then),
+                    _ => None,
+                })
+                .collect()
+        };
+        for then in late {
+            debug!("node {node} did not answer in time");
+            (then.run)(Err(Errno::EIO), generation);
+        }
     }
 }
 
@@ -828,8 +940,15 @@ impl Drop for ClosesPeer {
         // Locks poisoned by a panic still hold consistent maps: each
         // change to them is a single insert or remove.
         let mut waiting = self.peer.waiting.lock().unwrap_or_else(|e| e.into_inner());
-        waiting.clear();
+        let waiters: Vec<Waiter> = waiting.drain().map(|(_, waiter)| waiter).collect();
         drop(waiting);
+        // Threads learn it from their dropped sender; the rest are told
+        // here, outside the lock.
+        for waiter in waiters {
+            if let Waiter::Then(then) = waiter {
+                (then.run)(Err(Errno::ENOTCONN), self.peer.generation);
+            }
+        }
         let generation = self.peer.generation;
         self.kept
             .lock()
@@ -998,8 +1117,12 @@ async fn serve_peer(
                     attrs.changed(node, (change.dev, change.ino), change.number);
                 }
                 let waiter = peer.waiting.lock().expect("waiters lock").remove(&reply.id);
-                if let Some(waiter) = waiter {
-                    let _ = waiter.try_send(reply.result);
+                match waiter {
+                    Some(Waiter::Thread(thread)) => {
+                        let _ = thread.try_send(reply.result);
+                    }
+                    Some(Waiter::Then(then)) => (then.run)(Ok(reply.result), peer.generation),
+                    None => {}
                 }
             }
             Ok(Some(Ok(FsAnswer::Revoke { handle, epoch }))) => revokes.revoke(handle, epoch),

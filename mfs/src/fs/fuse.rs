@@ -36,6 +36,7 @@ use tracing::{debug, info};
 use super::client::{FsClient, RemoteFile, Wait};
 use super::creds::{CallerGroups, Credentials, Squash};
 use super::export::Exporter;
+use super::kept_attrs::KeptAttrs;
 use super::stats::FsStats;
 use crate::NodeId;
 use crate::cluster_map::ClusterMap;
@@ -159,6 +160,95 @@ enum Open {
 
 /// A directory's entries (name, inode, type), read at opendir.
 type Listing = Vec<(Vec<u8>, u64, FileType)>;
+
+/// Records that `name` in directory `parent` ([`ROOT`] for a node's
+/// exported root) is the file `attr` at `node`, just `made` by the
+/// operation or found; gives its inode number and generation.
+fn remember(
+    inodes: &Mutex<HashMap<u64, Inode>>,
+    node: NodeId,
+    parent: u64,
+    name: &[u8],
+    attr: &Attr,
+    made: bool,
+) -> (u64, Generation) {
+    let ino = inode_number(node, attr.dev, attr.ino);
+    let kind = attr.mode & libc::S_IFMT;
+    let mut inodes = inodes.lock().expect("inodes lock");
+    let known = inodes.contains_key(&ino);
+    let inode = inodes.entry(ino).or_insert(Inode {
+        node,
+        parent,
+        name: Vec::new(),
+        dev: attr.dev,
+        kind,
+        generation: 0,
+        lookups: 0,
+    });
+    if known && (made || inode.kind != kind) {
+        inode.generation += 1;
+    }
+    inode.kind = kind;
+    inode.parent = parent;
+    inode.name = name.to_vec();
+    inode.lookups += 1;
+    (ino, Generation(inode.generation))
+}
+
+/// Answers with the entry of `name` in `parent`: the file `attr` at
+/// `node`, its attributes not kept by the kernel.
+fn entry(
+    inodes: &Mutex<HashMap<u64, Inode>>,
+    node: NodeId,
+    parent: u64,
+    name: &[u8],
+    attr: &Attr,
+    made: bool,
+    reply: ReplyEntry,
+) {
+    let (ino, generation) = remember(inodes, node, parent, name, attr, made);
+    let ttl = if attr.mode & libc::S_IFMT == libc::S_IFDIR {
+        DIRECTORY_ENTRY_TTL
+    } else {
+        NO_CACHE
+    };
+    reply.entry_with_ttls(&NO_CACHE, &ttl, &file_attr(ino, attr), generation);
+}
+
+/// Answers with the entry an operation on `name` in `parent` at `node`
+/// gave, letting the kernel keep its attributes if the owner granted
+/// them.
+fn reply_entry(
+    inodes: &Mutex<HashMap<u64, Inode>>,
+    attrs: &KeptAttrs,
+    Answered {
+        result,
+        asked,
+        connection,
+    }: Answered,
+    node: NodeId,
+    (parent, name): (u64, &[u8]),
+    made: bool,
+    reply: ReplyEntry,
+) {
+    match result {
+        Ok(FsResult::Attr(attr)) => entry(inodes, node, parent, name, &attr, made, reply),
+        // The owner lets the kernel keep the attributes (of a regular
+        // file: its entry is still asked for every time).
+        Ok(FsResult::Granted { attr, number }) => {
+            let (ino, generation) = remember(inodes, node, parent, name, &attr, made);
+            attrs.answer(
+                node,
+                ((attr.dev, attr.ino), number, connection),
+                asked,
+                ino,
+                |keep| reply.entry_with_ttls(&keep, &NO_CACHE, &file_attr(ino, &attr), generation),
+            )
+        }
+        Ok(other) => reply.error(unexpected(&other)),
+        Err(e) => reply.error(e),
+    }
+}
 
 /// The /mfs file system.
 pub struct Mfs {
@@ -437,92 +527,93 @@ impl Mfs {
                 .is_some_and(|inode| inode.kind == attr.mode & libc::S_IFMT)
     }
 
-    /// Records that `name` in directory `parent` ([`ROOT`] for a node's
-    /// exported root) is the file `attr` at `node`, just `made` by the
-    /// operation or found; gives its inode number and generation.
-    fn remember(
-        &self,
-        node: NodeId,
-        parent: u64,
-        name: &[u8],
-        attr: &Attr,
-        made: bool,
-    ) -> (u64, Generation) {
-        let ino = inode_number(node, attr.dev, attr.ino);
-        let kind = attr.mode & libc::S_IFMT;
-        let mut inodes = self.inodes.lock().expect("inodes lock");
-        let known = inodes.contains_key(&ino);
-        let inode = inodes.entry(ino).or_insert(Inode {
-            node,
-            parent,
-            name: Vec::new(),
-            dev: attr.dev,
-            kind,
-            generation: 0,
-            lookups: 0,
-        });
-        if known && (made || inode.kind != kind) {
-            inode.generation += 1;
+    /// Runs `op` at `node` and answers whether it was done; another
+    /// node's answer goes to the kernel from the connection's task, as in
+    /// [`answer_entry`](Self::answer_entry).
+    fn answer_done(&self, req: &Request, node: NodeId, op: FsOp, reply: ReplyEmpty) {
+        if node == self.me {
+            return match self.run(req, node, op) {
+                Ok(_) => reply.ok(),
+                Err(e) => reply.error(e),
+            };
         }
-        inode.kind = kind;
-        inode.parent = parent;
-        inode.name = name.to_vec();
-        inode.lookups += 1;
-        (ino, Generation(inode.generation))
-    }
-
-    fn entry(
-        &self,
-        node: NodeId,
-        parent: u64,
-        name: &[u8],
-        attr: &Attr,
-        made: bool,
-        reply: ReplyEntry,
-    ) {
-        let (ino, generation) = self.remember(node, parent, name, attr, made);
-        let ttl = if attr.mode & libc::S_IFMT == libc::S_IFDIR {
-            DIRECTORY_ENTRY_TTL
-        } else {
-            NO_CACHE
-        };
-        reply.entry_with_ttls(&NO_CACHE, &ttl, &file_attr(ino, attr), generation);
-    }
-
-    /// Answers with the entry an operation on `name` in `parent` at
-    /// `node` gave.
-    fn reply_entry(
-        &self,
-        Answered {
-            result,
-            asked,
-            connection,
-        }: Answered,
-        node: NodeId,
-        parent: u64,
-        name: &[u8],
-        made: bool,
-        reply: ReplyEntry,
-    ) {
-        match result {
-            Ok(FsResult::Attr(attr)) => self.entry(node, parent, name, &attr, made, reply),
-            // The owner lets the kernel keep the attributes (of a regular
-            // file: its entry is still asked for every time).
-            Ok(FsResult::Granted { attr, number }) => {
-                let (ino, generation) = self.remember(node, parent, name, &attr, made);
-                self.client.attrs().answer(
-                    node,
-                    ((attr.dev, attr.ino), number, connection),
-                    asked,
-                    ino,
-                    |keep| {
-                        reply.entry_with_ttls(&keep, &NO_CACHE, &file_attr(ino, &attr), generation)
-                    },
-                )
-            }
-            Ok(other) => reply.error(unexpected(&other)),
+        self.ask_then(req, node, op, move |result, _| match result {
+            Ok(_) => reply.ok(),
             Err(e) => reply.error(e),
+        });
+    }
+
+    /// Runs `op` at another node as the requester, and hands its result
+    /// (the owner's errno as an error) and the connection's generation to
+    /// `then`, which runs on the connection's task when the answer comes
+    /// ([`FsClient::call_then`]).
+    fn ask_then(
+        &self,
+        req: &Request,
+        node: NodeId,
+        op: FsOp,
+        then: impl FnOnce(Result<FsResult, Errno>, u64) + Send + 'static,
+    ) {
+        let caller = self.caller(req);
+        self.stats.count_op(false);
+        self.client
+            .call_then(node, &caller, op, move |result, connection| {
+                let result = result.map_err(errno).and_then(|result| match result {
+                    FsResult::Errno(e) => Err(Errno::from_i32(e)),
+                    other => Ok(other),
+                });
+                then(result, connection)
+            });
+    }
+
+    /// Runs `op` at `node` and answers with the entry it gives `name` in
+    /// `parent`. Another node's answer goes to the kernel from the
+    /// connection's task as it comes: this thread goes back to the
+    /// kernel's next request at once, and no thread is woken on the
+    /// answer's way (on this VM each wake-up of an idle CPU costs tens of
+    /// microseconds, as much as the owner's look).
+    fn answer_entry(
+        &self,
+        req: &Request,
+        node: NodeId,
+        op: FsOp,
+        (parent, name): (u64, &[u8]),
+        made: bool,
+        reply: ReplyEntry,
+    ) {
+        if node == self.me {
+            let answered = self.answered(req, node, op);
+            let attrs = self.client.attrs();
+            return reply_entry(
+                &self.inodes,
+                attrs,
+                answered,
+                node,
+                (parent, name),
+                made,
+                reply,
+            );
         }
+        let asked = Instant::now();
+        let inodes = self.inodes.clone();
+        let attrs = self.client.attrs().clone();
+        let name = name.to_vec();
+        self.ask_then(req, node, op, move |result, connection| {
+            let answered = Answered {
+                result,
+                asked,
+                connection,
+            };
+            reply_entry(
+                &inodes,
+                &attrs,
+                answered,
+                node,
+                (parent, &name),
+                made,
+                reply,
+            )
+        });
     }
 
     /// Runs the operation `op` makes of `parent`/`name`'s path (a lookup or
@@ -543,8 +634,7 @@ impl Mfs {
                     op,
                     FsOp::MkDir { .. } | FsOp::MkNod { .. } | FsOp::Symlink { .. }
                 );
-                let answered = self.answered(req, node, op);
-                self.reply_entry(answered, node, parent.0, name.as_bytes(), made, reply)
+                self.answer_entry(req, node, op, (parent.0, name.as_bytes()), made, reply)
             }
             Err(e) => reply.error(e),
         }
@@ -681,7 +771,7 @@ impl Mfs {
 
     /// What the kernel keeps of other nodes' attributes (the mount gives
     /// it the means to drop them).
-    pub fn kept_attrs(&self) -> Arc<super::kept_attrs::KeptAttrs> {
+    pub fn kept_attrs(&self) -> Arc<KeptAttrs> {
         self.client.attrs().clone()
     }
 
@@ -758,8 +848,8 @@ impl Filesystem for Mfs {
             let Some(node) = self.node_in_map(name) else {
                 return reply.error(Errno::ENOENT);
             };
-            let answered = self.answered(req, node, FsOp::Lookup { path: Vec::new() });
-            return self.reply_entry(answered, node, ROOT, name.as_bytes(), false, reply);
+            let op = FsOp::Lookup { path: Vec::new() };
+            return self.answer_entry(req, node, op, (ROOT, name.as_bytes()), false, reply);
         }
         self.child_entry(req, parent, name, |path| FsOp::Lookup { path }, reply)
     }
@@ -938,21 +1028,15 @@ impl Filesystem for Mfs {
     }
 
     fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let result = self
-            .child(parent, name)
-            .and_then(|(node, path)| self.run(req, node, FsOp::Unlink { path }));
-        match result {
-            Ok(_) => reply.ok(),
+        match self.child(parent, name) {
+            Ok((node, path)) => self.answer_done(req, node, FsOp::Unlink { path }, reply),
             Err(e) => reply.error(e),
         }
     }
 
     fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let result = self
-            .child(parent, name)
-            .and_then(|(node, path)| self.run(req, node, FsOp::RmDir { path }));
-        match result {
-            Ok(_) => reply.ok(),
+        match self.child(parent, name) {
+            Ok((node, path)) => self.answer_done(req, node, FsOp::RmDir { path }, reply),
             Err(e) => reply.error(e),
         }
     }
@@ -1035,9 +1119,15 @@ impl Filesystem for Mfs {
                 to: to.clone(),
             },
         ) {
-            Ok(FsResult::Attr(attr)) => {
-                self.entry(node, newparent.0, newname.as_bytes(), &attr, false, reply)
-            }
+            Ok(FsResult::Attr(attr)) => entry(
+                &self.inodes,
+                node,
+                newparent.0,
+                newname.as_bytes(),
+                &attr,
+                false,
+                reply,
+            ),
             Ok(other) => reply.error(unexpected(&other)),
             Err(e) => reply.error(e),
         }
@@ -1105,7 +1195,8 @@ impl Filesystem for Mfs {
         };
         // Not necessarily new: without O_EXCL an existing file is opened,
         // maybe one the kernel holds under another name.
-        let (ino, inode_generation) = self.remember(node, parent.0, name.as_bytes(), &attr, false);
+        let (ino, inode_generation) =
+            remember(&self.inodes, node, parent.0, name.as_bytes(), &attr, false);
         let attr = file_attr(ino, &attr);
         let ino_of_open = ino;
         if node != self.me {

@@ -342,22 +342,11 @@ fn a_dead_or_silent_owner_fails_callers_within_the_timeout() {
     // still open): EIO after the timeout (5 s), not a hang.
     let daemon = std::fs::read_to_string(lab.dir().join("node-2/daemon.pid")).unwrap();
     let pid: i32 = daemon.trim().parse().unwrap();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid),
-        nix::sys::signal::Signal::SIGSTOP,
-    )
-    .unwrap();
+    let frozen = Frozen::freeze(pid);
     // The read, and a look-up of a name the kernel never saw (its answer
     // would go to the kernel from the connection's task, not to a waiting
     // thread). A request the daemon took can't be killed: one that hangs
     // is ended by resuming the owner, and fails the test.
-    let resume = || {
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid),
-            nix::sys::signal::Signal::SIGCONT,
-        )
-        .unwrap()
-    };
     for command in ["cat /mfs/2/pub/small", "stat /mfs/2/pub/never-seen"] {
         let started = Instant::now();
         let mut child = lab.spawn(
@@ -371,7 +360,7 @@ fn a_dead_or_silent_owner_fails_callers_within_the_timeout() {
                 break status;
             }
             if started.elapsed() > Duration::from_secs(20) {
-                resume();
+                frozen.resume();
                 let _ = child.wait();
                 panic!("{command} hung on a silent owner");
             }
@@ -387,8 +376,30 @@ fn a_dead_or_silent_owner_fails_callers_within_the_timeout() {
             "{command} waited {waited:?}"
         );
     }
-    resume();
+    drop(frozen);
     assert_eq!(sh(&lab, 1, "cat /mfs/2/pub/small"), "kept\n");
+}
+
+/// A process stopped with SIGSTOP, resumed when dropped (also when a
+/// check fails while it is stopped).
+struct Frozen(nix::unistd::Pid);
+
+impl Frozen {
+    fn freeze(pid: i32) -> Frozen {
+        let pid = nix::unistd::Pid::from_raw(pid);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+        Frozen(pid)
+    }
+
+    fn resume(&self) {
+        let _ = nix::sys::signal::kill(self.0, nix::sys::signal::Signal::SIGCONT);
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        self.resume();
+    }
 }
 
 /// The repository's root (the pjdfstest runner lives in scripts/).

@@ -51,7 +51,11 @@ enum Waiter {
 /// does not come by `deadline` (EIO) or the connection fails (ENOTCONN).
 /// It runs on the connection's task, so it must not wait on anything.
 struct Then {
-    deadline: Instant,
+    /// Set once the request is sent: sending may itself wait (for the
+    /// connection, or for room on the socket) up to the timeout, and a
+    /// request failed while it may still go out could be carried out
+    /// after its caller was told it failed.
+    deadline: Option<Instant>,
     /// Takes the answer and the connection's generation.
     run: Box<dyn FnOnce(Result<FsResult, Errno>, u64) + Send>,
 }
@@ -454,7 +458,7 @@ impl FsClient {
         ));
         self.settle_writes_to(node);
         let waiter = Waiter::Then(Then {
-            deadline: Instant::now() + self.timeout,
+            deadline: None,
             run: Box::new(then),
         });
         if let Err((e, Some(Waiter::Then(then)))) =
@@ -534,7 +538,14 @@ impl FsClient {
                 .expect("waiters lock")
                 .insert(request.id, waiter);
             return match sender.send(&request, payload, deadline) {
-                Ok(()) => Ok(peer.generation),
+                Ok(()) => {
+                    // The answer's wait starts now, as a thread's does.
+                    let mut waiting = peer.waiting.lock().expect("waiters lock");
+                    if let Some(Waiter::Then(then)) = waiting.get_mut(&request.id) {
+                        then.deadline = Some(Instant::now() + self.timeout);
+                    }
+                    Ok(peer.generation)
+                }
                 Err(e) => {
                     debug!("sending to node {node} failed: {e}");
                     let waiter = peer
@@ -868,19 +879,31 @@ impl FsClient {
             attrs: self.attrs.clone(),
         };
         self.runtime.spawn(async move {
-            let late = tokio::spawn(fail_late_answers(
-                node,
-                serving.peer.waiting.clone(),
-                serving.peer.generation,
-            ));
+            // Ends with this task, also if it panics.
+            let _late = AbortOnDrop(
+                tokio::spawn(fail_late_answers(
+                    node,
+                    serving.peer.waiting.clone(),
+                    serving.peer.generation,
+                ))
+                .abort_handle(),
+            );
             let served = serve_peer(node, address, port, timeout, &identity, &serving);
             if let Err(e) = served.await {
                 warn!("MFS connection to node {node} failed: {e}");
             }
-            late.abort();
             drop(serving);
         });
         Ok(peer)
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -901,7 +924,9 @@ async fn fail_late_answers(
             let mut waiting = waiting.lock().unwrap_or_else(|e| e.into_inner());
             let ids: Vec<u64> = waiting
                 .iter()
-                .filter(|(_, waiter)| matches!(waiter, Waiter::Then(then) if then.deadline <= now))
+                .filter(|(_, waiter)| {
+                    matches!(waiter, Waiter::Then(Then { deadline: Some(deadline), .. }) if *deadline <= now)
+                })
                 .map(|(id, _)| *id)
                 .collect();
             ids.into_iter()

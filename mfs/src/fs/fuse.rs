@@ -195,6 +195,34 @@ fn remember(
     (ino, Generation(inode.generation))
 }
 
+/// After a rename of `from` to `to` (each a directory and a name) at
+/// `node`, the file found under the old name is under the new one, and
+/// what is below it follows; an exchange swaps the two.
+fn renamed(
+    inodes: &Mutex<HashMap<u64, Inode>>,
+    node: NodeId,
+    from: (u64, &[u8]),
+    to: (u64, &[u8]),
+    exchange: bool,
+) {
+    let mut inodes = inodes.lock().expect("inodes lock");
+    for inode in inodes.values_mut() {
+        if inode.node != node {
+            continue;
+        }
+        let at = (inode.parent, inode.name.as_slice());
+        let moved = if at == from {
+            to
+        } else if exchange && at == to {
+            from
+        } else {
+            continue;
+        };
+        inode.parent = moved.0;
+        inode.name = moved.1.to_vec();
+    }
+}
+
 /// Answers with the entry of `name` in `parent`: the file `attr` at
 /// `node`, its attributes not kept by the kernel.
 fn entry(
@@ -531,16 +559,27 @@ impl Mfs {
     /// node's answer goes to the kernel from the connection's task, as in
     /// [`answer_entry`](Self::answer_entry).
     fn answer_done(&self, req: &Request, node: NodeId, op: FsOp, reply: ReplyEmpty) {
-        if node == self.me {
-            return match self.run(req, node, op) {
-                Ok(_) => reply.ok(),
-                Err(e) => reply.error(e),
-            };
-        }
-        self.ask_then(req, node, op, move |result, _| match result {
+        self.run_then(req, node, op, move |result| match result {
             Ok(_) => reply.ok(),
             Err(e) => reply.error(e),
         });
+    }
+
+    /// Runs `op` at `node` as the requester and hands its result to
+    /// `then`: here for this node's files, on the connection's task for
+    /// another node's ([`ask_then`](Self::ask_then)).
+    fn run_then(
+        &self,
+        req: &Request,
+        node: NodeId,
+        op: FsOp,
+        then: impl FnOnce(Result<FsResult, Errno>) + Send + 'static,
+    ) {
+        if node == self.me {
+            then(self.run(req, node, op))
+        } else {
+            self.ask_then(req, node, op, move |result, _| then(result))
+        }
     }
 
     /// Runs `op` at another node as the requester, and hands its result
@@ -744,28 +783,6 @@ impl Mfs {
                 debug!("no passthrough for inode {ino}: {e}");
                 None
             }
-        }
-    }
-
-    /// After a rename of `from` to `to` (each a directory and a name) at
-    /// `node`, the file found under the old name is under the new one, and
-    /// what is below it follows; an exchange swaps the two.
-    fn renamed(&self, node: NodeId, from: (u64, &[u8]), to: (u64, &[u8]), exchange: bool) {
-        let mut inodes = self.inodes.lock().expect("inodes lock");
-        for inode in inodes.values_mut() {
-            if inode.node != node {
-                continue;
-            }
-            let at = (inode.parent, inode.name.as_slice());
-            let moved = if at == from {
-                to
-            } else if exchange && at == to {
-                from
-            } else {
-                continue;
-            };
-            inode.parent = moved.0;
-            inode.name = moved.1.to_vec();
         }
     }
 
@@ -1078,18 +1095,17 @@ impl Filesystem for Mfs {
             to: to.clone(),
             flags: flags.bits(),
         };
-        match self.run(req, node, op) {
+        let inodes = self.inodes.clone();
+        let (name, newname) = (name.as_bytes().to_vec(), newname.as_bytes().to_vec());
+        let exchange = flags.contains(RenameFlags::RENAME_EXCHANGE);
+        self.run_then(req, node, op, move |result| match result {
             Ok(_) => {
-                self.renamed(
-                    node,
-                    (parent.0, name.as_bytes()),
-                    (newparent.0, newname.as_bytes()),
-                    flags.contains(RenameFlags::RENAME_EXCHANGE),
-                );
+                let (from, to) = ((parent.0, &name[..]), (newparent.0, &newname[..]));
+                renamed(&inodes, node, from, to, exchange);
                 reply.ok()
             }
             Err(e) => reply.error(e),
-        }
+        })
     }
 
     fn link(

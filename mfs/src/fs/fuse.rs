@@ -559,26 +559,27 @@ impl Mfs {
     /// node's answer goes to the kernel from the connection's task, as in
     /// [`answer_entry`](Self::answer_entry).
     fn answer_done(&self, req: &Request, node: NodeId, op: FsOp, reply: ReplyEmpty) {
-        self.run_then(req, node, op, move |result| match result {
+        self.run_then(req, node, op, move |result, _| match result {
             Ok(_) => reply.ok(),
             Err(e) => reply.error(e),
         });
     }
 
-    /// Runs `op` at `node` as the requester and hands its result to
-    /// `then`: here for this node's files, on the connection's task for
-    /// another node's ([`ask_then`](Self::ask_then)).
+    /// Runs `op` at `node` as the requester and hands its result, and
+    /// the connection's generation (0 here), to `then`: here for this
+    /// node's files, on the connection's task for another node's
+    /// ([`ask_then`](Self::ask_then)).
     fn run_then(
         &self,
         req: &Request,
         node: NodeId,
         op: FsOp,
-        then: impl FnOnce(Result<FsResult, Errno>) + Send + 'static,
+        then: impl FnOnce(Result<FsResult, Errno>, u64) + Send + 'static,
     ) {
         if node == self.me {
-            then(self.run(req, node, op))
+            then(self.run(req, node, op), 0)
         } else {
-            self.ask_then(req, node, op, move |result, _| then(result))
+            self.ask_then(req, node, op, then)
         }
     }
 
@@ -606,8 +607,8 @@ impl Mfs {
     }
 
     /// Runs `op` at `node` and answers with the entry it gives `name` in
-    /// `parent`. Another node's answer goes to the kernel from the
-    /// connection's task as it comes: this thread goes back to the
+    /// `parent` ([`run_then`](Self::run_then)). Another node's answer goes
+    /// to the kernel from the connection's task as it comes: this thread goes back to the
     /// kernel's next request at once, and no thread is woken on the
     /// answer's way (on this VM each wake-up of an idle CPU costs tens of
     /// microseconds, as much as the owner's look).
@@ -620,24 +621,11 @@ impl Mfs {
         made: bool,
         reply: ReplyEntry,
     ) {
-        if node == self.me {
-            let answered = self.answered(req, node, op);
-            let attrs = self.client.attrs();
-            return reply_entry(
-                &self.inodes,
-                attrs,
-                answered,
-                node,
-                (parent, name),
-                made,
-                reply,
-            );
-        }
         let asked = Instant::now();
         let inodes = self.inodes.clone();
         let attrs = self.client.attrs().clone();
         let name = name.to_vec();
-        self.ask_then(req, node, op, move |result, connection| {
+        self.run_then(req, node, op, move |result, connection| {
             let answered = Answered {
                 result,
                 asked,
@@ -1098,7 +1086,7 @@ impl Filesystem for Mfs {
         let inodes = self.inodes.clone();
         let (name, newname) = (name.as_bytes().to_vec(), newname.as_bytes().to_vec());
         let exchange = flags.contains(RenameFlags::RENAME_EXCHANGE);
-        self.run_then(req, node, op, move |result| match result {
+        self.run_then(req, node, op, move |result, _| match result {
             Ok(_) => {
                 let (from, to) = ((parent.0, &name[..]), (newparent.0, &newname[..]));
                 renamed(&inodes, node, from, to, exchange);

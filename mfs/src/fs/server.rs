@@ -233,11 +233,7 @@ pub async fn serve(
             if let Some(confirmed) = waiting {
                 let _ = confirmed.try_send(());
             }
-            let reply = FsReply {
-                id: request.id,
-                result: FsResult::Done,
-                changed: Vec::new(),
-            };
+            let reply = FsReply::of(request.id, FsResult::Done);
             let _ = answers.send(FsAnswer::Reply(reply)).await;
             continue;
         }
@@ -335,21 +331,12 @@ fn look(
     holder: &Arc<dyn AttrHolder>,
 ) -> Result<FsReply, Box<FsRequest>> {
     if let Some(result) = refusal(exporter, from, &request, handles) {
-        let id = request.id;
-        return Ok(FsReply {
-            id,
-            result,
-            changed: Vec::new(),
-        });
+        return Ok(FsReply::of(request.id, result));
     }
     let credentials = Credentials::of(&request.caller, true, squash);
     let FsRequest { id, caller, op } = request;
     match exporter.look(&credentials, op, from, Some(holder)) {
-        Ok(result) => Ok(FsReply {
-            id,
-            result,
-            changed: Vec::new(),
-        }),
+        Ok(result) => Ok(FsReply::of(id, result)),
         Err(op) => Err(Box::new(FsRequest {
             id,
             caller,
@@ -404,11 +391,7 @@ fn answer(
 ) -> FsReply {
     let id = request.id;
     if let Some(result) = refusal(exporter, from, &request, handles) {
-        return FsReply {
-            id,
-            result,
-            changed: Vec::new(),
-        };
+        return FsReply::of(id, result);
     }
     let handle = handle_of(&request.op);
     let releases = matches!(request.op, FsOp::Release { .. });

@@ -279,6 +279,18 @@ pub struct FsReply {
     pub changed: Vec<AttrsChange>,
 }
 
+impl FsReply {
+    /// The answer `result` to request `id`, which changed nothing the
+    /// asker keeps.
+    pub fn of(id: u64, result: FsResult) -> FsReply {
+        FsReply {
+            id,
+            result,
+            changed: Vec::new(),
+        }
+    }
+}
+
 /// A take-back of the attributes of file `ino` of device `dev`, numbered
 /// `number`.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]

@@ -365,3 +365,118 @@ fn a_look_into_a_fuse_mount_made_after_the_start_that_may_hang_is_given_back_to_
     .join()
     .unwrap();
 }
+
+/// A connection that records the take-backs it is told of.
+struct Recorder {
+    told: std::sync::Mutex<Vec<omx_mfs::fs::attr_grants::FileId>>,
+}
+
+impl omx_mfs::fs::attr_grants::AttrHolder for Recorder {
+    fn id(&self) -> u64 {
+        7
+    }
+    fn attrs_changed(
+        &self,
+        file: omx_mfs::fs::attr_grants::FileId,
+        _number: u64,
+        _tell: omx_mfs::fs::attr_grants::Tell,
+    ) {
+        self.told.lock().unwrap().push(file);
+    }
+}
+
+#[test]
+fn a_look_ahead_grants_the_entries_after_a_name_and_its_directories_which_a_change_takes_back() {
+    use std::os::unix::fs::MetadataExt;
+    let base = std::env::temp_dir().join(format!("omx-ahead-{}", std::process::id()));
+    let export = base.join("export");
+    std::fs::create_dir_all(export.join("d/sub")).unwrap();
+    std::fs::create_dir_all(export.join("closed")).unwrap();
+    for name in ["c", "a", "e", "b", "d"] {
+        std::fs::write(export.join("d").join(name), name).unwrap();
+    }
+    std::fs::write(export.join("closed/x"), "x").unwrap();
+    std::fs::set_permissions(
+        export.join("closed"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o711),
+    )
+    .unwrap();
+    let exporter = Exporter::new(&export).unwrap();
+    let recorder = std::sync::Arc::new(Recorder {
+        told: std::sync::Mutex::new(Vec::new()),
+    });
+    let holder: std::sync::Arc<dyn omx_mfs::fs::attr_grants::AttrHolder> = recorder.clone();
+    let id_of = |path: &str| {
+        let meta = std::fs::metadata(export.join(path)).unwrap();
+        (meta.dev(), meta.ino())
+    };
+
+    // The regular files after "a", in name order, at most 3; the
+    // directory below is not granted (its entry is kept by the kernel).
+    let answer = exporter.look_ahead(&root(), (b"d", b"a", 3), node_2(), &holder);
+    let FsResult::LookedAhead {
+        dirs,
+        entries,
+        last,
+        more,
+    } = answer
+    else {
+        panic!("a look-ahead answered {answer:?}");
+    };
+    let names: Vec<&[u8]> = entries.iter().map(|e| e.name.as_slice()).collect();
+    assert_eq!(names, [b"b", b"c", b"d"], "the entries after a, in order");
+    assert_eq!(last, b"d");
+    assert!(more, "names were left after d");
+    let granted: Vec<_> = dirs.iter().map(|d| (d.dev, d.ino)).collect();
+    assert_eq!(
+        granted,
+        [id_of(""), id_of("d")],
+        "the root and the directory"
+    );
+    assert_eq!((entries[0].attr.dev, entries[0].attr.ino), id_of("d/b"));
+
+    // The rest: "e", and the directory "sub", which is not granted.
+    let answer = exporter.look_ahead(&root(), (b"d", b"d", 10), node_2(), &holder);
+    let FsResult::LookedAhead { entries, more, .. } = answer else {
+        panic!("a look-ahead answered {answer:?}");
+    };
+    let names: Vec<&[u8]> = entries.iter().map(|e| e.name.as_slice()).collect();
+    assert_eq!(names, [b"e"]);
+    assert!(!more);
+
+    // Who may not list a directory is shown none of its names, even if
+    // it may look up each one.
+    let refused = exporter.look_ahead(&user_1001(), (b"closed", b"", 10), node_2(), &holder);
+    assert_eq!(errno(refused), libc::EACCES);
+
+    // A change of the directory's mode, or of its name, through MFS
+    // takes its grant back before it is made.
+    let d = id_of("d");
+    let mode = omx_mfs::wire::fs::SetAttrs {
+        mode: Some(0o700),
+        ..Default::default()
+    };
+    let op = FsOp::SetAttr {
+        path: b"d".to_vec(),
+        handle: None,
+        attrs: mode,
+    };
+    let _ = exporter.execute(&root(), op);
+    assert!(
+        recorder.told.lock().unwrap().contains(&d),
+        "chmod of a granted directory"
+    );
+    recorder.told.lock().unwrap().clear();
+    exporter.look_ahead(&root(), (b"d", b"", 1), node_2(), &holder);
+    let op = FsOp::Rename {
+        from: b"d".to_vec(),
+        to: b"moved".to_vec(),
+        flags: 0,
+    };
+    assert_eq!(exporter.execute(&root(), op), FsResult::Done);
+    assert!(
+        recorder.told.lock().unwrap().contains(&d),
+        "rename of a granted directory"
+    );
+    std::fs::remove_dir_all(&base).unwrap();
+}

@@ -47,14 +47,30 @@ struct Asker {
 
 impl Asker {
     fn start(lab: &Lab, node: u16, script: &str) -> Asker {
+        Asker::start_with(lab, node, &["python3", "-c", script])
+    }
+
+    /// The program run as user and group `uid`, without other groups.
+    fn start_as(lab: &Lab, node: u16, uid: u32, script: &str) -> Asker {
+        let who = format!("--reuid={uid}");
+        let group = format!("--regid={uid}");
+        let command = [
+            "setpriv",
+            &who,
+            &group,
+            "--clear-groups",
+            // Not a per-user shim on root's path: the system's.
+            "/usr/bin/python3",
+            "-c",
+            script,
+        ];
+        Asker::start_with(lab, node, &command)
+    }
+
+    fn start_with(lab: &Lab, node: u16, command: &[&str]) -> Asker {
         use std::io::BufRead;
         use std::process::Stdio;
-        let mut child = lab.spawn(
-            node,
-            &["python3", "-c", script],
-            Stdio::piped(),
-            Stdio::piped(),
-        );
+        let mut child = lab.spawn(node, command, Stdio::piped(), Stdio::piped());
         let input = child.stdin.take().unwrap();
         let output = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
         Asker {
@@ -1145,5 +1161,179 @@ fn attributes_kept_by_another_node_never_outlive_a_change() {
         Duration::from_secs(2),
         "node 1 to see a change made on node 2's disk",
         || fstat.ask("") == "7 0o640 1",
+    );
+}
+
+/// Answers each line, a path, with what `stat` says of it (inode, size,
+/// permission bits, links) or the name of the error.
+const STAT_PATHS: &str = r#"
+import errno, os, sys
+for line in sys.stdin:
+    try:
+        st = os.stat(line.strip())
+        print(st.st_ino, st.st_size, oct(st.st_mode & 0o7777), st.st_nlink, flush=True)
+    except OSError as e:
+        print(errno.errorcode[e.errno], flush=True)
+"#;
+
+#[test]
+fn lookups_in_order_are_answered_ahead_and_never_outlive_a_change() {
+    let lab = Lab::up("fahead", 83, 3, &["--mfs-root-squash", "false"]);
+    wait_for(Duration::from_secs(15), "all nodes up", || {
+        lab.all_see_all("up")
+    });
+    shared_dir(&lab);
+    let on_disk = disk(&lab, 2).join("pub/ahead");
+    std::fs::create_dir(&on_disk).unwrap();
+    for i in 0..400 {
+        std::fs::write(on_disk.join(format!("f{i:03}")), b"x").unwrap();
+    }
+    let name = |i: usize| format!("/mfs/2/pub/ahead/f{i:03}");
+    let mut root = Asker::start(&lab, 1, STAT_PATHS);
+
+    // Stats of names in order: after the first few, node 1 answers them
+    // from what it asked ahead for, a few requests in all.
+    let before = remote_operations(&lab);
+    for i in 0..200 {
+        let answer = root.ask(&name(i));
+        assert!(answer.ends_with(" 1 0o644 1"), "{}: {answer}", name(i));
+    }
+    let asked = remote_operations(&lab) - before;
+    assert!(
+        asked < 30.0,
+        "200 stats in order of another node's directory asked its owner {asked} times"
+    );
+
+    // Each change is seen at once by node 1's next stat, though node 1
+    // had the name from a look-ahead: the scan goes on to just before
+    // the name, so that it was looked ahead for moments ago, and a
+    // neighbour, also looked ahead for, still asks nothing.
+    let mut next = 200;
+    let mut scan_to = |root: &mut Asker, changed: usize| {
+        for i in next..changed {
+            root.ask(&name(i));
+        }
+        let before = remote_operations(&lab);
+        root.ask(&name(changed + 2));
+        assert_eq!(
+            remote_operations(&lab) - before,
+            0.0,
+            "{} was not answered from the look-ahead",
+            name(changed + 2)
+        );
+        next = changed + 3;
+    };
+    let ino_of = |answer: &str| answer.split(' ').next().unwrap().to_string();
+    let steps = [
+        ("printf more >> {}", "5 0o644 1"),
+        ("chmod 600 {}", "1 0o600 1"),
+        ("ln {} /mfs/2/pub/ahead/linked", "1 0o644 2"),
+        ("rm {}", "ENOENT"),
+    ];
+    let mut changed = 205;
+    for (change, expected) in steps {
+        scan_to(&mut root, changed);
+        sh(&lab, 3, &change.replace("{}", &name(changed)));
+        let answer = root.ask(&name(changed));
+        assert!(
+            answer.ends_with(expected),
+            "node 1 answered `{answer}` for {} after `{change}` on node 3 returned",
+            name(changed)
+        );
+        changed += 10;
+    }
+    // A rename over the name: the stat shows the file moved there.
+    scan_to(&mut root, changed);
+    let moved = ino_of(&sh(
+        &lab,
+        3,
+        &format!("stat -c '%i ' {}", name(changed + 1)),
+    ));
+    sh(
+        &lab,
+        3,
+        &format!("mv {} {}", name(changed + 1), name(changed)),
+    );
+    let answer = root.ask(&name(changed));
+    assert_eq!(
+        ino_of(&answer),
+        moved.trim(),
+        "{} after a rename over it",
+        name(changed)
+    );
+    changed += 10;
+
+    // Changed on node 2's disk: seen within the time inotify takes.
+    scan_to(&mut root, changed);
+    let path = on_disk.join(format!("f{changed:03}"));
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o640)).unwrap();
+    wait_for(
+        Duration::from_secs(2),
+        "node 1 to see a chmod on node 2's disk",
+        || root.ask(&name(changed)).ends_with("1 0o640 1"),
+    );
+    changed += 10;
+    scan_to(&mut root, changed);
+    std::fs::remove_file(on_disk.join(format!("f{changed:03}"))).unwrap();
+    wait_for(
+        Duration::from_secs(2),
+        "node 1 to see an unlink on node 2's disk",
+        || root.ask(&name(changed)) == "ENOENT",
+    );
+    changed += 10;
+
+    // The directory renamed from node 3: nothing under its old name.
+    scan_to(&mut root, changed);
+    sh(&lab, 3, "mv /mfs/2/pub/ahead /mfs/2/pub/moved");
+    assert_eq!(
+        root.ask(&name(changed)),
+        "ENOENT",
+        "a name under a renamed directory"
+    );
+    sh(&lab, 3, "mv /mfs/2/pub/moved /mfs/2/pub/ahead");
+    changed += 10;
+
+    // Who may look: user 1001 scans, then root at node 3 closes the
+    // directory to others; 1001's next stat is refused.
+    let mut user = Asker::start_as(&lab, 1, 1001, STAT_PATHS);
+    for i in changed..changed + 8 {
+        assert!(
+            user.ask(&name(i)).ends_with("0o644 1"),
+            "user 1001 stats {}",
+            name(i)
+        );
+    }
+    sh(&lab, 3, "chmod 700 /mfs/2/pub/ahead");
+    assert_eq!(
+        user.ask(&name(changed + 9)),
+        "EACCES",
+        "user 1001 looked in a directory closed to it"
+    );
+    // Root, which may, still scans it ahead; what root was shown is never
+    // user 1002's answer.
+    let mut other = Asker::start_as(&lab, 1, 1002, STAT_PATHS);
+    changed += 20;
+    for i in changed..changed + 10 {
+        assert!(
+            root.ask(&name(i)).ends_with("0o644 1"),
+            "root stats {}",
+            name(i)
+        );
+    }
+    assert_eq!(
+        other.ask(&name(changed + 12)),
+        "EACCES",
+        "user 1002 was shown root's look-ahead"
+    );
+    sh(&lab, 3, "chmod 755 /mfs/2/pub/ahead");
+    changed += 20;
+
+    // The directory renamed on node 2's disk.
+    scan_to(&mut root, changed);
+    std::fs::rename(&on_disk, disk(&lab, 2).join("pub/gone")).unwrap();
+    wait_for(
+        Duration::from_secs(2),
+        "node 1 to see its directory renamed on node 2's disk",
+        || root.ask(&name(changed)) == "ENOENT",
     );
 }

@@ -63,13 +63,19 @@ fn watch_budget() -> usize {
 /// How often expired grants are forgotten and their watches removed.
 const SWEEP_EVERY: Duration = Duration::from_secs(5);
 
-/// What is watched: every change of data, attributes, links and names.
-fn watch_flags() -> AddWatchFlags {
-    AddWatchFlags::IN_MODIFY
-        | AddWatchFlags::IN_ATTRIB
-        | AddWatchFlags::IN_CLOSE_WRITE
-        | AddWatchFlags::IN_MOVE_SELF
-        | AddWatchFlags::IN_DELETE_SELF
+/// What is watched of a file: every change of data, attributes, links
+/// and names. Of a directory (see `look_ahead`): changes of its
+/// attributes (who may look in it) and of its name. A directory's watch
+/// also hears of what happens to its entries; writes, which would wake
+/// the watch thread for every block written in it, are left out.
+fn watch_flags(directory: bool) -> AddWatchFlags {
+    let own =
+        AddWatchFlags::IN_ATTRIB | AddWatchFlags::IN_MOVE_SELF | AddWatchFlags::IN_DELETE_SELF;
+    if directory {
+        own
+    } else {
+        own | AddWatchFlags::IN_MODIFY | AddWatchFlags::IN_CLOSE_WRITE
+    }
 }
 
 /// A file, as the owner's file system names it: device and inode.
@@ -238,15 +244,16 @@ impl AttrGrants {
         Grant::Granted(read_after)
     }
 
-    /// Watches `file`, open as `fd` (any kind of descriptor of it).
-    pub fn watch(&self, file: FileId, fd: &OwnedFd) -> Result<(), nix::Error> {
+    /// Watches `file`, open as `fd` (any kind of descriptor of it), a
+    /// `directory` or not.
+    pub fn watch(&self, file: FileId, fd: &OwnedFd, directory: bool) -> Result<(), nix::Error> {
         let path = format!("/proc/self/fd/{}", fd.as_raw_fd());
         let inotify = self.inotify.as_ref().ok_or(nix::Error::ENOSYS)?;
         // Under the lock: inotify gives an inode already watched the same
         // watch, which another thread could be removing meanwhile (the
         // file is found through the descriptor, not a path walk: quick).
         let mut state = self.state.lock().expect("grants lock");
-        let wd = inotify.add_watch(path.as_str(), watch_flags())?;
+        let wd = inotify.add_watch(path.as_str(), watch_flags(directory))?;
         state.counter += 1;
         let number = state.counter;
         state.watches.insert(wd, file);
@@ -474,6 +481,12 @@ fn watch_events(grants: std::sync::Weak<AttrGrants>) {
                             grants.changed_everywhere();
                             continue;
                         }
+                        // A watched directory (see `look_ahead`) also hears
+                        // of its entries' changes, each with the entry's
+                        // name: those are its entries' own business.
+                        if event.name.is_some() {
+                            continue;
+                        }
                         let ended = event.mask.contains(AddWatchFlags::IN_IGNORED);
                         grants.changed_on_disk(event.wd, ended);
                     }
@@ -575,7 +588,7 @@ mod tests {
         let dir = scratch();
         let grants = AttrGrants::start();
         let (id, fd) = file(&dir, "f");
-        grants.watch(id, &fd).unwrap();
+        grants.watch(id, &fd, false).unwrap();
         let (told, one) = holder(1);
         assert!(matches!(
             grants.try_grant(id, &one, grants.now()),
@@ -592,7 +605,7 @@ mod tests {
         let (_, one) = holder(1);
         assert_eq!(grants.try_grant(id, &one, grants.now()), Grant::NeedsWatch);
         let before_watch = grants.now();
-        grants.watch(id, &fd).unwrap();
+        grants.watch(id, &fd, false).unwrap();
         // Read before the watch: what changed before it is not known.
         assert_eq!(grants.try_grant(id, &one, before_watch), Grant::Refused);
         let read_after = grants.now();
@@ -616,7 +629,7 @@ mod tests {
         let dir = scratch();
         let grants = AttrGrants::start();
         let (id, fd) = file(&dir, "f");
-        grants.watch(id, &fd).unwrap();
+        grants.watch(id, &fd, false).unwrap();
         let (one_told, one) = holder(1);
         let (two_told, two) = holder(2);
         let read_after = grants.now();

@@ -33,11 +33,19 @@ use super::writeback::{self, Writeback};
 use super::{lease, sys};
 use crate::NodeId;
 use crate::wire::fs::{
-    Attr, AttrsChange, DirEntry, FsOp, FsResult, LockSpec, MAX_FS_IO, SetAttrs, SetTime, StatFs,
+    AheadEntry, Attr, AttrsChange, DirEntry, FsOp, FsResult, LockSpec, MAX_FS_IO, SetAttrs,
+    SetTime, StatFs,
 };
 
 /// Directory entries sent in one answer.
 pub const DIR_ENTRIES_PER_REPLY: usize = 4096;
+
+/// Most entries one look-ahead grants.
+pub const MAX_LOOK_AHEAD: u32 = 256;
+
+/// A directory of more entries than this is not looked ahead in: each
+/// look-ahead lists it whole, to find the names that follow.
+const MAX_LOOK_AHEAD_LISTING: usize = 65536;
 
 /// An open file at the owner.
 struct OpenFile {
@@ -335,6 +343,30 @@ fn split(path: &[u8]) -> Result<(&[u8], &[u8]), Errno> {
 
 fn os(bytes: &[u8]) -> &OsStr {
     OsStr::from_bytes(bytes)
+}
+
+/// `path` and every directory above it, from the exported root (the
+/// empty path) down.
+fn path_prefixes(path: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let ends = path
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| **b == b'/')
+        .map(|(i, _)| i)
+        .chain((!path.is_empty()).then_some(path.len()));
+    std::iter::once(&path[..0]).chain(ends.map(move |end| &path[..end]))
+}
+
+/// `name` in directory `dir` (the empty path is the exported root).
+fn join_path(dir: &[u8], name: &[u8]) -> Vec<u8> {
+    if dir.is_empty() {
+        return name.to_vec();
+    }
+    let mut path = Vec::with_capacity(dir.len() + 1 + name.len());
+    path.extend_from_slice(dir);
+    path.push(b'/');
+    path.extend_from_slice(name);
+    path
 }
 
 fn cstring(bytes: &[u8]) -> Result<CString, Errno> {
@@ -658,6 +690,14 @@ impl Exporter {
                 .filter(grantable)
                 .map(|attr| (attr.dev, attr.ino))
         };
+        // A directory is granted to a look-ahead (see `look_ahead`): a
+        // change of its name or of who may look in it takes that back.
+        let found_or_dir = |path: &[u8]| {
+            self.stat_path(path)
+                .ok()
+                .filter(|attr| grantable(attr) || attr.mode & libc::S_IFMT == libc::S_IFDIR)
+                .map(|attr| (attr.dev, attr.ino))
+        };
         match op {
             // Some changes go through the handle, others by its path
             // (see `set_attr`): both files, if the path names another now.
@@ -672,11 +712,16 @@ impl Exporter {
                 files
             }
             FsOp::SetAttr { path, .. }
-            | FsOp::Unlink { path }
             | FsOp::SetXattr { path, .. }
             | FsOp::RemoveXattr { path, .. }
-            | FsOp::Link { from: path, .. } => found(path).into_iter().collect(),
-            FsOp::Rename { from, to, .. } => found(from).into_iter().chain(found(to)).collect(),
+            | FsOp::RmDir { path } => found_or_dir(path).into_iter().collect(),
+            FsOp::Unlink { path } | FsOp::Link { from: path, .. } => {
+                found(path).into_iter().collect()
+            }
+            FsOp::Rename { from, to, .. } => found_or_dir(from)
+                .into_iter()
+                .chain(found_or_dir(to))
+                .collect(),
             FsOp::Open { path, flags } | FsOp::Create { path, flags, .. }
                 if opens_for_writing(*flags) =>
             {
@@ -709,7 +754,8 @@ impl Exporter {
                 if !nix::sys::stat::fstat(fd.as_fd()).is_ok_and(|st| same(&st)) {
                     return FsResult::Attr(attr);
                 }
-                if let Err(e) = self.grants.watch(file, &fd) {
+                let directory = attr.mode & libc::S_IFMT == libc::S_IFDIR;
+                if let Err(e) = self.grants.watch(file, &fd, directory) {
                     debug!("no attribute grant: cannot watch a file: {e}");
                     return FsResult::Attr(attr);
                 }
@@ -798,6 +844,104 @@ impl Exporter {
             }
             (result, _) => result,
         })
+    }
+
+    /// Answers [`FsOp::LookAhead`] for `asker`'s connection `holder`, as
+    /// `credentials`: grants the directory `dir` and each directory above
+    /// it, then the attributes of up to `count` of its entries whose names
+    /// sort after `after`. Nothing is granted (an empty answer) if any of
+    /// the directories cannot be, or the directory is on a file system
+    /// that may hang, or is too large to list for a look-ahead.
+    pub fn look_ahead(
+        &self,
+        credentials: &Credentials,
+        (dir, after, count): (&[u8], &[u8], u32),
+        asker: NodeId,
+        holder: &Arc<dyn AttrHolder>,
+    ) -> FsResult {
+        let nothing = FsResult::LookedAhead {
+            dirs: Vec::new(),
+            entries: Vec::new(),
+            last: Vec::new(),
+            more: false,
+        };
+        if checked(dir).is_err() {
+            return FsResult::Errno(libc::EINVAL);
+        }
+        if self.enters_own_mount(dir) {
+            return FsResult::Errno(libc::EACCES);
+        }
+        if self.slow_mounts.may_be_slow(dir) {
+            return nothing;
+        }
+        // The directories first: a rename, removal or change of mode of
+        // any of them (which decides who may look below it) takes the
+        // look-ahead back, as a change of an entry takes its own back.
+        let mut dirs = Vec::new();
+        for prefix in path_prefixes(dir) {
+            let read_after = self.grants.now();
+            let attr = match run_as_looking(credentials, || self.stat_path(prefix)) {
+                Ok(attr) if attr.mode & libc::S_IFMT == libc::S_IFDIR => attr,
+                Ok(_) => return FsResult::Errno(libc::ENOTDIR),
+                Err(e) => return FsResult::Errno(e as i32),
+            };
+            match self.grant(prefix, attr, holder, read_after) {
+                FsResult::Granted { attr, number } => dirs.push(AttrsChange {
+                    dev: attr.dev,
+                    ino: attr.ino,
+                    number,
+                }),
+                _ => return nothing,
+            }
+        }
+        let names = match run_as_looking(credentials, || self.names_in(dir)) {
+            Ok(Some(names)) => names,
+            Ok(None) => return nothing,
+            Err(e) => return FsResult::Errno(e as i32),
+        };
+        let count = count.min(MAX_LOOK_AHEAD) as usize;
+        let mut following: Vec<Vec<u8>> = names
+            .into_iter()
+            .filter(|name| name.as_slice() > after)
+            .collect();
+        following.sort_unstable();
+        let more = following.len() > count;
+        following.truncate(count);
+        let last = following.last().cloned().unwrap_or_default();
+        let mut entries = Vec::with_capacity(following.len());
+        for name in following {
+            let path = join_path(dir, &name);
+            let looked = self.look(credentials, FsOp::Lookup { path }, asker, Some(holder));
+            if let Ok(FsResult::Granted { attr, number }) = looked {
+                entries.push(AheadEntry { name, attr, number });
+            }
+        }
+        FsResult::LookedAhead {
+            dirs,
+            entries,
+            last,
+            more,
+        }
+    }
+
+    /// The names in directory `path` (without `.` and `..`), or `None`
+    /// if it has more than a look-ahead lists.
+    fn names_in(&self, path: &[u8]) -> Result<Option<Vec<Vec<u8>>>, Errno> {
+        let fd = self.open_beneath(path, OFlag::O_RDONLY | OFlag::O_DIRECTORY, Mode::empty())?;
+        let mut dir = nix::dir::Dir::from_fd(fd)?;
+        let mut names = Vec::new();
+        for entry in dir.iter() {
+            let entry = entry?;
+            let name = entry.file_name().to_bytes();
+            if name == b"." || name == b".." {
+                continue;
+            }
+            if names.len() == MAX_LOOK_AHEAD_LISTING {
+                return Ok(None);
+            }
+            names.push(name.to_vec());
+        }
+        Ok(Some(names))
     }
 
     fn run(&self, op: FsOp) -> Result<FsResult, Errno> {
@@ -900,7 +1044,11 @@ impl Exporter {
                 size,
                 ahead: _,
             } => FsResult::Data(self.file(handle)?.read_full(offset, size)?),
-            FsOp::Revoked { .. } | FsOp::AttrsDropped { .. } => return Err(Errno::EINVAL),
+            // Connection business, and a look-ahead, which grants to a
+            // connection (see `look_ahead`).
+            FsOp::Revoked { .. } | FsOp::AttrsDropped { .. } | FsOp::LookAhead { .. } => {
+                return Err(Errno::EINVAL);
+            }
             // A write lease needs a node to revoke it from: see
             // `write_leased`.
             FsOp::Write {

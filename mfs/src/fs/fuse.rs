@@ -37,6 +37,7 @@ use super::client::{FsClient, RemoteFile, Wait};
 use super::creds::{CallerGroups, Credentials, Squash};
 use super::export::Exporter;
 use super::kept_attrs::KeptAttrs;
+use super::look_ahead::{Ask, DirKey, LookAhead};
 use super::stats::FsStats;
 use crate::NodeId;
 use crate::cluster_map::ClusterMap;
@@ -295,6 +296,7 @@ pub struct Mfs {
     passthrough: AtomicBool,
     stats: Arc<FsStats>,
     caller_groups: CallerGroups,
+    look_ahead: Arc<LookAhead>,
 }
 
 /// An owner's answer, with what keeping the attributes it may grant
@@ -458,6 +460,7 @@ impl Mfs {
             passthrough: AtomicBool::new(false),
             stats: Arc::new(FsStats::default()),
             caller_groups: CallerGroups::default(),
+            look_ahead: Arc::default(),
         }
     }
 
@@ -594,10 +597,20 @@ impl Mfs {
         op: FsOp,
         then: impl FnOnce(Result<FsResult, Errno>, u64) + Send + 'static,
     ) {
-        let caller = self.caller(req);
+        self.ask_then_as(&self.caller(req), node, op, then)
+    }
+
+    /// [`ask_then`](Self::ask_then) for a caller already known.
+    fn ask_then_as(
+        &self,
+        caller: &Caller,
+        node: NodeId,
+        op: FsOp,
+        then: impl FnOnce(Result<FsResult, Errno>, u64) + Send + 'static,
+    ) {
         self.stats.count_op(false);
         self.client
-            .call_then(node, &caller, op, move |result, connection| {
+            .call_then(node, caller, op, move |result, connection| {
                 let result = result.map_err(errno).and_then(|result| match result {
                     FsResult::Errno(e) => Err(Errno::from_i32(e)),
                     other => Ok(other),
@@ -617,15 +630,29 @@ impl Mfs {
         req: &Request,
         node: NodeId,
         op: FsOp,
-        (parent, name): (u64, &[u8]),
+        place: (u64, &[u8]),
         made: bool,
         reply: ReplyEntry,
     ) {
+        let then = self.entry_then(node, place, made, reply);
+        self.run_then(req, node, op, then);
+    }
+
+    /// What answers the kernel with the entry an operation on `name` in
+    /// `parent` at `node` gives, once it comes (see
+    /// [`answer_entry`](Self::answer_entry)).
+    fn entry_then(
+        &self,
+        node: NodeId,
+        (parent, name): (u64, &[u8]),
+        made: bool,
+        reply: ReplyEntry,
+    ) -> impl FnOnce(Result<FsResult, Errno>, u64) + Send + 'static {
         let asked = Instant::now();
         let inodes = self.inodes.clone();
         let attrs = self.client.attrs().clone();
         let name = name.to_vec();
-        self.run_then(req, node, op, move |result, connection| {
+        move |result, connection| {
             let answered = Answered {
                 result,
                 asked,
@@ -640,7 +667,7 @@ impl Mfs {
                 made,
                 reply,
             )
-        });
+        }
     }
 
     /// Runs the operation `op` makes of `parent`/`name`'s path (a lookup or
@@ -665,6 +692,65 @@ impl Mfs {
             }
             Err(e) => reply.error(e),
         }
+    }
+
+    /// Looks up `name` in directory `dir` (its inode and path) of another
+    /// node: from what a look-ahead brought, if it has the name and its
+    /// grants hold, otherwise at the owner. Asks for a look-ahead when
+    /// the lookups of the directory make one worth it
+    /// ([`super::look_ahead`]).
+    fn lookup_away(
+        &self,
+        req: &Request,
+        (node, dir_ino, dir): (NodeId, u64, Vec<u8>),
+        name: &[u8],
+        reply: ReplyEntry,
+    ) {
+        let caller = self.caller(req);
+        let key = DirKey::new(node, dir_ino, &caller);
+        let attrs = self.client.attrs();
+        let (hit, ask) = self.look_ahead.lookup(&key, name, attrs.as_ref());
+        if let Some(ask) = ask {
+            self.ask_ahead(&caller, key, &dir, ask);
+        }
+        match hit {
+            Some(hit) => {
+                let answered = Answered {
+                    result: Ok(FsResult::Granted {
+                        attr: hit.attr,
+                        number: hit.number,
+                    }),
+                    asked: hit.asked,
+                    connection: hit.generation,
+                };
+                let place = (dir_ino, name);
+                reply_entry(&self.inodes, attrs, answered, node, place, false, reply)
+            }
+            None => {
+                let op = FsOp::Lookup {
+                    path: child_path(&dir, OsStr::from_bytes(name)),
+                };
+                let then = self.entry_then(node, (dir_ino, name), false, reply);
+                self.ask_then_as(&caller, node, op, then)
+            }
+        }
+    }
+
+    /// Asks the owner of `key`'s directory, at `dir`, for the look-ahead
+    /// `ask`; its answer goes to [`LookAhead::answered`] on the
+    /// connection's task.
+    fn ask_ahead(&self, caller: &Caller, key: DirKey, dir: &[u8], ask: Ask) {
+        let op = FsOp::LookAhead {
+            dir: dir.to_vec(),
+            after: ask.after,
+            count: ask.count,
+        };
+        let asked = Instant::now();
+        let node = key.node();
+        let look_ahead = self.look_ahead.clone();
+        self.ask_then_as(caller, node, op, move |result, connection| {
+            look_ahead.answered(&key, asked, connection, result.ok());
+        });
     }
 
     fn node_in_map(&self, name: &OsStr) -> Option<NodeId> {
@@ -856,7 +942,18 @@ impl Filesystem for Mfs {
             let op = FsOp::Lookup { path: Vec::new() };
             return self.answer_entry(req, node, op, (ROOT, name.as_bytes()), false, reply);
         }
-        self.child_entry(req, parent, name, |path| FsOp::Lookup { path }, reply)
+        match self.locate(parent) {
+            Ok((node, dir, _)) if node != self.me => {
+                self.lookup_away(req, (node, parent.0, dir), name.as_bytes(), reply)
+            }
+            Ok((node, dir, _)) => {
+                let op = FsOp::Lookup {
+                    path: child_path(&dir, name),
+                };
+                self.answer_entry(req, node, op, (parent.0, name.as_bytes()), false, reply)
+            }
+            Err(e) => reply.error(e),
+        }
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {

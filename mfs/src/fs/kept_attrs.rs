@@ -11,6 +11,7 @@ use fuser::{INodeNo, Notifier};
 
 use super::attr_grants::{FileId, GRANT_TIME};
 use super::fuse::inode_number;
+use super::look_ahead::StillGranted;
 use crate::NodeId;
 
 /// How much sooner than its owner the kernel stops trusting a grant: the
@@ -24,6 +25,11 @@ const ABOUT_TO_BE: Duration = Duration::from_secs(1);
 /// one of them and answered after it must not count, and after this long
 /// such a grant would have run out anyway.
 const REMEMBER: Duration = GRANT_TIME;
+
+/// How long after asking a client may count on a grant.
+pub fn usable_for() -> Duration {
+    GRANT_TIME.saturating_sub(MARGIN)
+}
 
 #[derive(Default)]
 struct State {
@@ -188,5 +194,32 @@ impl KeptAttrs {
                 }
             }
         }
+    }
+}
+
+/// None of the grants was taken back or ran out, and the connection
+/// they came on is still the owner's.
+impl StillGranted for KeptAttrs {
+    fn still_granted(
+        &self,
+        node: NodeId,
+        generation: u64,
+        asked: Instant,
+        grants: &[(FileId, u64)],
+    ) -> bool {
+        if asked.elapsed() >= usable_for() || self.notifier.get().is_none() {
+            return false;
+        }
+        let state = self.state.lock().expect("kept attributes lock");
+        if state.live.get(&node) != Some(&generation) {
+            return false;
+        }
+        let taken_back = |(file, number): (FileId, u64)| {
+            state
+                .changed
+                .get(&(node, file))
+                .is_some_and(|(heard, _)| *heard > number)
+        };
+        !grants.iter().copied().any(taken_back)
     }
 }

@@ -21,6 +21,7 @@ pub mod fuse;
 pub mod kept_attrs;
 #[allow(unsafe_code)]
 pub mod lease;
+pub mod look_ahead;
 pub mod mount;
 pub mod mounts;
 pub mod server;

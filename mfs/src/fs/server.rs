@@ -415,6 +415,10 @@ fn answer(
             exporter.write_leased(&credentials, handle, offset, &data, from, revoker),
             Vec::new(),
         ),
+        FsOp::LookAhead { dir, after, count } => (
+            exporter.look_ahead(&credentials, (&dir, &after, count), from, holder),
+            Vec::new(),
+        ),
         op => {
             exporter.settle_write_leases(&op, Some(from));
             exporter.execute_for(&credentials, op, Some(holder))

@@ -225,6 +225,15 @@ pub enum FsOp {
         ino: u64,
         number: u64,
     },
+    /// The entries of directory `dir` whose names sort after `after`, up
+    /// to `count` of them, with their attributes granted (see
+    /// `fs::look_ahead`): the asker saw a program look up names of the
+    /// directory in order, as `ls -l`, `find` or a build's checks do.
+    LookAhead {
+        dir: Vec<u8>,
+        after: Vec<u8>,
+        count: u32,
+    },
 }
 
 /// The attributes of a file at its owner.
@@ -363,6 +372,27 @@ pub enum FsResult {
         attr: Attr,
         number: u64,
     },
+    /// The answer to [`FsOp::LookAhead`]: grants of the directory and of
+    /// each directory above it (`dirs`, from the exported root down; a
+    /// take-back of any of them voids `entries`), and the entries whose
+    /// attributes were granted, in name order. `more`: names after
+    /// `last` were left for another request. `last` is the last name
+    /// looked at, granted or not (empty if none).
+    LookedAhead {
+        dirs: Vec<AttrsChange>,
+        entries: Vec<AheadEntry>,
+        last: Vec<u8>,
+        more: bool,
+    },
+}
+
+/// An entry of [`FsResult::LookedAhead`]: `name`'s attributes, granted
+/// under `number`.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct AheadEntry {
+    pub name: Vec<u8>,
+    pub attr: Attr,
+    pub number: u64,
 }
 
 /// A payload came after a message that does not take one (see

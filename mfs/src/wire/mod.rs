@@ -24,5 +24,6 @@ pub use messages::*;
 /// The protocol version spoken in the handshake. Peers with another version
 /// are refused with a message naming both versions. 2: MFS attribute
 /// grants (`FsResult::Granted`, `FsAnswer::AttrsChanged`,
-/// `FsOp::AttrsDropped`).
-pub const PROTOCOL_VERSION: u16 = 2;
+/// `FsOp::AttrsDropped`). 3: MFS look-ahead (`FsOp::LookAhead`,
+/// `FsResult::LookedAhead`).
+pub const PROTOCOL_VERSION: u16 = 3;

@@ -1,0 +1,435 @@
+//! Looking ahead in another node's directory (Lustre calls it statahead):
+//! when a program looks up names of a directory in order, as `ls -l`,
+//! `find`, `du` or a build checking its files do, this node asks the
+//! owner once for the entries that follow ([`FsOp::LookAhead`]), with
+//! their attributes granted, and answers the kernel's next lookups of
+//! them without a round trip each.
+//!
+//! What makes that coherent is the owner's grants ([`super::attr_grants`]):
+//! an entry is used only while the grant of its file and those of its
+//! directory and every directory above it hold. A change of the entry's
+//! file (its attributes, or a link, unlink or rename of it, each of which
+//! changes its link count or moves it) takes its grant back; a rename or
+//! removal of a directory above, or a change of who may look in it, takes
+//! back the directory's, and with it every entry below. Entries are kept
+//! per caller identity: what root was shown is never another user's
+//! answer.
+//!
+//! [`FsOp::LookAhead`]: crate::wire::fs::FsOp::LookAhead
+
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Bound;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::attr_grants::FileId;
+use crate::NodeId;
+use crate::wire::fs::{Attr, Caller, FsResult};
+
+/// How long a directory that had no names after one is taken to have
+/// none after it (see `Dir::end`).
+const END_HEARD_FOR: Duration = Duration::from_secs(1);
+
+/// Lookups of names in increasing order, missed one after the other,
+/// that make a pattern worth a look-ahead (the first of them counts too).
+const IN_ORDER_TO_START: u32 = 3;
+
+/// Entries asked for by a directory's first look-ahead; each next one
+/// asks for twice as many, up to [`MAX_COUNT`].
+const FIRST_COUNT: u32 = 32;
+
+/// Most entries one look-ahead asks for (the owner's limit).
+const MAX_COUNT: u32 = super::export::MAX_LOOK_AHEAD;
+
+/// The next look-ahead is asked for when fewer entries than this are left
+/// after the one just used, so that it comes before they run out.
+const REFILL_BELOW: usize = 32;
+
+/// Directories looked ahead in at once (the least recently used go).
+const MAX_DIRS: usize = 64;
+
+/// Entries kept of one directory (the lowest names, passed, go first).
+const MAX_ENTRIES: usize = 2048;
+
+/// Whose lookups of which directory: the node, the directory's FUSE
+/// inode, and the caller's identity.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct DirKey {
+    node: NodeId,
+    dir: u64,
+    uid: u32,
+    gid: u32,
+    groups: Vec<u32>,
+}
+
+impl DirKey {
+    pub fn new(node: NodeId, dir: u64, caller: &Caller) -> DirKey {
+        DirKey {
+            node,
+            dir,
+            uid: caller.uid,
+            gid: caller.gid,
+            groups: caller.groups.clone(),
+        }
+    }
+
+    pub fn node(&self) -> NodeId {
+        self.node
+    }
+}
+
+/// What one look-ahead's entries share: the grants of the directories
+/// above them, the connection that brought them, and when they were
+/// asked for (grants count from then).
+#[derive(Debug)]
+pub struct Batch {
+    pub dirs: Vec<(FileId, u64)>,
+    pub generation: u64,
+    pub asked: Instant,
+}
+
+struct Ahead {
+    attr: Attr,
+    number: u64,
+    batch: Arc<Batch>,
+}
+
+/// An entry to answer a lookup with: its attributes, granted under
+/// `number` on connection `generation`, asked for at `asked`.
+#[derive(Debug, Clone, Copy)]
+pub struct Hit {
+    pub attr: Attr,
+    pub number: u64,
+    pub generation: u64,
+    pub asked: Instant,
+}
+
+/// A look-ahead to ask the owner for: `count` entries after `after`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ask {
+    pub after: Vec<u8>,
+    pub count: u32,
+}
+
+struct Dir {
+    entries: BTreeMap<Vec<u8>, Ahead>,
+    /// The last name the look-aheads so far covered, and whether the
+    /// owner had names after it.
+    covered: Option<(Vec<u8>, bool)>,
+    /// The last name missed, and how many misses in increasing order
+    /// led to it.
+    last_miss: Option<(Vec<u8>, u32)>,
+    /// The name after which a look-ahead on its way looks.
+    asking: Option<Vec<u8>>,
+    /// A name after which the owner had no names, and when it said so:
+    /// a program making files one after the other misses each name
+    /// after it, which no look-ahead would find.
+    end: Option<(Vec<u8>, Instant)>,
+    /// Entries the next look-ahead asks for.
+    count: u32,
+    used: Instant,
+}
+
+impl Dir {
+    fn new(now: Instant) -> Dir {
+        Dir {
+            entries: BTreeMap::new(),
+            covered: None,
+            last_miss: None,
+            asking: None,
+            end: None,
+            count: FIRST_COUNT,
+            used: now,
+        }
+    }
+
+    fn ask(&mut self, after: Vec<u8>) -> Ask {
+        self.asking = Some(after.clone());
+        let count = self.count;
+        self.count = (self.count * 2).min(MAX_COUNT);
+        Ask { after, count }
+    }
+}
+
+/// See the module documentation.
+#[derive(Default)]
+pub struct LookAhead {
+    dirs: Mutex<HashMap<DirKey, Dir>>,
+}
+
+/// Whether every grant of an entry still holds: its file's and its
+/// directories' (file and number), on the connection of `generation`,
+/// asked for at `asked`.
+pub trait StillGranted {
+    fn still_granted(
+        &self,
+        node: NodeId,
+        generation: u64,
+        asked: Instant,
+        grants: &[(FileId, u64)],
+    ) -> bool;
+}
+
+impl LookAhead {
+    /// A lookup of `name` in the directory of `key`: the entry to answer
+    /// it with, if a look-ahead brought it and its grants hold (per
+    /// `grants`), and the look-ahead to ask for now, if one is due.
+    pub fn lookup(
+        &self,
+        key: &DirKey,
+        name: &[u8],
+        grants: &dyn StillGranted,
+    ) -> (Option<Hit>, Option<Ask>) {
+        let now = Instant::now();
+        let mut dirs = self.dirs.lock().expect("look-ahead lock");
+        if !dirs.contains_key(key) && dirs.len() >= MAX_DIRS {
+            let oldest = dirs
+                .iter()
+                .min_by_key(|(_, dir)| dir.used)
+                .map(|(key, _)| key.clone());
+            if let Some(oldest) = oldest {
+                dirs.remove(&oldest);
+            }
+        }
+        let dir = dirs.entry(key.clone()).or_insert_with(|| Dir::new(now));
+        dir.used = now;
+        let hit = match dir.entries.get(name) {
+            Some(ahead) => {
+                let batch = &ahead.batch;
+                let file = (ahead.attr.dev, ahead.attr.ino);
+                let mut all = batch.dirs.clone();
+                all.push((file, ahead.number));
+                grants
+                    .still_granted(key.node, batch.generation, batch.asked, &all)
+                    .then(|| Hit {
+                        attr: ahead.attr,
+                        number: ahead.number,
+                        generation: batch.generation,
+                        asked: batch.asked,
+                    })
+            }
+            None => None,
+        };
+        let Some(hit) = hit else {
+            dir.entries.remove(name);
+            let in_order = match &dir.last_miss {
+                Some((last, run)) if last.as_slice() < name => run + 1,
+                _ => 1,
+            };
+            dir.last_miss = Some((name.to_vec(), in_order));
+            let past_end = dir.end.as_ref().is_some_and(|(end, when)| {
+                end.as_slice() < name && now.duration_since(*when) < END_HEARD_FOR
+            });
+            let due = in_order >= IN_ORDER_TO_START && dir.asking.is_none() && !past_end;
+            let ask = due.then(|| dir.ask(name.to_vec()));
+            return (None, ask);
+        };
+        let ask = match &dir.covered {
+            Some((last, true)) if dir.asking.is_none() => {
+                let left = dir
+                    .entries
+                    .range::<[u8], _>((Bound::Excluded(name), Bound::Unbounded))
+                    .take(REFILL_BELOW)
+                    .count();
+                let last = last.clone();
+                (left < REFILL_BELOW).then(|| dir.ask(last))
+            }
+            _ => None,
+        };
+        (Some(hit), ask)
+    }
+
+    /// The owner's answer to a look-ahead of `key`'s directory asked for
+    /// at `asked`, which came on the connection of `generation`.
+    pub fn answered(
+        &self,
+        key: &DirKey,
+        asked: Instant,
+        generation: u64,
+        answer: Option<FsResult>,
+    ) {
+        let now = Instant::now();
+        let mut dirs = self.dirs.lock().expect("look-ahead lock");
+        let Some(dir) = dirs.get_mut(key) else {
+            return;
+        };
+        let Some(after) = dir.asking.take() else {
+            return;
+        };
+        let Some(FsResult::LookedAhead {
+            dirs: granted_dirs,
+            entries,
+            last,
+            more,
+        }) = answer
+        else {
+            return;
+        };
+        // Entries whose grants ran out are of no more use.
+        let usable = super::kept_attrs::usable_for();
+        dir.entries
+            .retain(|_, ahead| now.duration_since(ahead.batch.asked) < usable);
+        if granted_dirs.is_empty() {
+            return;
+        }
+        let batch = Arc::new(Batch {
+            dirs: granted_dirs
+                .iter()
+                .map(|d| ((d.dev, d.ino), d.number))
+                .collect(),
+            generation,
+            asked,
+        });
+        for entry in entries {
+            let ahead = Ahead {
+                attr: entry.attr,
+                number: entry.number,
+                batch: batch.clone(),
+            };
+            dir.entries.insert(entry.name, ahead);
+        }
+        while dir.entries.len() > MAX_ENTRIES {
+            dir.entries.pop_first();
+        }
+        if last.is_empty() {
+            dir.end = Some((after, now));
+        } else {
+            dir.covered = Some((last, more));
+        }
+    }
+
+    /// How many entries of `key`'s directory are kept.
+    #[cfg(test)]
+    fn kept(&self, key: &DirKey) -> usize {
+        let dirs = self.dirs.lock().expect("look-ahead lock");
+        dirs.get(key).map_or(0, |dir| dir.entries.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::fs::{AheadEntry, AttrsChange};
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    /// Grants that hold unless told otherwise.
+    struct Grants(AtomicBool);
+
+    impl StillGranted for Grants {
+        fn still_granted(&self, _: NodeId, _: u64, _: Instant, grants: &[(FileId, u64)]) -> bool {
+            assert_eq!(grants.len(), 3, "two directories and the entry's file");
+            self.0.load(Ordering::Relaxed)
+        }
+    }
+
+    fn key(uid: u32) -> DirKey {
+        let caller = Caller {
+            uid,
+            gid: uid,
+            groups: Vec::new(),
+            pid: 1,
+        };
+        DirKey::new(NodeId::new(2).unwrap(), 42, &caller)
+    }
+
+    fn name(i: u32) -> Vec<u8> {
+        format!("f{i:03}").into_bytes()
+    }
+
+    /// The owner's answer: entries `from..to`, and whether more follow.
+    fn looked_ahead(from: u32, to: u32, more: bool) -> FsResult {
+        let entries: Vec<AheadEntry> = (from..to)
+            .map(|i| AheadEntry {
+                name: name(i),
+                attr: Attr {
+                    ino: u64::from(i),
+                    ..Attr::default()
+                },
+                number: 1,
+            })
+            .collect();
+        let dir = |ino| AttrsChange {
+            dev: 1,
+            ino,
+            number: 1,
+        };
+        FsResult::LookedAhead {
+            dirs: vec![dir(1), dir(2)],
+            last: entries.last().map(|e| e.name.clone()).unwrap_or_default(),
+            entries,
+            more,
+        }
+    }
+
+    #[test]
+    fn misses_in_order_ask_ahead_and_its_entries_answer_while_granted() {
+        let ahead = LookAhead::default();
+        let grants = Grants(AtomicBool::new(true));
+        let key = key(0);
+        assert!(matches!(
+            ahead.lookup(&key, &name(0), &grants),
+            (None, None)
+        ));
+        assert!(ahead.lookup(&key, &name(1), &grants).1.is_none());
+        let (hit, ask) = ahead.lookup(&key, &name(2), &grants);
+        assert!(hit.is_none());
+        let ask = ask.expect("three misses in order ask ahead");
+        assert_eq!(
+            ask,
+            Ask {
+                after: name(2),
+                count: FIRST_COUNT
+            }
+        );
+        // One at a time.
+        assert!(ahead.lookup(&key, &name(3), &grants).1.is_none());
+        ahead.answered(&key, Instant::now(), 9, Some(looked_ahead(4, 36, true)));
+        assert_eq!(ahead.kept(&key), 32);
+
+        let (hit, ask) = ahead.lookup(&key, &name(4), &grants);
+        let hit = hit.expect("an entry looked ahead for");
+        assert_eq!((hit.attr.ino, hit.number, hit.generation), (4, 1, 9));
+        // Fewer than REFILL_BELOW left after it: the next, twice as many,
+        // after the last name covered.
+        assert_eq!(
+            ask,
+            Some(Ask {
+                after: name(35),
+                count: 2 * FIRST_COUNT
+            })
+        );
+
+        // Another caller is shown nothing of it.
+        assert!(
+            ahead
+                .lookup(&self::key(1000), &name(5), &grants)
+                .0
+                .is_none()
+        );
+
+        // A take-back: the entry is not used, and forgotten.
+        grants.0.store(false, Ordering::Relaxed);
+        assert!(ahead.lookup(&key, &name(6), &grants).0.is_none());
+        assert_eq!(ahead.kept(&key), 31);
+    }
+
+    #[test]
+    fn misses_out_of_order_or_past_the_end_ask_nothing() {
+        let ahead = LookAhead::default();
+        let grants = Grants(AtomicBool::new(true));
+        let key = key(0);
+        for i in [5, 3, 9, 1, 7, 2] {
+            assert!(ahead.lookup(&key, &name(i), &grants).1.is_none(), "f{i:03}");
+        }
+        // A program making files one after the other: after one answer
+        // that nothing follows, its next misses ask nothing for a while.
+        // (2, then 10, then 11: three in order.)
+        assert!(ahead.lookup(&key, &name(10), &grants).1.is_none());
+        let ask = ahead.lookup(&key, &name(11), &grants).1.expect("in order");
+        ahead.answered(&key, Instant::now(), 9, Some(looked_ahead(0, 0, false)));
+        assert_eq!(ask.after, name(11));
+        for i in 12..20 {
+            assert!(ahead.lookup(&key, &name(i), &grants).1.is_none(), "f{i:03}");
+        }
+    }
+}

@@ -1336,4 +1336,27 @@ fn lookups_in_order_are_answered_ahead_and_never_outlive_a_change() {
         "node 1 to see its directory renamed on node 2's disk",
         || root.ask(&name(changed)) == "ENOENT",
     );
+
+    // Another directory made under the old name, with some of the same
+    // names: node 1's kernel still has the old name's entry (the inode
+    // of the directory now called `gone`), and looks up in it, at the
+    // owner, the new directory's files. Looked ahead for too, they must
+    // not answer for the old directory once it is found as `gone`.
+    std::fs::create_dir(&on_disk).unwrap();
+    for i in 380..400 {
+        std::fs::write(on_disk.join(format!("f{i:03}")), b"yy").unwrap();
+    }
+    for i in 380..386 {
+        let answer = root.ask(&name(i));
+        assert!(
+            answer.ends_with(" 2 0o644 1"),
+            "the new {}: {answer}",
+            name(i)
+        );
+    }
+    let answer = root.ask("/mfs/2/pub/gone/f390");
+    assert!(
+        answer.ends_with(" 1 0o644 1"),
+        "the old directory's f390 answered as the new one's: {answer}"
+    );
 }

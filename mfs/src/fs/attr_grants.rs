@@ -7,7 +7,8 @@
 //! answer serves the getattr too, and an `fstat` of an open file costs
 //! nothing until the file changes.
 //!
-//! A grant covers one regular file, for one connection, for at most
+//! A grant covers one regular file, or (for a look-ahead, see
+//! `look_ahead`) one directory, for one connection, for at most
 //! [`GRANT_TIME`]. While it lasts the owner:
 //! - takes it back, and waits for the holder to confirm, before any
 //!   operation through MFS that changes the file's attributes (a
@@ -21,9 +22,10 @@
 //!   disk, not through MFS, and takes grants back as soon as it reads one.
 //!   That is the one case where a holder may for a moment (the time this
 //!   daemon takes to read the event and send word: tens of microseconds)
-//!   still answer an `fstat` with the attributes from before. A path-based
-//!   `stat` never does: every one of them starts with a lookup at the
-//!   owner, which answers afresh.
+//!   still answer an `fstat` with the attributes from before, or a
+//!   lookup of a name it looked ahead for with the entry from before. Any
+//!   other path-based `stat` starts with a lookup at the owner, which
+//!   answers afresh.
 //!
 //! Every grant and every take-back carries a number from one counter. A
 //! holder keeps a grant only if no take-back of the file numbered above
@@ -242,6 +244,16 @@ impl AttrGrants {
             .holders
             .insert(holder.id(), (holder.clone(), Instant::now() + GRANT_TIME));
         Grant::Granted(read_after)
+    }
+
+    /// How many more files a look-ahead may have watched: it leaves half
+    /// of the budget to the grants of single lookups and stats.
+    pub fn look_ahead_room(&self) -> usize {
+        if self.inotify.is_none() {
+            return 0;
+        }
+        let watched = self.state.lock().expect("grants lock").watches.len();
+        (self.budget / 2).saturating_sub(watched)
     }
 
     /// Watches `file`, open as `fd` (any kind of descriptor of it), a

@@ -44,8 +44,9 @@ pub const DIR_ENTRIES_PER_REPLY: usize = 4096;
 pub const MAX_LOOK_AHEAD: u32 = 256;
 
 /// A directory of more entries than this is not looked ahead in: each
-/// look-ahead lists it whole, to find the names that follow.
-const MAX_LOOK_AHEAD_LISTING: usize = 65536;
+/// look-ahead lists it whole, to find the names that follow (a scan of
+/// one this large lists it 64 times or more).
+const MAX_LOOK_AHEAD_LISTING: usize = 16384;
 
 /// An open file at the owner.
 struct OpenFile {
@@ -874,6 +875,11 @@ impl Exporter {
         if self.slow_mounts.may_be_slow(dir) {
             return nothing;
         }
+        let chain = path_prefixes(dir).count();
+        let room = self.grants.look_ahead_room().saturating_sub(chain);
+        if room == 0 {
+            return nothing;
+        }
         // The directories first: a rename, removal or change of mode of
         // any of them (which decides who may look below it) takes the
         // look-ahead back, as a change of an entry takes its own back.
@@ -899,7 +905,7 @@ impl Exporter {
             Ok(None) => return nothing,
             Err(e) => return FsResult::Errno(e as i32),
         };
-        let count = count.min(MAX_LOOK_AHEAD) as usize;
+        let count = (count.min(MAX_LOOK_AHEAD) as usize).min(room);
         let mut following: Vec<Vec<u8>> = names
             .into_iter()
             .filter(|name| name.as_slice() > after)

@@ -709,7 +709,7 @@ impl Mfs {
         let caller = self.caller(req);
         let key = DirKey::new(node, dir_ino, &caller);
         let attrs = self.client.attrs();
-        let (hit, ask) = self.look_ahead.lookup(&key, name, attrs.as_ref());
+        let (hit, ask) = self.look_ahead.lookup(&key, (&dir, name), attrs.as_ref());
         if let Some(ask) = ask {
             self.ask_ahead(&caller, key, &dir, ask);
         }
@@ -748,8 +748,10 @@ impl Mfs {
         let asked = Instant::now();
         let node = key.node();
         let look_ahead = self.look_ahead.clone();
+        let dir = dir.to_vec();
         self.ask_then_as(caller, node, op, move |result, connection| {
-            look_ahead.answered(&key, asked, connection, result.ok());
+            let answer = result.unwrap_or_else(|e| FsResult::Errno(e.code()));
+            look_ahead.answered((&key, ask.id, dir), asked, connection, answer);
         });
     }
 

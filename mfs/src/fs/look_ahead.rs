@@ -19,16 +19,22 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::attr_grants::FileId;
+use super::fuse::inode_number;
 use crate::NodeId;
 use crate::wire::fs::{Attr, Caller, FsResult};
 
 /// How long a directory that had no names after one is taken to have
 /// none after it (see `Dir::end`).
 const END_HEARD_FOR: Duration = Duration::from_secs(1);
+
+/// How long a directory the owner answered nothing for is not looked
+/// ahead in again.
+const QUIET_AFTER_NOTHING: Duration = Duration::from_secs(5);
 
 /// Lookups of names in increasing order, missed one after the other,
 /// that make a pattern worth a look-ahead (the first of them counts too).
@@ -84,6 +90,8 @@ impl DirKey {
 #[derive(Debug)]
 pub struct Batch {
     pub dirs: Vec<(FileId, u64)>,
+    /// The directory's path the owner granted them for.
+    pub path: Vec<u8>,
     pub generation: u64,
     pub asked: Instant,
 }
@@ -104,9 +112,11 @@ pub struct Hit {
     pub asked: Instant,
 }
 
-/// A look-ahead to ask the owner for: `count` entries after `after`.
+/// A look-ahead to ask the owner for: `count` entries after `after`
+/// (`id` tells its answer from another's).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ask {
+    pub id: u64,
     pub after: Vec<u8>,
     pub count: u32,
 }
@@ -119,8 +129,13 @@ struct Dir {
     /// The last name missed, and how many misses in increasing order
     /// led to it.
     last_miss: Option<(Vec<u8>, u32)>,
-    /// The name after which a look-ahead on its way looks.
-    asking: Option<Vec<u8>>,
+    /// The look-ahead on its way: its id and the name after which it
+    /// looks.
+    asking: Option<(u64, Vec<u8>)>,
+    /// The owner answered nothing (the caller may not list the
+    /// directory, or it is too large, or cannot be granted): no
+    /// look-ahead is asked for until then.
+    quiet_until: Option<Instant>,
     /// A name after which the owner had no names, and when it said so:
     /// a program making files one after the other misses each name
     /// after it, which no look-ahead would find.
@@ -137,17 +152,23 @@ impl Dir {
             covered: None,
             last_miss: None,
             asking: None,
+            quiet_until: None,
             end: None,
             count: FIRST_COUNT,
             used: now,
         }
     }
 
-    fn ask(&mut self, after: Vec<u8>) -> Ask {
-        self.asking = Some(after.clone());
+    fn ask(&mut self, id: u64, after: Vec<u8>) -> Ask {
+        self.asking = Some((id, after.clone()));
         let count = self.count;
         self.count = (self.count * 2).min(MAX_COUNT);
-        Ask { after, count }
+        Ask { id, after, count }
+    }
+
+    /// Whether a look-ahead may be asked for now.
+    fn may_ask(&self, now: Instant) -> bool {
+        self.asking.is_none() && self.quiet_until.is_none_or(|until| now >= until)
     }
 }
 
@@ -155,6 +176,7 @@ impl Dir {
 #[derive(Default)]
 pub struct LookAhead {
     dirs: Mutex<HashMap<DirKey, Dir>>,
+    next_id: AtomicU64,
 }
 
 /// Whether every grant of an entry still holds: its file's and its
@@ -171,16 +193,18 @@ pub trait StillGranted {
 }
 
 impl LookAhead {
-    /// A lookup of `name` in the directory of `key`: the entry to answer
-    /// it with, if a look-ahead brought it and its grants hold (per
-    /// `grants`), and the look-ahead to ask for now, if one is due.
+    /// A lookup of `name` in the directory of `key`, at `path` now: the
+    /// entry to answer it with, if a look-ahead of that path brought it
+    /// and its grants hold (per `grants`), and the look-ahead to ask for
+    /// now, if one is due.
     pub fn lookup(
         &self,
         key: &DirKey,
-        name: &[u8],
+        (path, name): (&[u8], &[u8]),
         grants: &dyn StillGranted,
     ) -> (Option<Hit>, Option<Ask>) {
         let now = Instant::now();
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let mut dirs = self.dirs.lock().expect("look-ahead lock");
         if !dirs.contains_key(key) && dirs.len() >= MAX_DIRS {
             let oldest = dirs
@@ -194,6 +218,10 @@ impl LookAhead {
         let dir = dirs.entry(key.clone()).or_insert_with(|| Dir::new(now));
         dir.used = now;
         let hit = match dir.entries.get(name) {
+            // The directory's inode is now known under another path
+            // (renamed, or another way to it): what was granted for the
+            // old one says nothing of the ancestors of the new.
+            Some(ahead) if ahead.batch.path != path => None,
             Some(ahead) => {
                 let batch = &ahead.batch;
                 let file = (ahead.attr.dev, ahead.attr.ino);
@@ -220,63 +248,81 @@ impl LookAhead {
             let past_end = dir.end.as_ref().is_some_and(|(end, when)| {
                 end.as_slice() < name && now.duration_since(*when) < END_HEARD_FOR
             });
-            let due = in_order >= IN_ORDER_TO_START && dir.asking.is_none() && !past_end;
-            let ask = due.then(|| dir.ask(name.to_vec()));
+            let due = in_order >= IN_ORDER_TO_START && dir.may_ask(now) && !past_end;
+            let ask = due.then(|| dir.ask(id, name.to_vec()));
             return (None, ask);
         };
         let ask = match &dir.covered {
-            Some((last, true)) if dir.asking.is_none() => {
+            Some((last, true)) if dir.may_ask(now) => {
                 let left = dir
                     .entries
                     .range::<[u8], _>((Bound::Excluded(name), Bound::Unbounded))
                     .take(REFILL_BELOW)
                     .count();
                 let last = last.clone();
-                (left < REFILL_BELOW).then(|| dir.ask(last))
+                (left < REFILL_BELOW).then(|| dir.ask(id, last))
             }
             _ => None,
         };
         (Some(hit), ask)
     }
 
-    /// The owner's answer to a look-ahead of `key`'s directory asked for
-    /// at `asked`, which came on the connection of `generation`.
+    /// The owner's answer to look-ahead `id` of `key`'s directory, at
+    /// `path`, asked for at `asked`, which came on the connection of
+    /// `generation`.
     pub fn answered(
         &self,
-        key: &DirKey,
+        (key, id, path): (&DirKey, u64, Vec<u8>),
         asked: Instant,
         generation: u64,
-        answer: Option<FsResult>,
+        answer: FsResult,
     ) {
         let now = Instant::now();
         let mut dirs = self.dirs.lock().expect("look-ahead lock");
         let Some(dir) = dirs.get_mut(key) else {
             return;
         };
-        let Some(after) = dir.asking.take() else {
-            return;
-        };
-        let Some(FsResult::LookedAhead {
-            dirs: granted_dirs,
-            entries,
-            last,
-            more,
-        }) = answer
-        else {
-            return;
+        let after = match dir.asking.take() {
+            Some((asked_id, after)) if asked_id == id => after,
+            other => {
+                dir.asking = other;
+                return;
+            }
         };
         // Entries whose grants ran out are of no more use.
         let usable = super::kept_attrs::usable_for();
         dir.entries
             .retain(|_, ahead| now.duration_since(ahead.batch.asked) < usable);
-        if granted_dirs.is_empty() {
-            return;
-        }
+        let (granted_dirs, entries, last, more) = match answer {
+            FsResult::LookedAhead {
+                dirs: granted_dirs,
+                entries,
+                last,
+                more,
+            } if granted_dirs.last().is_some_and(|d| {
+                // The directory the path named at the owner must be the
+                // one whose lookups these are.
+                inode_number(key.node, d.dev, d.ino) == key.dir
+            }) =>
+            {
+                (granted_dirs, entries, last, more)
+            }
+            // Gone, or the connection failed: the next may do better.
+            FsResult::Errno(e) if e != libc::EACCES && e != libc::EPERM => return,
+            // What would be answered again: the caller may not list the
+            // directory, it is too large or cannot be granted, or its
+            // path names another directory at the owner now.
+            _ => {
+                dir.quiet_until = Some(now + QUIET_AFTER_NOTHING);
+                return;
+            }
+        };
         let batch = Arc::new(Batch {
             dirs: granted_dirs
                 .iter()
                 .map(|d| ((d.dev, d.ino), d.number))
                 .collect(),
+            path,
             generation,
             asked,
         });
@@ -329,7 +375,9 @@ mod tests {
             groups: Vec::new(),
             pid: 1,
         };
-        DirKey::new(NodeId::new(2).unwrap(), 42, &caller)
+        // The directory the owner's answers name last.
+        let node = NodeId::new(2).unwrap();
+        DirKey::new(node, inode_number(node, 1, 2), &caller)
     }
 
     fn name(i: u32) -> Vec<u8> {
@@ -367,50 +415,105 @@ mod tests {
         let grants = Grants(AtomicBool::new(true));
         let key = key(0);
         assert!(matches!(
-            ahead.lookup(&key, &name(0), &grants),
+            ahead.lookup(&key, (b"d", &name(0)), &grants),
             (None, None)
         ));
-        assert!(ahead.lookup(&key, &name(1), &grants).1.is_none());
-        let (hit, ask) = ahead.lookup(&key, &name(2), &grants);
+        assert!(ahead.lookup(&key, (b"d", &name(1)), &grants).1.is_none());
+        let (hit, ask) = ahead.lookup(&key, (b"d", &name(2)), &grants);
         assert!(hit.is_none());
         let ask = ask.expect("three misses in order ask ahead");
-        assert_eq!(
-            ask,
-            Ask {
-                after: name(2),
-                count: FIRST_COUNT
-            }
-        );
+        assert_eq!((ask.after.clone(), ask.count), (name(2), FIRST_COUNT));
         // One at a time.
-        assert!(ahead.lookup(&key, &name(3), &grants).1.is_none());
-        ahead.answered(&key, Instant::now(), 9, Some(looked_ahead(4, 36, true)));
+        assert!(ahead.lookup(&key, (b"d", &name(3)), &grants).1.is_none());
+        ahead.answered(
+            (&key, ask.id, b"d".to_vec()),
+            Instant::now(),
+            9,
+            looked_ahead(4, 36, true),
+        );
         assert_eq!(ahead.kept(&key), 32);
 
-        let (hit, ask) = ahead.lookup(&key, &name(4), &grants);
+        let (hit, ask) = ahead.lookup(&key, (b"d", &name(4)), &grants);
         let hit = hit.expect("an entry looked ahead for");
         assert_eq!((hit.attr.ino, hit.number, hit.generation), (4, 1, 9));
         // Fewer than REFILL_BELOW left after it: the next, twice as many,
         // after the last name covered.
-        assert_eq!(
-            ask,
-            Some(Ask {
-                after: name(35),
-                count: 2 * FIRST_COUNT
-            })
-        );
+        let ask = ask.expect("a refill");
+        assert_eq!((ask.after.clone(), ask.count), (name(35), 2 * FIRST_COUNT));
+
+        // The directory known under another path: not from this batch.
+        assert!(ahead.lookup(&key, (b"e", &name(7)), &grants).0.is_none());
+        assert!(ahead.lookup(&key, (b"d", &name(8)), &grants).0.is_some());
 
         // Another caller is shown nothing of it.
         assert!(
             ahead
-                .lookup(&self::key(1000), &name(5), &grants)
+                .lookup(&self::key(1000), (b"d", &name(5)), &grants)
                 .0
                 .is_none()
         );
 
         // A take-back: the entry is not used, and forgotten.
         grants.0.store(false, Ordering::Relaxed);
-        assert!(ahead.lookup(&key, &name(6), &grants).0.is_none());
-        assert_eq!(ahead.kept(&key), 31);
+        assert!(ahead.lookup(&key, (b"d", &name(6)), &grants).0.is_none());
+        assert_eq!(ahead.kept(&key), 30);
+
+        // An answer to another request than the one on its way is not
+        // taken.
+        ahead.answered(
+            (&key, ask.id + 100, b"d".to_vec()),
+            Instant::now(),
+            9,
+            looked_ahead(40, 60, true),
+        );
+        assert_eq!(ahead.kept(&key), 30);
+    }
+
+    #[test]
+    fn a_directory_the_owner_answers_nothing_for_or_another_directory_for_asks_no_more_for_a_while()
+    {
+        let ahead = LookAhead::default();
+        let grants = Grants(AtomicBool::new(true));
+        let key = key(0);
+        for i in 0..2 {
+            ahead.lookup(&key, (b"d", &name(i)), &grants);
+        }
+        let ask = ahead
+            .lookup(&key, (b"d", &name(2)), &grants)
+            .1
+            .expect("in order");
+        // The path named another directory at the owner by then.
+        let mut elsewhere = looked_ahead(3, 10, true);
+        if let FsResult::LookedAhead { dirs, .. } = &mut elsewhere {
+            dirs.last_mut().unwrap().ino = 99;
+        }
+        ahead.answered((&key, ask.id, b"d".to_vec()), Instant::now(), 9, elsewhere);
+        assert_eq!(ahead.kept(&key), 0, "entries of another directory");
+        for i in 3..10 {
+            let (hit, ask) = ahead.lookup(&key, (b"d", &name(i)), &grants);
+            assert!(hit.is_none() && ask.is_none(), "f{i:03}");
+        }
+        // An error (the caller may not list it): the same.
+        let key = self::key(1000);
+        for i in 0..2 {
+            ahead.lookup(&key, (b"d", &name(i)), &grants);
+        }
+        let ask = ahead
+            .lookup(&key, (b"d", &name(2)), &grants)
+            .1
+            .expect("in order");
+        ahead.answered(
+            (&key, ask.id, b"d".to_vec()),
+            Instant::now(),
+            9,
+            FsResult::Errno(libc::EACCES),
+        );
+        for i in 3..10 {
+            assert!(
+                ahead.lookup(&key, (b"d", &name(i)), &grants).1.is_none(),
+                "f{i:03}"
+            );
+        }
     }
 
     #[test]
@@ -419,17 +522,31 @@ mod tests {
         let grants = Grants(AtomicBool::new(true));
         let key = key(0);
         for i in [5, 3, 9, 1, 7, 2] {
-            assert!(ahead.lookup(&key, &name(i), &grants).1.is_none(), "f{i:03}");
+            assert!(
+                ahead.lookup(&key, (b"d", &name(i)), &grants).1.is_none(),
+                "f{i:03}"
+            );
         }
         // A program making files one after the other: after one answer
         // that nothing follows, its next misses ask nothing for a while.
         // (2, then 10, then 11: three in order.)
-        assert!(ahead.lookup(&key, &name(10), &grants).1.is_none());
-        let ask = ahead.lookup(&key, &name(11), &grants).1.expect("in order");
-        ahead.answered(&key, Instant::now(), 9, Some(looked_ahead(0, 0, false)));
+        assert!(ahead.lookup(&key, (b"d", &name(10)), &grants).1.is_none());
+        let ask = ahead
+            .lookup(&key, (b"d", &name(11)), &grants)
+            .1
+            .expect("in order");
+        ahead.answered(
+            (&key, ask.id, b"d".to_vec()),
+            Instant::now(),
+            9,
+            looked_ahead(0, 0, false),
+        );
         assert_eq!(ask.after, name(11));
         for i in 12..20 {
-            assert!(ahead.lookup(&key, &name(i), &grants).1.is_none(), "f{i:03}");
+            assert!(
+                ahead.lookup(&key, (b"d", &name(i)), &grants).1.is_none(),
+                "f{i:03}"
+            );
         }
     }
 }

@@ -40,6 +40,10 @@ use crate::wire::fs::{
 /// Directory entries sent in one answer.
 pub const DIR_ENTRIES_PER_REPLY: usize = 4096;
 
+/// The longest list of extended attribute names a look-ahead reads (a
+/// longer one is not sent: the asker then asks for each attribute).
+const XATTR_LIST_AHEAD: u32 = 4096;
+
 /// Most entries one look-ahead grants.
 pub const MAX_LOOK_AHEAD: u32 = 256;
 
@@ -917,10 +921,28 @@ impl Exporter {
         let mut entries = Vec::with_capacity(following.len());
         for name in following {
             let path = join_path(dir, &name);
-            let looked = self.look(credentials, FsOp::Lookup { path }, asker, Some(holder));
-            if let Ok(FsResult::Granted { attr, number }) = looked {
-                entries.push(AheadEntry { name, attr, number });
-            }
+            let lookup = FsOp::Lookup { path: path.clone() };
+            let Ok(FsResult::Granted { attr, number }) =
+                self.look(credentials, lookup, asker, Some(holder))
+            else {
+                continue;
+            };
+            // Read after the grant: a change since voids both. (`ls -l`
+            // asks every file for two extended attributes it rarely has.)
+            let list = FsOp::ListXattr {
+                path,
+                size: XATTR_LIST_AHEAD,
+            };
+            let xattrs = match run_as_looking(credentials, || self.run(list)) {
+                Ok(FsResult::Data(names)) => Some(names),
+                _ => None,
+            };
+            entries.push(AheadEntry {
+                name,
+                attr,
+                number,
+                xattrs,
+            });
         }
         FsResult::LookedAhead {
             dirs,

@@ -736,6 +736,29 @@ impl Mfs {
         }
     }
 
+    /// Whether a look-ahead says that the file of inode `ino`, at `path`
+    /// of another node, has no extended attribute `xattr`
+    /// ([`LookAhead::lacks_xattr`]).
+    fn known_without_xattr(
+        &self,
+        req: &Request,
+        (node, ino, path): (NodeId, u64, &[u8]),
+        xattr: &OsStr,
+    ) -> bool {
+        let parent = match self.inodes.lock().expect("inodes lock").get(&ino) {
+            Some(inode) => inode.parent,
+            None => return false,
+        };
+        let (dir, name) = match path.iter().rposition(|b| *b == b'/') {
+            Some(slash) => (&path[..slash], &path[slash + 1..]),
+            None => (&path[..0], path),
+        };
+        let key = DirKey::new(node, parent, &self.caller(req));
+        let grants = self.client.attrs().as_ref();
+        self.look_ahead
+            .lacks_xattr(&key, (dir, name), (ino, xattr.as_bytes()), grants)
+    }
+
     /// Asks the owner of `key`'s directory, at `dir`, for the look-ahead
     /// `ask`; its answer goes to [`LookAhead::answered`] on the
     /// connection's task.
@@ -1639,6 +1662,9 @@ impl Filesystem for Mfs {
             return reply.error(Errno::ENODATA);
         }
         let result = self.locate(ino).and_then(|(node, path, _)| {
+            if node != self.me && self.known_without_xattr(req, (node, ino.0, &path), name) {
+                return Err(Errno::ENODATA);
+            }
             let op = FsOp::GetXattr {
                 path,
                 name: name.as_bytes().to_vec(),

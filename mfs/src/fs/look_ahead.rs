@@ -99,6 +99,8 @@ pub struct Batch {
 struct Ahead {
     attr: Attr,
     number: u64,
+    /// The names of its extended attributes, NUL-terminated, if read.
+    xattrs: Option<Vec<u8>>,
     batch: Arc<Batch>,
 }
 
@@ -119,6 +121,23 @@ pub struct Ask {
     pub id: u64,
     pub after: Vec<u8>,
     pub count: u32,
+}
+
+impl Ahead {
+    /// Whether the entry may answer for its name in the directory at
+    /// `path` of `node`: it was granted for that path, and its file's
+    /// and directories' grants hold.
+    fn holds(&self, node: NodeId, path: &[u8], grants: &dyn StillGranted) -> bool {
+        // The directory's inode is now known under another path (renamed,
+        // or another way to it): what was granted for the old one says
+        // nothing of the ancestors of the new.
+        if self.batch.path != path {
+            return false;
+        }
+        let mut all = self.batch.dirs.clone();
+        all.push(((self.attr.dev, self.attr.ino), self.number));
+        grants.still_granted(node, self.batch.generation, self.batch.asked, &all)
+    }
 }
 
 struct Dir {
@@ -217,31 +236,24 @@ impl LookAhead {
         }
         let dir = dirs.entry(key.clone()).or_insert_with(|| Dir::new(now));
         dir.used = now;
-        let hit = match dir.entries.get(name) {
-            // The directory's inode is now known under another path
-            // (renamed, or another way to it): what was granted for the
-            // old one says nothing of the ancestors of the new.
-            Some(ahead) if ahead.batch.path != path => None,
-            Some(ahead) => {
-                let batch = &ahead.batch;
-                let file = (ahead.attr.dev, ahead.attr.ino);
-                let mut all = batch.dirs.clone();
-                all.push((file, ahead.number));
-                grants
-                    .still_granted(key.node, batch.generation, batch.asked, &all)
-                    .then(|| Hit {
-                        attr: ahead.attr,
-                        number: ahead.number,
-                        generation: batch.generation,
-                        asked: batch.asked,
-                    })
-            }
-            None => None,
-        };
+        let hit = dir
+            .entries
+            .get(name)
+            .filter(|ahead| ahead.holds(key.node, path, grants))
+            .map(|ahead| Hit {
+                attr: ahead.attr,
+                number: ahead.number,
+                generation: ahead.batch.generation,
+                asked: ahead.batch.asked,
+            });
         let Some(hit) = hit else {
             dir.entries.remove(name);
+            // A name missed again (`ls -l` stats a file, then reads two
+            // of its extended attributes, each by path) neither breaks a
+            // run nor adds to it.
             let in_order = match &dir.last_miss {
                 Some((last, run)) if last.as_slice() < name => run + 1,
+                Some((last, run)) if last.as_slice() == name => *run,
                 _ => 1,
             };
             dir.last_miss = Some((name.to_vec(), in_order));
@@ -265,6 +277,36 @@ impl LookAhead {
             _ => None,
         };
         (Some(hit), ask)
+    }
+
+    /// Whether the file `name` in the directory of `key`, at `path`, is
+    /// known from a look-ahead whose grants hold not to have the extended
+    /// attribute `xattr`, and is the file of inode `ino`. Only for names
+    /// `listxattr` lists whenever `getxattr` finds them: not `system.`
+    /// ones, but access control lists.
+    pub fn lacks_xattr(
+        &self,
+        key: &DirKey,
+        (path, name): (&[u8], &[u8]),
+        (ino, xattr): (u64, &[u8]),
+        grants: &dyn StillGranted,
+    ) -> bool {
+        let listed_when_set = !xattr.starts_with(b"system.")
+            || xattr == b"system.posix_acl_access"
+            || xattr == b"system.posix_acl_default";
+        if !listed_when_set {
+            return false;
+        }
+        let dirs = self.dirs.lock().expect("look-ahead lock");
+        let Some(ahead) = dirs.get(key).and_then(|dir| dir.entries.get(name)) else {
+            return false;
+        };
+        let Some(names) = &ahead.xattrs else {
+            return false;
+        };
+        inode_number(key.node, ahead.attr.dev, ahead.attr.ino) == ino
+            && !names.split(|b| *b == 0).any(|listed| listed == xattr)
+            && ahead.holds(key.node, path, grants)
     }
 
     /// The owner's answer to look-ahead `id` of `key`'s directory, at
@@ -330,6 +372,7 @@ impl LookAhead {
             let ahead = Ahead {
                 attr: entry.attr,
                 number: entry.number,
+                xattrs: entry.xattrs,
                 batch: batch.clone(),
             };
             dir.entries.insert(entry.name, ahead);
@@ -394,6 +437,7 @@ mod tests {
                     ..Attr::default()
                 },
                 number: 1,
+                xattrs: Some(b"user.kept\0".to_vec()),
             })
             .collect();
         let dir = |ino| AttrsChange {
@@ -445,6 +489,15 @@ mod tests {
         assert!(ahead.lookup(&key, (b"e", &name(7)), &grants).0.is_none());
         assert!(ahead.lookup(&key, (b"d", &name(8)), &grants).0.is_some());
 
+        // What the owner said of its extended attributes.
+        let ino = inode_number(key.node, 0, 4);
+        let lacks = |xattr: &[u8]| ahead.lacks_xattr(&key, (b"d", &name(4)), (ino, xattr), &grants);
+        assert!(lacks(b"user.other") && lacks(b"system.posix_acl_access"));
+        assert!(!lacks(b"user.kept"), "a listed attribute");
+        assert!(!lacks(b"system.sockprotoname"), "not always listed");
+        assert!(!ahead.lacks_xattr(&key, (b"e", &name(4)), (ino, b"user.other"), &grants));
+        assert!(!ahead.lacks_xattr(&key, (b"d", &name(4)), (ino + 1, b"user.other"), &grants));
+
         // Another caller is shown nothing of it.
         assert!(
             ahead
@@ -455,6 +508,7 @@ mod tests {
 
         // A take-back: the entry is not used, and forgotten.
         grants.0.store(false, Ordering::Relaxed);
+        assert!(!lacks(b"user.other"), "a file whose grant was taken back");
         assert!(ahead.lookup(&key, (b"d", &name(6)), &grants).0.is_none());
         assert_eq!(ahead.kept(&key), 30);
 

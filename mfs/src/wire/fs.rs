@@ -387,12 +387,15 @@ pub enum FsResult {
 }
 
 /// An entry of [`FsResult::LookedAhead`]: `name`'s attributes, granted
-/// under `number`.
+/// under `number`, and the names of its extended attributes (as
+/// `listxattr` gives them, each ending in a NUL), read under the same
+/// grant, if they could be read.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub struct AheadEntry {
     pub name: Vec<u8>,
     pub attr: Attr,
     pub number: u64,
+    pub xattrs: Option<Vec<u8>>,
 }
 
 /// A payload came after a message that does not take one (see

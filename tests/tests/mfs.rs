@@ -1166,7 +1166,7 @@ fn attributes_kept_by_another_node_never_outlive_a_change() {
 
 /// Answers each line, a path, with what `stat` says of it (inode, size,
 /// permission bits, links); a line `x PATH NAME` with the value of the
-/// extended attribute; `o PATH` with `open` once it opened the file, and
+/// extended attribute (in hexadecimal); `o PATH` with `open` once it opened the file, and
 /// then `fx PATH NAME` with the attribute's value read through that
 /// descriptor; or with the name of the error.
 const STAT_PATHS: &str = r#"
@@ -1176,12 +1176,12 @@ for line in sys.stdin:
     words = line.split()
     try:
         if words[0] == "x":
-            print(os.getxattr(words[1], words[2]).decode(), flush=True)
+            print(os.getxattr(words[1], words[2]).hex(), flush=True)
         elif words[0] == "o":
             fds[words[1]] = os.open(words[1], os.O_RDONLY)
             print("open", flush=True)
         elif words[0] == "fx":
-            print(os.getxattr(fds[words[1]], words[2]).decode(), flush=True)
+            print(os.getxattr(fds[words[1]], words[2]).hex(), flush=True)
         else:
             st = os.stat(words[0])
             print(st.st_ino, st.st_size, oct(st.st_mode & 0o7777), st.st_nlink, flush=True)
@@ -1255,10 +1255,11 @@ fn lookups_in_order_are_answered_ahead_and_never_outlive_a_change() {
         );
         changed += 10;
     }
-    // An extended attribute the file does not have: known from the
-    // look-ahead, without asking. Set from node 3, it is read at once.
+    // An extended attribute `ls -l` reads, which the file does not have:
+    // known from the look-ahead, without asking. Set from node 3, it is
+    // read at once.
     scan_to(&mut root, changed);
-    let probe = format!("x {} user.tag", name(changed + 1));
+    let probe = format!("x {} security.selinux", name(changed + 1));
     let before = remote_operations(&lab);
     assert_eq!(root.ask(&probe), "ENODATA");
     assert_eq!(
@@ -1267,20 +1268,20 @@ fn lookups_in_order_are_answered_ahead_and_never_outlive_a_change() {
         "a missing extended attribute of a file looked ahead for was asked for"
     );
     let set = format!(
-        "python3 -c \"import os; os.setxattr('{}', 'user.tag', b'v1')\"",
+        "python3 -c \"import os; os.setxattr('{}', 'security.selinux', b'v1')\"",
         name(changed + 1)
     );
     // Through a descriptor opened before (no lookup comes first).
     assert_eq!(root.ask(&format!("o {}", name(changed + 1))), "open");
-    let through_fd = format!("fx {} user.tag", name(changed + 1));
+    let through_fd = format!("fx {} security.selinux", name(changed + 1));
     assert_eq!(root.ask(&through_fd), "ENODATA");
     sh(&lab, 3, &set);
     assert_eq!(
         root.ask(&through_fd),
-        "v1",
+        "7631",
         "an extended attribute set from node 3"
     );
-    assert_eq!(root.ask(&probe), "v1");
+    assert_eq!(root.ask(&probe), "7631");
     changed += 10;
 
     // A rename over the name: the stat shows the file moved there.

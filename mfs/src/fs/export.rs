@@ -33,16 +33,21 @@ use super::writeback::{self, Writeback};
 use super::{lease, sys};
 use crate::NodeId;
 use crate::wire::fs::{
-    AheadEntry, Attr, AttrsChange, DirEntry, FsOp, FsResult, LockSpec, MAX_FS_IO, SetAttrs,
-    SetTime, StatFs,
+    AheadEntry, AheadXattr, Attr, AttrsChange, DirEntry, FsOp, FsResult, LockSpec, MAX_FS_IO,
+    SetAttrs, SetTime, StatFs,
 };
 
 /// Directory entries sent in one answer.
 pub const DIR_ENTRIES_PER_REPLY: usize = 4096;
 
-/// The longest list of extended attribute names a look-ahead reads (a
-/// longer one is not sent: the asker then asks for each attribute).
-const XATTR_LIST_AHEAD: u32 = 4096;
+/// The extended attributes a look-ahead reads of each file, as its
+/// caller: those `ls -l` asks every file for (it marks a file that has an
+/// access control list, or a security label, and most have neither).
+const XATTRS_AHEAD: [&[u8]; 2] = [b"security.selinux", b"system.posix_acl_access"];
+
+/// The largest value of one of [`XATTRS_AHEAD`] a look-ahead reads (a
+/// larger one is an error, ERANGE, and the asker asks itself).
+const XATTR_VALUE_AHEAD: u32 = 4096;
 
 /// Most entries one look-ahead grants.
 pub const MAX_LOOK_AHEAD: u32 = 256;
@@ -884,9 +889,18 @@ impl Exporter {
         if room == 0 {
             return nothing;
         }
-        // The directories first: a rename, removal or change of mode of
-        // any of them (which decides who may look below it) takes the
-        // look-ahead back, as a change of an entry takes its own back.
+        // Listed first, to find the names (who may not list it is shown
+        // none): each is then looked up afresh, after the grants of the
+        // directories, so a name gone since is left out and one made
+        // since is not in the answer, both as they should.
+        let names = match run_as_looking(credentials, || self.names_in(dir)) {
+            Ok(Some(names)) => names,
+            Ok(None) => return nothing,
+            Err(e) => return FsResult::Errno(e as i32),
+        };
+        // The directories: a rename, removal or change of mode of any of
+        // them (which decides who may look below it) takes the look-ahead
+        // back, as a change of an entry takes its own back.
         let mut dirs = Vec::new();
         for prefix in path_prefixes(dir) {
             let read_after = self.grants.now();
@@ -904,11 +918,6 @@ impl Exporter {
                 _ => return nothing,
             }
         }
-        let names = match run_as_looking(credentials, || self.names_in(dir)) {
-            Ok(Some(names)) => names,
-            Ok(None) => return nothing,
-            Err(e) => return FsResult::Errno(e as i32),
-        };
         let count = (count.min(MAX_LOOK_AHEAD) as usize).min(room);
         let mut following: Vec<Vec<u8>> = names
             .into_iter()
@@ -927,16 +936,26 @@ impl Exporter {
             else {
                 continue;
             };
-            // Read after the grant: a change since voids both. (`ls -l`
-            // asks every file for two extended attributes it rarely has.)
-            let list = FsOp::ListXattr {
-                path,
-                size: XATTR_LIST_AHEAD,
-            };
-            let xattrs = match run_as_looking(credentials, || self.run(list)) {
-                Ok(FsResult::Data(names)) => Some(names),
-                _ => None,
-            };
+            // Read after the grant: a change since voids both.
+            let xattrs = XATTRS_AHEAD
+                .iter()
+                .map(|name| {
+                    let get = FsOp::GetXattr {
+                        path: path.clone(),
+                        name: name.to_vec(),
+                        size: XATTR_VALUE_AHEAD,
+                    };
+                    let answer = match run_as_looking(credentials, || self.run(get)) {
+                        Ok(FsResult::Data(value)) => Ok(value),
+                        Ok(_) => Err(libc::EIO),
+                        Err(e) => Err(e as i32),
+                    };
+                    AheadXattr {
+                        name: name.to_vec(),
+                        answer,
+                    }
+                })
+                .collect();
             entries.push(AheadEntry {
                 name,
                 attr,

@@ -736,19 +736,16 @@ impl Mfs {
         }
     }
 
-    /// Whether a look-ahead says that the file of inode `ino`, at `path`
-    /// of another node, has no extended attribute `xattr`
-    /// ([`LookAhead::lacks_xattr`]).
-    fn known_without_xattr(
+    /// What a look-ahead read of the extended attribute `xattr` of the
+    /// file of inode `ino`, at `path` of another node, if its grants
+    /// hold ([`LookAhead::xattr`]): its value, or the errno.
+    fn xattr_ahead(
         &self,
         req: &Request,
         (node, ino, path): (NodeId, u64, &[u8]),
         xattr: &OsStr,
-    ) -> bool {
-        let parent = match self.inodes.lock().expect("inodes lock").get(&ino) {
-            Some(inode) => inode.parent,
-            None => return false,
-        };
+    ) -> Option<Result<Vec<u8>, i32>> {
+        let parent = self.inodes.lock().expect("inodes lock").get(&ino)?.parent;
         let (dir, name) = match path.iter().rposition(|b| *b == b'/') {
             Some(slash) => (&path[..slash], &path[slash + 1..]),
             None => (&path[..0], path),
@@ -756,7 +753,7 @@ impl Mfs {
         let key = DirKey::new(node, parent, &self.caller(req));
         let grants = self.client.attrs().as_ref();
         self.look_ahead
-            .lacks_xattr(&key, (dir, name), (ino, xattr.as_bytes()), grants)
+            .xattr(&key, (dir, name), (ino, xattr.as_bytes()), grants)
     }
 
     /// Asks the owner of `key`'s directory, at `dir`, for the look-ahead
@@ -1662,8 +1659,15 @@ impl Filesystem for Mfs {
             return reply.error(Errno::ENODATA);
         }
         let result = self.locate(ino).and_then(|(node, path, _)| {
-            if node != self.me && self.known_without_xattr(req, (node, ino.0, &path), name) {
-                return Err(Errno::ENODATA);
+            if node != self.me
+                && let Some(read) = self.xattr_ahead(req, (node, ino.0, &path), name)
+            {
+                return match read {
+                    Ok(value) if size == 0 => Ok(FsResult::Size(value.len() as u32)),
+                    Ok(value) if value.len() > size as usize => Err(Errno::ERANGE),
+                    Ok(value) => Ok(FsResult::Data(value)),
+                    Err(e) => Err(Errno::from_i32(e)),
+                };
             }
             let op = FsOp::GetXattr {
                 path,

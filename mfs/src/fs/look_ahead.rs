@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use super::attr_grants::FileId;
 use super::fuse::inode_number;
 use crate::NodeId;
-use crate::wire::fs::{Attr, Caller, FsResult};
+use crate::wire::fs::{AheadXattr, Attr, Caller, FsResult};
 
 /// How long a directory that had no names after one is taken to have
 /// none after it (see `Dir::end`).
@@ -99,8 +99,8 @@ pub struct Batch {
 struct Ahead {
     attr: Attr,
     number: u64,
-    /// The names of its extended attributes, NUL-terminated, if read.
-    xattrs: Option<Vec<u8>>,
+    /// What reading a few of its extended attributes gave.
+    xattrs: Vec<AheadXattr>,
     batch: Arc<Batch>,
 }
 
@@ -142,9 +142,13 @@ impl Ahead {
 
 struct Dir {
     entries: BTreeMap<Vec<u8>, Ahead>,
-    /// The last name the look-aheads so far covered, and whether the
-    /// owner had names after it.
-    covered: Option<(Vec<u8>, bool)>,
+    /// The last name the latest look-ahead covered, and whether the
+    /// owner had names after it: where the next one starts.
+    frontier: Option<(Vec<u8>, bool)>,
+    /// The names each look-ahead covered, from after its first name to
+    /// its last, and when it was asked for: a name in them that is not
+    /// kept is not a regular file, or was not grantable then.
+    covered: BTreeMap<Vec<u8>, (Vec<u8>, Instant)>,
     /// The last name missed, and how many misses in increasing order
     /// led to it.
     last_miss: Option<(Vec<u8>, u32)>,
@@ -168,7 +172,8 @@ impl Dir {
     fn new(now: Instant) -> Dir {
         Dir {
             entries: BTreeMap::new(),
-            covered: None,
+            frontier: None,
+            covered: BTreeMap::new(),
             last_miss: None,
             asking: None,
             quiet_until: None,
@@ -247,24 +252,47 @@ impl LookAhead {
                 asked: ahead.batch.asked,
             });
         let Some(hit) = hit else {
-            dir.entries.remove(name);
+            // An entry whose grants broke: what the look-aheads covered is
+            // to be asked for again.
+            if dir.entries.remove(name).is_some() {
+                dir.covered.clear();
+            }
             // A name missed again (`ls -l` stats a file, then reads two
             // of its extended attributes, each by path) neither breaks a
-            // run nor adds to it.
+            // run nor adds to it, nor asks again.
+            let again = dir
+                .last_miss
+                .as_ref()
+                .is_some_and(|(last, _)| last.as_slice() == name);
             let in_order = match &dir.last_miss {
                 Some((last, run)) if last.as_slice() < name => run + 1,
-                Some((last, run)) if last.as_slice() == name => *run,
+                Some((_, run)) if again => *run,
                 _ => 1,
             };
             dir.last_miss = Some((name.to_vec(), in_order));
             let past_end = dir.end.as_ref().is_some_and(|(end, when)| {
-                end.as_slice() < name && now.duration_since(*when) < END_HEARD_FOR
+                end.as_slice() <= name && now.duration_since(*when) < END_HEARD_FOR
             });
-            let due = in_order >= IN_ORDER_TO_START && dir.may_ask(now) && !past_end;
+            // A name the look-aheads covered, not kept: not a regular
+            // file, or not grantable now. Asking again would bring the
+            // same.
+            let usable = super::kept_attrs::usable_for();
+            let covered = dir
+                .covered
+                .range::<[u8], _>((Bound::Unbounded, Bound::Excluded(name)))
+                .next_back()
+                .is_some_and(|(_, (last, asked))| {
+                    name <= last.as_slice() && now.duration_since(*asked) < usable
+                });
+            let due = in_order >= IN_ORDER_TO_START
+                && !again
+                && !covered
+                && !past_end
+                && dir.may_ask(now);
             let ask = due.then(|| dir.ask(id, name.to_vec()));
             return (None, ask);
         };
-        let ask = match &dir.covered {
+        let ask = match &dir.frontier {
             Some((last, true)) if dir.may_ask(now) => {
                 let left = dir
                     .entries
@@ -279,34 +307,26 @@ impl LookAhead {
         (Some(hit), ask)
     }
 
-    /// Whether the file `name` in the directory of `key`, at `path`, is
-    /// known from a look-ahead whose grants hold not to have the extended
-    /// attribute `xattr`, and is the file of inode `ino`. Only for names
-    /// `listxattr` lists whenever `getxattr` finds them: not `system.`
-    /// ones, but access control lists.
-    pub fn lacks_xattr(
+    /// What reading the extended attribute `xattr` of the file `name` in
+    /// the directory of `key`, at `path`, gave at the owner, if a
+    /// look-ahead whose grants hold read it, and the file is that of
+    /// inode `ino`: its value, or the errno.
+    pub fn xattr(
         &self,
         key: &DirKey,
         (path, name): (&[u8], &[u8]),
         (ino, xattr): (u64, &[u8]),
         grants: &dyn StillGranted,
-    ) -> bool {
-        let listed_when_set = !xattr.starts_with(b"system.")
-            || xattr == b"system.posix_acl_access"
-            || xattr == b"system.posix_acl_default";
-        if !listed_when_set {
-            return false;
-        }
+    ) -> Option<Result<Vec<u8>, i32>> {
         let dirs = self.dirs.lock().expect("look-ahead lock");
-        let Some(ahead) = dirs.get(key).and_then(|dir| dir.entries.get(name)) else {
-            return false;
-        };
-        let Some(names) = &ahead.xattrs else {
-            return false;
-        };
-        inode_number(key.node, ahead.attr.dev, ahead.attr.ino) == ino
-            && !names.split(|b| *b == 0).any(|listed| listed == xattr)
-            && ahead.holds(key.node, path, grants)
+        let ahead = dirs.get(key)?.entries.get(name)?;
+        if inode_number(key.node, ahead.attr.dev, ahead.attr.ino) != ino {
+            return None;
+        }
+        let read = ahead.xattrs.iter().find(|read| read.name == xattr)?;
+        ahead
+            .holds(key.node, path, grants)
+            .then(|| read.answer.clone())
     }
 
     /// The owner's answer to look-ahead `id` of `key`'s directory, at
@@ -383,7 +403,10 @@ impl LookAhead {
         if last.is_empty() {
             dir.end = Some((after, now));
         } else {
-            dir.covered = Some((last, more));
+            dir.covered
+                .retain(|_, (_, asked)| now.duration_since(*asked) < usable);
+            dir.covered.insert(after, (last.clone(), asked));
+            dir.frontier = Some((last, more));
         }
     }
 
@@ -437,7 +460,16 @@ mod tests {
                     ..Attr::default()
                 },
                 number: 1,
-                xattrs: Some(b"user.kept\0".to_vec()),
+                xattrs: vec![
+                    AheadXattr {
+                        name: b"user.none".to_vec(),
+                        answer: Err(libc::ENODATA),
+                    },
+                    AheadXattr {
+                        name: b"user.kept".to_vec(),
+                        answer: Ok(b"v".to_vec()),
+                    },
+                ],
             })
             .collect();
         let dir = |ino| AttrsChange {
@@ -491,12 +523,18 @@ mod tests {
 
         // What the owner said of its extended attributes.
         let ino = inode_number(key.node, 0, 4);
-        let lacks = |xattr: &[u8]| ahead.lacks_xattr(&key, (b"d", &name(4)), (ino, xattr), &grants);
-        assert!(lacks(b"user.other") && lacks(b"system.posix_acl_access"));
-        assert!(!lacks(b"user.kept"), "a listed attribute");
-        assert!(!lacks(b"system.sockprotoname"), "not always listed");
-        assert!(!ahead.lacks_xattr(&key, (b"e", &name(4)), (ino, b"user.other"), &grants));
-        assert!(!ahead.lacks_xattr(&key, (b"d", &name(4)), (ino + 1, b"user.other"), &grants));
+        let read = |xattr: &[u8]| ahead.xattr(&key, (b"d", &name(4)), (ino, xattr), &grants);
+        assert_eq!(read(b"user.none"), Some(Err(libc::ENODATA)));
+        assert_eq!(read(b"user.kept"), Some(Ok(b"v".to_vec())));
+        assert_eq!(read(b"user.other"), None, "not read ahead");
+        assert_eq!(
+            ahead.xattr(&key, (b"e", &name(4)), (ino, b"user.none"), &grants),
+            None
+        );
+        assert_eq!(
+            ahead.xattr(&key, (b"d", &name(4)), (ino + 1, b"user.none"), &grants),
+            None
+        );
 
         // Another caller is shown nothing of it.
         assert!(
@@ -508,7 +546,11 @@ mod tests {
 
         // A take-back: the entry is not used, and forgotten.
         grants.0.store(false, Ordering::Relaxed);
-        assert!(!lacks(b"user.other"), "a file whose grant was taken back");
+        assert_eq!(
+            read(b"user.none"),
+            None,
+            "a file whose grant was taken back"
+        );
         assert!(ahead.lookup(&key, (b"d", &name(6)), &grants).0.is_none());
         assert_eq!(ahead.kept(&key), 30);
 
@@ -568,6 +610,37 @@ mod tests {
                 "f{i:03}"
             );
         }
+    }
+
+    #[test]
+    fn names_a_look_ahead_covered_but_did_not_keep_ask_for_none() {
+        let ahead = LookAhead::default();
+        let grants = Grants(AtomicBool::new(true));
+        let key = key(0);
+        for i in 0..2 {
+            ahead.lookup(&key, (b"d", &name(i)), &grants);
+        }
+        let ask = ahead
+            .lookup(&key, (b"d", &name(2)), &grants)
+            .1
+            .expect("in order");
+        // f003 to f030 looked at, of which only f003 to f005 kept (the
+        // others are, say, symbolic links).
+        let mut answer = looked_ahead(3, 6, true);
+        if let FsResult::LookedAhead { last, .. } = &mut answer {
+            *last = name(30);
+        }
+        ahead.answered((&key, ask.id, b"d".to_vec()), Instant::now(), 9, answer);
+        for i in 10..13 {
+            let (hit, ask) = ahead.lookup(&key, (b"d", &name(i)), &grants);
+            assert!(hit.is_none() && ask.is_none(), "f{i:03}, covered");
+        }
+        let ask = ahead.lookup(&key, (b"d", &name(31)), &grants).1;
+        assert_eq!(
+            ask.map(|ask| ask.after),
+            Some(name(31)),
+            "past what was covered"
+        );
     }
 
     #[test]

@@ -387,15 +387,21 @@ pub enum FsResult {
 }
 
 /// An entry of [`FsResult::LookedAhead`]: `name`'s attributes, granted
-/// under `number`, and the names of its extended attributes (as
-/// `listxattr` gives them, each ending in a NUL), read under the same
-/// grant, if they could be read.
+/// under `number`, and what `getxattr` of a few extended attributes gave
+/// the caller, read under the same grant.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub struct AheadEntry {
     pub name: Vec<u8>,
     pub attr: Attr,
     pub number: u64,
-    pub xattrs: Option<Vec<u8>>,
+    pub xattrs: Vec<AheadXattr>,
+}
+
+/// The value of extended attribute `name`, or the errno its read gave.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct AheadXattr {
+    pub name: Vec<u8>,
+    pub answer: Result<Vec<u8>, i32>,
 }
 
 /// A payload came after a message that does not take one (see

@@ -25,5 +25,6 @@ pub use messages::*;
 /// are refused with a message naming both versions. 2: MFS attribute
 /// grants (`FsResult::Granted`, `FsAnswer::AttrsChanged`,
 /// `FsOp::AttrsDropped`). 3: MFS look-ahead (`FsOp::LookAhead`,
-/// `FsResult::LookedAhead`).
-pub const PROTOCOL_VERSION: u16 = 3;
+/// `FsResult::LookedAhead`). 4: a look-ahead's entries carry their
+/// extended attributes `ls -l` reads (`AheadXattr`).
+pub const PROTOCOL_VERSION: u16 = 4;

@@ -485,6 +485,17 @@ mod tests {
         }
     }
 
+    /// Misses f000, f001 and f002 of `key`'s directory: the look-ahead
+    /// they ask for.
+    fn three_misses(ahead: &LookAhead, key: &DirKey, grants: &Grants) -> Ask {
+        for i in 0..2 {
+            ahead.lookup(key, (b"d", &name(i)), grants);
+        }
+        let (hit, ask) = ahead.lookup(key, (b"d", &name(2)), grants);
+        assert!(hit.is_none());
+        ask.expect("three misses in order ask ahead")
+    }
+
     #[test]
     fn misses_in_order_ask_ahead_and_its_entries_answer_while_granted() {
         let ahead = LookAhead::default();
@@ -571,13 +582,7 @@ mod tests {
         let ahead = LookAhead::default();
         let grants = Grants(AtomicBool::new(true));
         let key = key(0);
-        for i in 0..2 {
-            ahead.lookup(&key, (b"d", &name(i)), &grants);
-        }
-        let ask = ahead
-            .lookup(&key, (b"d", &name(2)), &grants)
-            .1
-            .expect("in order");
+        let ask = three_misses(&ahead, &key, &grants);
         // The path named another directory at the owner by then.
         let mut elsewhere = looked_ahead(3, 10, true);
         if let FsResult::LookedAhead { dirs, .. } = &mut elsewhere {
@@ -591,13 +596,7 @@ mod tests {
         }
         // An error (the caller may not list it): the same.
         let key = self::key(1000);
-        for i in 0..2 {
-            ahead.lookup(&key, (b"d", &name(i)), &grants);
-        }
-        let ask = ahead
-            .lookup(&key, (b"d", &name(2)), &grants)
-            .1
-            .expect("in order");
+        let ask = three_misses(&ahead, &key, &grants);
         ahead.answered(
             (&key, ask.id, b"d".to_vec()),
             Instant::now(),
@@ -617,13 +616,7 @@ mod tests {
         let ahead = LookAhead::default();
         let grants = Grants(AtomicBool::new(true));
         let key = key(0);
-        for i in 0..2 {
-            ahead.lookup(&key, (b"d", &name(i)), &grants);
-        }
-        let ask = ahead
-            .lookup(&key, (b"d", &name(2)), &grants)
-            .1
-            .expect("in order");
+        let ask = three_misses(&ahead, &key, &grants);
         // f003 to f030 looked at, of which only f003 to f005 kept (the
         // others are, say, symbolic links).
         let mut answer = looked_ahead(3, 6, true);

@@ -1205,15 +1205,21 @@ fn lookups_in_order_are_answered_ahead_and_never_outlive_a_change() {
     let mut root = Asker::start(&lab, 1, STAT_PATHS);
 
     // Stats of names in order: after the first few, node 1 answers them
-    // from what it asked ahead for, a few requests in all.
+    // from what it asked ahead for, a few requests in all. (Paced, so
+    // that a loaded owner answers each look-ahead before the scan runs
+    // past it: a scan faster than the owner asks for what it passes, as
+    // it should, and this counts requests.)
     let before = remote_operations(&lab);
     for i in 0..200 {
+        if i % 25 == 3 {
+            std::thread::sleep(Duration::from_millis(300));
+        }
         let answer = root.ask(&name(i));
         assert!(answer.ends_with(" 1 0o644 1"), "{}: {answer}", name(i));
     }
     let asked = remote_operations(&lab) - before;
     assert!(
-        asked < 30.0,
+        asked < 20.0,
         "200 stats in order of another node's directory asked its owner {asked} times"
     );
 
@@ -1226,6 +1232,9 @@ fn lookups_in_order_are_answered_ahead_and_never_outlive_a_change() {
         for i in next..changed {
             root.ask(&name(i));
         }
+        // Time for a look-ahead on its way to come, even from a loaded
+        // owner.
+        std::thread::sleep(Duration::from_millis(500));
         let before = remote_operations(&lab);
         root.ask(&name(changed + 2));
         assert_eq!(

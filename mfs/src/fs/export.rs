@@ -34,7 +34,7 @@ use super::{lease, sys};
 use crate::NodeId;
 use crate::wire::fs::{
     AheadEntry, AheadXattr, Attr, AttrsChange, DirEntry, FsOp, FsResult, LockSpec, MAX_FS_IO,
-    SetAttrs, SetTime, StatFs,
+    SetAttrs, SetTime, StatFs, child_path,
 };
 
 /// Directory entries sent in one answer.
@@ -355,6 +355,10 @@ fn os(bytes: &[u8]) -> &OsStr {
     OsStr::from_bytes(bytes)
 }
 
+fn is_dir(attr: &Attr) -> bool {
+    attr.mode & libc::S_IFMT == libc::S_IFDIR
+}
+
 /// `path` and every directory above it, from the exported root (the
 /// empty path) down.
 fn path_prefixes(path: &[u8]) -> impl Iterator<Item = &[u8]> {
@@ -365,18 +369,6 @@ fn path_prefixes(path: &[u8]) -> impl Iterator<Item = &[u8]> {
         .map(|(i, _)| i)
         .chain((!path.is_empty()).then_some(path.len()));
     std::iter::once(&path[..0]).chain(ends.map(move |end| &path[..end]))
-}
-
-/// `name` in directory `dir` (the empty path is the exported root).
-fn join_path(dir: &[u8], name: &[u8]) -> Vec<u8> {
-    if dir.is_empty() {
-        return name.to_vec();
-    }
-    let mut path = Vec::with_capacity(dir.len() + 1 + name.len());
-    path.extend_from_slice(dir);
-    path.push(b'/');
-    path.extend_from_slice(name);
-    path
 }
 
 fn cstring(bytes: &[u8]) -> Result<CString, Errno> {
@@ -694,18 +686,12 @@ impl Exporter {
     /// name them now (found as this daemon, not as the caller: a file the
     /// caller cannot reach is not changed, and its grants stay).
     fn changes_of(&self, op: &FsOp) -> Vec<FileId> {
-        let found = |path: &[u8]| {
-            self.stat_path(path)
-                .ok()
-                .filter(grantable)
-                .map(|attr| (attr.dev, attr.ino))
-        };
         // A directory is granted to a look-ahead (see `look_ahead`): a
         // change of its name or of who may look in it takes that back.
-        let found_or_dir = |path: &[u8]| {
+        let found = |path: &[u8], or_dir: bool| {
             self.stat_path(path)
                 .ok()
-                .filter(|attr| grantable(attr) || attr.mode & libc::S_IFMT == libc::S_IFDIR)
+                .filter(|attr| grantable(attr) || (or_dir && is_dir(attr)))
                 .map(|attr| (attr.dev, attr.ino))
         };
         match op {
@@ -718,24 +704,24 @@ impl Exporter {
             } => {
                 let mut files: Vec<FileId> =
                     self.file(*handle).map(|open| open.id).into_iter().collect();
-                files.extend(found(path).filter(|file| !files.contains(file)));
+                files.extend(found(path, false).filter(|file| !files.contains(file)));
                 files
             }
             FsOp::SetAttr { path, .. }
             | FsOp::SetXattr { path, .. }
             | FsOp::RemoveXattr { path, .. }
-            | FsOp::RmDir { path } => found_or_dir(path).into_iter().collect(),
+            | FsOp::RmDir { path } => found(path, true).into_iter().collect(),
             FsOp::Unlink { path } | FsOp::Link { from: path, .. } => {
-                found(path).into_iter().collect()
+                found(path, false).into_iter().collect()
             }
-            FsOp::Rename { from, to, .. } => found_or_dir(from)
+            FsOp::Rename { from, to, .. } => found(from, true)
                 .into_iter()
-                .chain(found_or_dir(to))
+                .chain(found(to, true))
                 .collect(),
             FsOp::Open { path, flags } | FsOp::Create { path, flags, .. }
                 if opens_for_writing(*flags) =>
             {
-                found(path).into_iter().collect()
+                found(path, false).into_iter().collect()
             }
             _ => Vec::new(),
         }
@@ -764,8 +750,7 @@ impl Exporter {
                 if !nix::sys::stat::fstat(fd.as_fd()).is_ok_and(|st| same(&st)) {
                     return FsResult::Attr(attr);
                 }
-                let directory = attr.mode & libc::S_IFMT == libc::S_IFDIR;
-                if let Err(e) = self.grants.watch(file, &fd, directory) {
+                if let Err(e) = self.grants.watch(file, &fd, is_dir(&attr)) {
                     debug!("no attribute grant: cannot watch a file: {e}");
                     return FsResult::Attr(attr);
                 }
@@ -905,7 +890,7 @@ impl Exporter {
         for prefix in path_prefixes(dir) {
             let read_after = self.grants.now();
             let attr = match run_as_looking(credentials, || self.stat_path(prefix)) {
-                Ok(attr) if attr.mode & libc::S_IFMT == libc::S_IFDIR => attr,
+                Ok(attr) if is_dir(&attr) => attr,
                 Ok(_) => return FsResult::Errno(libc::ENOTDIR),
                 Err(e) => return FsResult::Errno(e as i32),
             };
@@ -929,7 +914,7 @@ impl Exporter {
         let last = following.last().cloned().unwrap_or_default();
         let mut entries = Vec::with_capacity(following.len());
         for name in following {
-            let path = join_path(dir, &name);
+            let path = child_path(dir, &name);
             let lookup = FsOp::Lookup { path: path.clone() };
             let Ok(FsResult::Granted { attr, number }) =
                 self.look(credentials, lookup, asker, Some(holder))

@@ -42,7 +42,7 @@ use super::stats::FsStats;
 use crate::NodeId;
 use crate::cluster_map::ClusterMap;
 use crate::wire::fs::{
-    Attr, Caller, FsOp, FsResult, LockSpec, MAX_FS_IO, SetAttrs, SetTime, Timespec,
+    Attr, Caller, FsOp, FsResult, LockSpec, MAX_FS_IO, SetAttrs, SetTime, Timespec, child_path,
 };
 
 /// Not kept by the kernel (see the module documentation).
@@ -414,19 +414,6 @@ fn set_time(time: Option<TimeOrNow>) -> Option<SetTime> {
     })
 }
 
-fn child_path(parent: &[u8], name: &OsStr) -> Vec<u8> {
-    let name = name.as_bytes();
-    if parent.is_empty() {
-        name.to_vec()
-    } else {
-        let mut path = Vec::with_capacity(parent.len() + 1 + name.len());
-        path.extend_from_slice(parent);
-        path.push(b'/');
-        path.extend_from_slice(name);
-        path
-    }
-}
-
 fn errno(e: nix::errno::Errno) -> Errno {
     Errno::from_i32(e as i32)
 }
@@ -728,7 +715,7 @@ impl Mfs {
             }
             None => {
                 let op = FsOp::Lookup {
-                    path: child_path(&dir, OsStr::from_bytes(name)),
+                    path: child_path(&dir, name),
                 };
                 let then = self.entry_then(node, (dir_ino, name), false, reply);
                 self.ask_then_as(&caller, node, op, then)
@@ -805,7 +792,7 @@ impl Mfs {
             return Err(Errno::EACCES);
         }
         let (node, path, _) = self.locate(parent)?;
-        Ok((node, child_path(&path, name)))
+        Ok((node, child_path(&path, name.as_bytes())))
     }
 
     fn open_handle(&self, fh: FileHandle) -> Result<(NodeId, u64, Option<u64>), Errno> {
@@ -970,7 +957,7 @@ impl Filesystem for Mfs {
             }
             Ok((node, dir, _)) => {
                 let op = FsOp::Lookup {
-                    path: child_path(&dir, name),
+                    path: child_path(&dir, name.as_bytes()),
                 };
                 self.answer_entry(req, node, op, (parent.0, name.as_bytes()), false, reply)
             }

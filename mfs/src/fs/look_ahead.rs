@@ -88,12 +88,12 @@ impl DirKey {
 /// above them, the connection that brought them, and when they were
 /// asked for (grants count from then).
 #[derive(Debug)]
-pub struct Batch {
-    pub dirs: Vec<(FileId, u64)>,
+struct Batch {
+    dirs: Vec<(FileId, u64)>,
     /// The directory's path the owner granted them for.
-    pub path: Vec<u8>,
-    pub generation: u64,
-    pub asked: Instant,
+    path: Vec<u8>,
+    generation: u64,
+    asked: Instant,
 }
 
 struct Ahead {

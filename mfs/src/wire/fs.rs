@@ -19,6 +19,19 @@ pub const MAX_FS_IO: u32 = 1 << 20;
 /// Largest frame on an MFS connection: a full payload and its envelope.
 pub const MAX_FS_FRAME: usize = MAX_FS_IO as usize + (64 << 10);
 
+/// The path of `name` in directory `dir` (the empty path is the exported
+/// root).
+pub fn child_path(dir: &[u8], name: &[u8]) -> Vec<u8> {
+    if dir.is_empty() {
+        return name.to_vec();
+    }
+    let mut path = Vec::with_capacity(dir.len() + 1 + name.len());
+    path.extend_from_slice(dir);
+    path.push(b'/');
+    path.extend_from_slice(name);
+    path
+}
+
 /// Who asks: the calling process's credentials, as its node saw them.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct Caller {
